@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Makes libtorch 2.11.0 available to the build, once per machine.
+#
+# - If LIBTORCH is set, it is used as it is.
+# - Otherwise torch==2.11.0 from PyPI is installed into a virtual environment in a per-user
+#   cache folder keyed by the version, shared by every clone on the machine, and its
+#   `torch/` folder is linked at `.libtorch` (ignored by git), which `.cargo/config.toml`
+#   points the build at. A second run finds the marker file and does nothing.
+set -euo pipefail
+
+TORCH_VERSION="2.11.0"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+link="$root/.libtorch"
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || { echo "error: '$1' not found: install $2" >&2; exit 1; }
+}
+
+if [ -n "${LIBTORCH:-}" ]; then
+  [ -f "$LIBTORCH/lib/libtorch_cpu.so" ] || {
+    echo "error: LIBTORCH=$LIBTORCH has no lib/libtorch_cpu.so: point it at a libtorch $TORCH_VERSION folder" >&2
+    exit 1
+  }
+  ln -sfn "$LIBTORCH" "$link"
+  exit 0
+fi
+
+need python3 "Python 3 (e.g. apt install python3 python3-venv)"
+need g++ "a C++ compiler (e.g. apt install g++)"
+python3 -m pip --version >/dev/null 2>&1 || { echo "error: pip not found: install pip for python3 (e.g. apt install python3-pip)" >&2; exit 1; }
+
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/reformer/torch-$TORCH_VERSION"
+marker="$cache/.installed"
+if [ ! -f "$marker" ]; then
+  echo "Installing torch==$TORCH_VERSION from PyPI into $cache (one time, ~4.7 GB)..."
+  # A lock so that two clones setting up at once do not install into the same folder.
+  mkdir -p "$(dirname "$cache")"
+  exec 9>"$cache.lock"
+  flock 9
+  if [ ! -f "$marker" ]; then
+    rm -rf "$cache"
+    python3 -m venv "$cache" || { echo "error: python3 -m venv failed: install python3-venv" >&2; exit 1; }
+    "$cache/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+    touch "$marker"
+  fi
+fi
+
+torch_dir="$("$cache/bin/python" - <<'PY'
+import importlib.util, os
+print(os.path.dirname(importlib.util.find_spec("torch").origin))
+PY
+)"
+ln -sfn "$torch_dir" "$link"
