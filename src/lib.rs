@@ -1,0 +1,3 @@
+//! `reformer`: train, sample from and benchmark the Reformer on libtorch.
+
+pub mod model;

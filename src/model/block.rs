@@ -1,0 +1,93 @@
+//! One two-stream residual block (paper §3): y1 = x1 + F(x2), y2 = x2 + G(y1), with
+//! F = attention and G = feed-forward, each behind its own pre-LayerNorm. The same F and
+//! G run under ordinary autograd and inside the reversible backward.
+
+use tch::{nn, Tensor};
+
+use super::config::{AttentionKind, ModelConfig};
+use super::feed_forward::FeedForward;
+use super::full_attention::FullAttention;
+use super::local_attention::LocalAttention;
+use super::lsh_attention::LshAttention;
+use super::seeded_random::{self, ForwardMode};
+
+const ATTENTION_TAG: u64 = 1;
+const ATTENTION_DROPOUT_TAG: u64 = 2;
+const FEED_FORWARD_TAG: u64 = 3;
+const FEED_FORWARD_DROPOUT_TAG: u64 = 4;
+
+#[derive(Debug)]
+pub enum Attention {
+    Lsh(LshAttention),
+    Local(LocalAttention),
+    Full(FullAttention),
+}
+
+impl Attention {
+    pub fn new(vs: nn::Path, cfg: &ModelConfig, kind: AttentionKind) -> Self {
+        match kind {
+            AttentionKind::Lsh => Self::Lsh(LshAttention::new(vs, cfg)),
+            AttentionKind::Local => Self::Local(LocalAttention::new(vs, cfg)),
+            AttentionKind::Full => Self::Full(FullAttention::new(vs, cfg)),
+        }
+    }
+
+    /// # Shapes
+    /// `x`: (B, T, D); returns (B, T, D).
+    pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
+        match self {
+            Self::Lsh(a) => a.forward(x, mode),
+            Self::Local(a) => a.forward(x, mode),
+            Self::Full(a) => a.forward(x, mode),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Block {
+    attention_norm: nn::LayerNorm,
+    pub attention: Attention,
+    ff_norm: nn::LayerNorm,
+    ff: FeedForward,
+    dropout_hidden: f64,
+}
+
+impl Block {
+    pub fn new(vs: nn::Path, cfg: &ModelConfig, kind: AttentionKind) -> Self {
+        Self {
+            attention_norm: nn::layer_norm(&vs / "attn_norm", vec![cfg.d_model], Default::default()),
+            attention: Attention::new(&vs / "attn", cfg, kind),
+            ff_norm: nn::layer_norm(&vs / "ff_norm", vec![cfg.d_model], Default::default()),
+            ff: FeedForward::new(&vs / "ff", cfg),
+            dropout_hidden: cfg.dropout_hidden,
+        }
+    }
+
+    /// F, the attention branch. `mode` is this block's own (see `Block::forward`).
+    ///
+    /// # Shapes
+    /// `x2`: (B, T, D); returns (B, T, D).
+    pub fn f(&self, x2: &Tensor, mode: ForwardMode) -> Tensor {
+        let out = self.attention.forward(&x2.apply(&self.attention_norm), mode.child(ATTENTION_TAG));
+        seeded_random::dropout(&out, self.dropout_hidden, mode.child(ATTENTION_DROPOUT_TAG).seed, mode.train)
+    }
+
+    /// G, the feed-forward branch.
+    ///
+    /// # Shapes
+    /// `y1`: (B, T, D); returns (B, T, D).
+    pub fn g(&self, y1: &Tensor, mode: ForwardMode) -> Tensor {
+        let out = self.ff.forward(&y1.apply(&self.ff_norm), mode.child(FEED_FORWARD_TAG));
+        seeded_random::dropout(&out, self.dropout_hidden, mode.child(FEED_FORWARD_DROPOUT_TAG).seed, mode.train)
+    }
+
+    /// y1 = x1 + F(x2), y2 = x2 + G(y1).
+    ///
+    /// # Shapes
+    /// `x1`, `x2`: (B, T, D); returns (y1, y2), each (B, T, D).
+    pub fn forward(&self, x1: &Tensor, x2: &Tensor, mode: ForwardMode) -> (Tensor, Tensor) {
+        let y1 = x1 + self.f(x2, mode);
+        let y2 = x2 + self.g(&y1, mode);
+        (y1, y2)
+    }
+}

@@ -1,0 +1,253 @@
+//! `ModelConfig`: every size and switch of the Reformer LM, with its default and unit,
+//! validated once. Saved as `config.json` beside the weights.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// The attention of one layer; `ModelConfig::attention` cycles a list of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKind {
+    /// LSH attention with shared query/key (paper §2-3).
+    Lsh,
+    /// Chunked local attention: a chunk attends to itself and chunks before it.
+    Local,
+    /// Dense attention over the whole sequence (libtorch SDPA); the baseline.
+    Full,
+}
+
+/// How positions enter the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PositionalConfig {
+    /// Axial embeddings: position p = (p / A2, p % A2) looks up two tables of A1 and A2
+    /// rows whose widths `dims` sum to d_model (2·√T rows instead of T).
+    Axial { shape: [i64; 2], dims: [i64; 2] },
+    /// One learned row per position up to max_seq_len.
+    Learned,
+    /// No positional information.
+    None,
+}
+
+/// Settings of the LSH attention layers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LshConfig {
+    /// Hash rounds (default 4).
+    pub n_hashes: i64,
+    /// Tokens per chunk of the sorted sequence (default 64).
+    pub chunk_len: i64,
+    /// Buckets per round, even; default derived from max_seq_len: about 2·T/chunk_len.
+    pub n_buckets: Option<i64>,
+    /// Chunks before its own that a chunk attends to (default 1).
+    pub n_chunks_before: i64,
+    /// Chunks after its own that a chunk attends to (default 0; must be 0 when causal).
+    pub n_chunks_after: i64,
+    /// Strictly causal LSH: a query sees only keys of its own bucket among the
+    /// `chunk_len` most recent such positions, so no output depends on a later token
+    /// (default false: the paper's chunk rule).
+    pub strict_causal: bool,
+}
+
+impl Default for LshConfig {
+    fn default() -> Self {
+        Self { n_hashes: 4, chunk_len: 64, n_buckets: None, n_chunks_before: 1, n_chunks_after: 0, strict_causal: false }
+    }
+}
+
+/// Settings of the local attention layers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Tokens per chunk (default 128).
+    pub chunk_len: i64,
+    /// Chunks before its own that a chunk attends to (default 1).
+    pub n_chunks_before: i64,
+    /// Chunks after its own that a chunk attends to (default 0; must be 0 when causal).
+    pub n_chunks_after: i64,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self { chunk_len: 128, n_chunks_before: 1, n_chunks_after: 0 }
+    }
+}
+
+/// The whole model. Every field has a default, so a JSON file need only name changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Vocabulary size (default 256: bytes).
+    pub vocab_size: i64,
+    /// Width of each residual stream (default 256).
+    pub d_model: i64,
+    /// Number of two-stream blocks (default 2).
+    pub n_layers: i64,
+    /// Attention heads (default 4).
+    pub n_heads: i64,
+    /// Width of one head; default d_model / n_heads.
+    pub d_head: Option<i64>,
+    /// Hidden width of the feed-forward (default 1024).
+    pub d_ff: i64,
+    /// Positions per feed-forward chunk; None applies it to the whole sequence at once.
+    pub ff_chunk_len: Option<i64>,
+    /// Positions per chunk of the output layer and loss; None: all at once.
+    pub loss_chunk_len: Option<i64>,
+    /// Dropout on the embedding and on each residual branch's output (default 0).
+    pub dropout_hidden: f64,
+    /// Dropout on attention probabilities (default 0).
+    pub dropout_attention: f64,
+    /// Dropout inside the feed-forward, after its activation (default 0).
+    pub dropout_ff: f64,
+    /// Causal (language model) masking (default true).
+    pub causal: bool,
+    /// Longest sequence the model accepts, in tokens (default 1024).
+    pub max_seq_len: i64,
+    /// Positional embedding (default axial (32, 32) with dims (128, 128)).
+    pub positional: PositionalConfig,
+    /// Attention kinds, cycled over the layers (default ["lsh"]).
+    pub attention: Vec<AttentionKind>,
+    /// LSH layer settings.
+    pub lsh: LshConfig,
+    /// Local layer settings.
+    pub local: LocalConfig,
+    /// Run the block stack through the memory-saving reversible backward (default true).
+    pub reversible: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 256,
+            d_model: 256,
+            n_layers: 2,
+            n_heads: 4,
+            d_head: None,
+            d_ff: 1024,
+            ff_chunk_len: None,
+            loss_chunk_len: None,
+            dropout_hidden: 0.0,
+            dropout_attention: 0.0,
+            dropout_ff: 0.0,
+            causal: true,
+            max_seq_len: 1024,
+            positional: PositionalConfig::Axial { shape: [32, 32], dims: [128, 128] },
+            attention: vec![AttentionKind::Lsh],
+            lsh: LshConfig::default(),
+            local: LocalConfig::default(),
+            reversible: true,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Width of one attention head.
+    pub fn d_head(&self) -> i64 {
+        self.d_head.unwrap_or(self.d_model / self.n_heads.max(1))
+    }
+
+    /// Buckets per LSH round: the configured value, or about 2·max_seq_len/chunk_len
+    /// rounded to an even number (at least 2), as the paper sizes them.
+    pub fn n_buckets(&self) -> i64 {
+        self.lsh.n_buckets.unwrap_or_else(|| {
+            let per_round = 2 * self.max_seq_len / self.lsh.chunk_len.max(1);
+            (per_round / 2 * 2).max(2)
+        })
+    }
+
+    /// The attention kind of layer `i` (the pattern is cycled).
+    pub fn attention_of_layer(&self, i: i64) -> AttentionKind {
+        self.attention[i as usize % self.attention.len()]
+    }
+
+    /// Checks every setting once; the error says what to change.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("d_ff", self.d_ff),
+            ("max_seq_len", self.max_seq_len),
+            ("lsh.n_hashes", self.lsh.n_hashes),
+            ("lsh.chunk_len", self.lsh.chunk_len),
+            ("local.chunk_len", self.local.chunk_len),
+        ];
+        for (name, value) in positive {
+            if value <= 0 {
+                bail!("{name} = {value} must be positive");
+            }
+        }
+        match self.d_head {
+            Some(d) if d <= 0 => bail!("d_head = {d} must be positive"),
+            None if self.d_model % self.n_heads != 0 => bail!(
+                "d_model {} is not divisible by n_heads {}: change one, or set d_head explicitly",
+                self.d_model,
+                self.n_heads
+            ),
+            _ => {}
+        }
+        for (name, chunk) in [("ff_chunk_len", self.ff_chunk_len), ("loss_chunk_len", self.loss_chunk_len)] {
+            if let Some(c) = chunk {
+                if c <= 0 {
+                    bail!("{name} = {c} must be positive (or absent to disable chunking)");
+                }
+            }
+        }
+        for (name, p) in [
+            ("dropout_hidden", self.dropout_hidden),
+            ("dropout_attention", self.dropout_attention),
+            ("dropout_ff", self.dropout_ff),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                bail!("{name} = {p} must be in [0, 1)");
+            }
+        }
+        if self.attention.is_empty() {
+            bail!("attention is empty: give at least one of \"lsh\", \"local\", \"full\"");
+        }
+        let n_buckets = self.n_buckets();
+        if n_buckets < 2 || n_buckets % 2 != 0 {
+            bail!("lsh.n_buckets = {n_buckets} must be even and at least 2 (angular LSH uses ±rotations)");
+        }
+        for (name, before, after) in [
+            ("lsh", self.lsh.n_chunks_before, self.lsh.n_chunks_after),
+            ("local", self.local.n_chunks_before, self.local.n_chunks_after),
+        ] {
+            if before < 0 || after < 0 {
+                bail!("{name}.n_chunks_before/after must not be negative");
+            }
+            if self.causal && after != 0 {
+                bail!("{name}.n_chunks_after = {after} looks at the future: set it to 0 for a causal model");
+            }
+        }
+        if self.lsh.strict_causal {
+            if !self.causal {
+                bail!("lsh.strict_causal needs causal = true");
+            }
+            if self.lsh.n_chunks_before < 1 {
+                bail!("lsh.strict_causal needs lsh.n_chunks_before >= 1 (a query's window reaches one chunk back)");
+            }
+        }
+        match &self.positional {
+            PositionalConfig::Axial { shape, dims } => {
+                if shape.iter().chain(dims.iter()).any(|&v| v <= 0) {
+                    bail!("positional axial shape {shape:?} and dims {dims:?} must be positive");
+                }
+                if shape[0] * shape[1] < self.max_seq_len {
+                    bail!(
+                        "axial shape {:?} covers {} positions, fewer than max_seq_len {}: enlarge the shape",
+                        shape,
+                        shape[0] * shape[1],
+                        self.max_seq_len
+                    );
+                }
+                if dims[0] + dims[1] != self.d_model {
+                    bail!("axial dims {:?} sum to {}, not d_model {}", dims, dims[0] + dims[1], self.d_model);
+                }
+            }
+            PositionalConfig::Learned | PositionalConfig::None => {}
+        }
+        Ok(())
+    }
+}

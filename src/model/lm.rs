@@ -1,0 +1,123 @@
+//! The Reformer language model: byte embedding + positions, a stack of two-stream
+//! blocks, the two streams joined, LayerNorm, logits; and a loss computed
+//! `loss_chunk_len` positions at a time.
+
+use tch::{nn, Kind, Tensor};
+
+use super::block::Block;
+use super::config::ModelConfig;
+use super::positional::PositionalEmbedding;
+use super::seeded_random::{self, ForwardMode};
+
+const EMBEDDING_DROPOUT_TAG: u64 = u64::MAX;
+
+/// The loss of one batch.
+pub struct LossStats {
+    /// Mean negative log-likelihood (nats) over the weighted targets; differentiable.
+    pub loss: Tensor,
+    /// Weighted count of targets the model ranks first.
+    pub correct: f64,
+    /// Sum of target weights (the number of targets scored).
+    pub weight: f64,
+}
+
+#[derive(Debug)]
+pub struct ReformerLm {
+    pub cfg: ModelConfig,
+    embedding: nn::Embedding,
+    positional: PositionalEmbedding,
+    pub blocks: Vec<Block>,
+    final_norm: nn::LayerNorm,
+    head: nn::Linear,
+}
+
+impl ReformerLm {
+    /// Builds the model under `vs`; `cfg` must have passed `validate()`.
+    pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
+        let blocks = (0..cfg.n_layers).map(|i| Block::new(&vs / "layers" / i, cfg, cfg.attention_of_layer(i))).collect();
+        Self {
+            cfg: cfg.clone(),
+            embedding: nn::embedding(&vs / "embedding", cfg.vocab_size, cfg.d_model, Default::default()),
+            positional: PositionalEmbedding::new(&vs / "positional", cfg),
+            blocks,
+            final_norm: nn::layer_norm(&vs / "final_norm", vec![2 * cfg.d_model], Default::default()),
+            head: nn::linear(&vs / "head", 2 * cfg.d_model, cfg.vocab_size, Default::default()),
+        }
+    }
+
+    /// The embedded input, duplicated into the two residual streams' start.
+    ///
+    /// # Shapes
+    /// `tokens`: (B, T) int64; returns (B, T, D).
+    pub fn embed(&self, tokens: &Tensor, mode: ForwardMode) -> Tensor {
+        let t = tokens.size()[1];
+        let x = tokens.apply(&self.embedding); // (B, T, D)
+        let x = match self.positional.forward(t) {
+            Some(positions) => x + positions, // (T, D) broadcast over B
+            None => x,
+        };
+        seeded_random::dropout(&x, self.cfg.dropout_hidden, mode.child(EMBEDDING_DROPOUT_TAG).seed, mode.train)
+    }
+
+    /// The blocks under ordinary autograd: every block's activations are kept.
+    ///
+    /// # Shapes
+    /// `x`: (B, T, D); returns (y1, y2), each (B, T, D).
+    pub fn run_blocks(&self, x: &Tensor, mode: ForwardMode) -> (Tensor, Tensor) {
+        let mut streams = (x.shallow_clone(), x.shallow_clone());
+        for (i, block) in self.blocks.iter().enumerate() {
+            streams = block.forward(&streams.0, &streams.1, mode.child(i as u64));
+        }
+        streams
+    }
+
+    /// The normalised, joined streams that the output layer reads.
+    ///
+    /// # Shapes
+    /// `tokens`: (B, T); returns (B, T, 2D).
+    pub fn hidden(&self, tokens: &Tensor, mode: ForwardMode) -> Tensor {
+        let (y1, y2) = self.run_blocks(&self.embed(tokens, mode), mode);
+        Tensor::cat(&[y1, y2], -1).apply(&self.final_norm) // (B, T, 2D)
+    }
+
+    /// # Shapes
+    /// `tokens`: (B, T); returns (B, T, V).
+    pub fn forward(&self, tokens: &Tensor, mode: ForwardMode) -> Tensor {
+        self.hidden(tokens, mode).apply(&self.head)
+    }
+
+    /// Mean cross-entropy of `targets` given `tokens`, each target weighted (a weight of
+    /// 0 leaves a position out), computed `loss_chunk_len` positions at a time so that no
+    /// (B, T, V) logits tensor exists for the whole sequence.
+    ///
+    /// # Shapes
+    /// `tokens`, `targets`: (B, T) int64; `weights`: (B, T) float or None (all ones).
+    pub fn loss(&self, tokens: &Tensor, targets: &Tensor, weights: Option<&Tensor>, mode: ForwardMode) -> LossStats {
+        let hidden = self.hidden(tokens, mode); // (B, T, 2D)
+        let ones;
+        let weights = match weights {
+            Some(w) => w,
+            None => {
+                ones = Tensor::ones(targets.size(), (Kind::Float, targets.device()));
+                &ones
+            }
+        };
+        let t = targets.size()[1];
+        let chunk_len = self.cfg.loss_chunk_len.unwrap_or(t).min(t);
+        let mut nll_sum = Tensor::zeros([], (Kind::Float, targets.device()));
+        let mut correct = Tensor::zeros([], (Kind::Float, targets.device()));
+        for start in (0..t).step_by(chunk_len as usize) {
+            let len = chunk_len.min(t - start);
+            let logits = hidden.narrow(1, start, len).apply(&self.head); // (B, C, V)
+            let target = targets.narrow(1, start, len); // (B, C)
+            let weight = weights.narrow(1, start, len); // (B, C)
+            let log_probs = logits.log_softmax(-1, Kind::Float); // (B, C, V)
+            let nll = -log_probs.gather(-1, &target.unsqueeze(-1), false).squeeze_dim(-1); // (B, C)
+            nll_sum = nll_sum + (nll * &weight).sum(Kind::Float);
+            let hits = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&target).to_kind(Kind::Float) * &weight);
+            correct = correct + hits.sum(Kind::Float);
+        }
+        let weight = weights.sum(Kind::Float).double_value(&[]);
+        LossStats { loss: nll_sum / weight.max(1.0), correct: correct.double_value(&[]), weight }
+    }
+}

@@ -1,0 +1,76 @@
+//! Chunked local attention: the sequence is cut into chunks of `chunk_len` tokens and
+//! each chunk attends to itself and `n_chunks_before` (and `n_chunks_after`) neighbours,
+//! with separate queries and keys.
+
+use tch::{nn, Kind, Tensor};
+
+use super::chunking::{look_around, padding_to_chunks};
+use super::config::ModelConfig;
+use super::lsh_attention::{merge_heads, split_heads};
+use super::seeded_random::ForwardMode;
+use super::softmax_attention::softmax_attention;
+
+#[derive(Debug)]
+pub struct LocalAttention {
+    qkv: nn::Linear,
+    out: nn::Linear,
+    n_heads: i64,
+    d_head: i64,
+    chunk_len: i64,
+    n_chunks_before: i64,
+    n_chunks_after: i64,
+    causal: bool,
+    dropout: f64,
+}
+
+impl LocalAttention {
+    pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
+        let inner = cfg.n_heads * cfg.d_head();
+        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        Self {
+            qkv: nn::linear(&vs / "qkv", cfg.d_model, 3 * inner, no_bias),
+            out: nn::linear(&vs / "out", inner, cfg.d_model, Default::default()),
+            n_heads: cfg.n_heads,
+            d_head: cfg.d_head(),
+            chunk_len: cfg.local.chunk_len,
+            n_chunks_before: cfg.local.n_chunks_before,
+            n_chunks_after: cfg.local.n_chunks_after,
+            causal: cfg.causal,
+            dropout: cfg.dropout_attention,
+        }
+    }
+
+    /// # Shapes
+    /// `x`: (B, T, D); returns (B, T, D).
+    pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
+        let qkv = x.apply(&self.qkv).chunk(3, -1);
+        let [q, k, v] = [0, 1, 2].map(|i| split_heads(&qkv[i], self.n_heads, self.d_head)); // (B, H, T, Dh)
+        let out = self.attend(&q, &k, &v, mode); // (B, H, T, Dh)
+        merge_heads(&out).apply(&self.out)
+    }
+
+    /// # Shapes
+    /// `q`, `k`, `v`: (B, H, T, Dh); returns (B, H, T, Dh).
+    pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mode: ForwardMode) -> Tensor {
+        let (b, h, t, dh) = q.size4().unwrap();
+        let c = self.chunk_len;
+        let t_pad = t + padding_to_chunks(t, c);
+        let n_chunks = t_pad / c;
+        let chunked = |x: &Tensor| x.constant_pad_nd([0, 0, 0, t_pad - t]).view([b * h, n_chunks, c, dh]); // (B*H, NC, C, Dh)
+        let (before, after) = (self.n_chunks_before, self.n_chunks_after);
+        let q = chunked(q);
+        let k = look_around(&chunked(k), 1, before, after, 0.0); // (B*H, NC, W, Dh)
+        let v = look_around(&chunked(v), 1, before, after, 0.0); // (B*H, NC, W, Dh)
+
+        let q_pos = Tensor::arange(t_pad, (Kind::Int64, q.device())).view([n_chunks, c]); // (NC, C)
+        let k_pos = look_around(&q_pos, 0, before, after, -1.0).unsqueeze(1); // (NC, 1, W)
+        let q_pos = q_pos.unsqueeze(-1); // (NC, C, 1)
+        let mut visible = k_pos.ge(0).logical_and(&k_pos.lt(t)); // (NC, 1, W)
+        if self.causal {
+            visible = visible.logical_and(&k_pos.le_tensor(&q_pos)); // (NC, C, W)
+        }
+        let visible = visible.expand([n_chunks, c, (before + 1 + after) * c], false);
+        let out = softmax_attention(&q, &k, &v, Some(&visible), self.dropout, mode); // (B*H, NC, C, Dh)
+        out.view([b, h, t_pad, dh]).narrow(2, 0, t)
+    }
+}

@@ -1,0 +1,210 @@
+//! LSH self-attention (paper §2-3): shared query/key, angular LSH by random rotations,
+//! several hash rounds, sort by bucket, attend within a chunk and its neighbours, mask
+//! (causal, padding, self), undo the sort and combine the rounds by their log-sum-exps.
+
+use tch::{nn, Kind, Tensor};
+
+use super::chunking::{look_around, padding_to_chunks};
+use super::config::ModelConfig;
+use super::seeded_random::{self, ForwardMode};
+
+/// Logit of a query's own key (paper §2, "Shared-QK Transformer": a query attends to
+/// itself only when it has no other target). The value is the Trax reference's
+/// `self_mask_value`: far below any real logit, far above `MASKED_LOGIT`.
+pub const SELF_LOGIT: f64 = -1e5;
+/// Logit of a key a query may not see (the future, padding, outside the window). Finite
+/// so that a row with nothing to see stays finite.
+pub const MASKED_LOGIT: f64 = -1e9;
+
+const ROTATIONS_TAG: u64 = 1;
+const DROPOUT_TAG: u64 = 2;
+
+/// The settings that shape one LSH attention call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LshParams {
+    pub n_hashes: i64,
+    pub n_buckets: i64,
+    pub chunk_len: i64,
+    pub n_chunks_before: i64,
+    pub n_chunks_after: i64,
+    pub causal: bool,
+    pub strict_causal: bool,
+    pub dropout: f64,
+}
+
+impl LshParams {
+    pub fn new(cfg: &ModelConfig) -> Self {
+        Self {
+            n_hashes: cfg.lsh.n_hashes,
+            n_buckets: cfg.n_buckets(),
+            chunk_len: cfg.lsh.chunk_len,
+            n_chunks_before: cfg.lsh.n_chunks_before,
+            n_chunks_after: cfg.lsh.n_chunks_after,
+            causal: cfg.causal,
+            strict_causal: cfg.lsh.strict_causal,
+            dropout: cfg.dropout_attention,
+        }
+    }
+}
+
+/// Random rotations of one forward pass, shared by batch and heads.
+///
+/// # Shapes
+/// returns (Dh, R, NB/2)
+pub fn random_rotations(seed: u64, d_head: i64, params: &LshParams, device: tch::Device) -> Tensor {
+    seeded_random::normal(seed, &[d_head, params.n_hashes, params.n_buckets / 2], device)
+}
+
+/// Angular LSH: bucket = argmax over [xR; -xR], per round. No gradient flows here.
+///
+/// # Shapes
+/// `qk`: (B, H, T, Dh), `rotations`: (Dh, R, NB/2); returns (B, H, R, T) int64.
+pub fn hash_buckets(qk: &Tensor, rotations: &Tensor) -> Tensor {
+    let (b, h, t, dh) = qk.size4().unwrap();
+    let (_, r, half) = rotations.size3().unwrap();
+    tch::no_grad(|| {
+        let rotated = qk.detach().matmul(&rotations.to_kind(qk.kind()).view([dh, r * half])); // (B, H, T, R*NB/2)
+        let rotated = rotated.view([b, h, t, r, half]).permute([0, 1, 3, 2, 4]); // (B, H, R, T, NB/2)
+        Tensor::cat(&[&rotated, &-&rotated], -1).argmax(-1, false) // (B, H, R, T)
+    })
+}
+
+/// Batched LSH attention over all rounds, chunks, heads and the batch at once.
+///
+/// # Shapes
+/// `qk`, `v`: (B, H, T, Dh); `rotations`: (Dh, R, NB/2); returns (B, H, T, Dh).
+pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mode: ForwardMode) -> Tensor {
+    let (b, h, t, dh) = qk.size4().unwrap();
+    let device = qk.device();
+    let (r, c) = (p.n_hashes, p.chunk_len);
+    let t_pad = t + padding_to_chunks(t, c);
+    let n_chunks = t_pad / c; // chunks per round
+    let pad = [0, 0, 0, t_pad - t];
+    let qk = qk.constant_pad_nd(pad); // (B, H, Tp, Dh)
+    let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
+
+    let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
+    // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
+    let buckets = hash_buckets(&qk, rotations).masked_fill(&positions.ge(t), p.n_buckets); // (B, H, R, Tp)
+
+    // Sort by (round, bucket, position): one key per (round, position), all distinct.
+    let round_offset = Tensor::arange(r, (Kind::Int64, device)).view([r, 1]) * ((p.n_buckets + 1) * t_pad);
+    let sort_keys = (&buckets * t_pad + &positions + round_offset).view([b, h, r * t_pad]); // (B, H, R*Tp)
+    let sticker = sort_keys.argsort_stable(true, -1, false); // (B, H, R*Tp): slot -> round*Tp + position
+    let undo_sort = sticker.argsort_stable(true, -1, false); // (B, H, R*Tp): round*Tp + position -> slot
+    let s_pos = sticker.remainder(t_pad); // (B, H, R*Tp) original position of each slot
+    let gather_index = s_pos.unsqueeze(-1).expand([b, h, r * t_pad, dh], false);
+    let sqk = qk.gather(2, &gather_index, false); // (B, H, R*Tp, Dh)
+    let sv = v.gather(2, &gather_index, false); // (B, H, R*Tp, Dh)
+
+    // Chunks of the sorted sequence, each round on its own.
+    let chunked = [b, h, r, n_chunks, c, dh];
+    let sq = sqk.view(chunked) * (dh as f64).powf(-0.5); // (B, H, R, NC, C, Dh)
+    let sk = normalize(&sqk).view(chunked); // (B, H, R, NC, C, Dh) unit-length keys
+    let sv = sv.view(chunked);
+    let (before, after) = (p.n_chunks_before, p.n_chunks_after);
+    let sk = look_around(&sk, 3, before, after, 0.0); // (B, H, R, NC, W, Dh), W = (before+1+after)·C
+    let sv = look_around(&sv, 3, before, after, 0.0); // (B, H, R, NC, W, Dh)
+    let logits = sq.matmul(&sk.transpose(-1, -2)); // (B, H, R, NC, C, W)
+
+    // Masks on original positions; -1 marks a neighbour chunk outside the round.
+    let q_pos = s_pos.view([b, h, r, n_chunks, c]);
+    let k_pos = look_around(&q_pos, 3, before, after, -1.0).unsqueeze(-2); // (B, H, R, NC, 1, W)
+    let q_pos = q_pos.unsqueeze(-1); // (B, H, R, NC, C, 1)
+    let mut hidden = k_pos.lt(0).logical_or(&k_pos.ge(t)); // (B, H, R, NC, 1, W)
+    if p.causal {
+        hidden = hidden.logical_or(&k_pos.gt_tensor(&q_pos)); // (B, H, R, NC, C, W)
+    }
+    if p.strict_causal {
+        hidden = hidden.logical_or(&strict_causal_hidden(&buckets, &sticker, p, [b, h, r, n_chunks, c]));
+    }
+    let logits = logits.masked_fill(&k_pos.eq_tensor(&q_pos), SELF_LOGIT).masked_fill(&hidden, MASKED_LOGIT);
+
+    let lse = logits.logsumexp([-1], true); // (B, H, R, NC, C, 1)
+    let probs = (logits - &lse).exp();
+    let probs = seeded_random::dropout(&probs, p.dropout, mode.child(DROPOUT_TAG).seed, mode.train);
+    let s_out = probs.matmul(&sv); // (B, H, R, NC, C, Dh)
+
+    // Undo the sort, then weigh each round by its share of the total probability mass.
+    let out = s_out.view([b, h, r * t_pad, dh]).gather(2, &undo_sort.unsqueeze(-1).expand([b, h, r * t_pad, dh], false), false);
+    let out = out.view([b, h, r, t_pad, dh]); // (B, H, R, Tp, Dh)
+    let lse = lse.view([b, h, r * t_pad]).gather(2, &undo_sort, false).view([b, h, r, t_pad, 1]); // (B, H, R, Tp, 1)
+    let out = if r == 1 { out.squeeze_dim(2) } else { (out * lse.softmax(2, lse.kind())).sum_dim_intlist(2, false, None::<Kind>) };
+    out.narrow(2, 0, t) // (B, H, T, Dh)
+}
+
+/// Strict causality: a key is visible only in the query's own bucket and among the
+/// `chunk_len` slots just before it in sorted order. Sorted order within a bucket is
+/// position order, so the visible set depends only on tokens up to the query.
+///
+/// # Shapes
+/// `buckets`: (B, H, R, Tp); `sticker`: (B, H, R*Tp); returns (B, H, R, NC, C, W) bool.
+fn strict_causal_hidden(buckets: &Tensor, sticker: &Tensor, p: &LshParams, shape: [i64; 5]) -> Tensor {
+    let [b, h, r, n_chunks, c] = shape;
+    let t_pad = n_chunks * c;
+    let s_bucket = buckets.view([b, h, r * t_pad]).gather(2, sticker, false).view(shape); // (B, H, R, NC, C)
+    let k_bucket = look_around(&s_bucket, 3, p.n_chunks_before, p.n_chunks_after, -1.0).unsqueeze(-2); // (B, H, R, NC, 1, W)
+    let slot = Tensor::arange(t_pad, (Kind::Int64, buckets.device())).view([n_chunks, c]); // (NC, C) slot within round
+    let k_slot = look_around(&slot, 0, p.n_chunks_before, p.n_chunks_after, -1.0).unsqueeze(-2); // (NC, 1, W)
+    let q_slot = slot.unsqueeze(-1); // (NC, C, 1)
+    let distance = q_slot - k_slot; // (NC, C, W)
+    let out_of_reach = distance.lt(0).logical_or(&distance.gt(c));
+    k_bucket.ne_tensor(&s_bucket.unsqueeze(-1)).logical_or(&out_of_reach)
+}
+
+/// Vectors scaled to unit length (the shared keys of paper §2).
+pub fn normalize(x: &Tensor) -> Tensor {
+    const NORM_FLOOR: f64 = 1e-6;
+    x / x.norm_scalaropt_dim(2, [-1], true).clamp_min(NORM_FLOOR)
+}
+
+/// The LSH attention layer: shared query/key and value projections, LSH attention,
+/// output projection.
+#[derive(Debug)]
+pub struct LshAttention {
+    qk: nn::Linear,
+    v: nn::Linear,
+    out: nn::Linear,
+    n_heads: i64,
+    d_head: i64,
+    pub params: LshParams,
+}
+
+impl LshAttention {
+    pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
+        let inner = cfg.n_heads * cfg.d_head();
+        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        Self {
+            qk: nn::linear(&vs / "qk", cfg.d_model, inner, no_bias),
+            v: nn::linear(&vs / "v", cfg.d_model, inner, no_bias),
+            out: nn::linear(&vs / "out", inner, cfg.d_model, Default::default()),
+            n_heads: cfg.n_heads,
+            d_head: cfg.d_head(),
+            params: LshParams::new(cfg),
+        }
+    }
+
+    /// # Shapes
+    /// `x`: (B, T, D); returns (B, T, D).
+    pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
+        let qk = split_heads(&x.apply(&self.qk), self.n_heads, self.d_head); // (B, H, T, Dh)
+        let v = split_heads(&x.apply(&self.v), self.n_heads, self.d_head); // (B, H, T, Dh)
+        let rotations = random_rotations(mode.child(ROTATIONS_TAG).seed, self.d_head, &self.params, x.device());
+        let out = lsh_attend(&qk, &v, &rotations, &self.params, mode); // (B, H, T, Dh)
+        merge_heads(&out).apply(&self.out)
+    }
+}
+
+/// # Shapes
+/// (B, T, H·Dh) -> (B, H, T, Dh)
+pub fn split_heads(x: &Tensor, n_heads: i64, d_head: i64) -> Tensor {
+    let (b, t, _) = x.size3().unwrap();
+    x.view([b, t, n_heads, d_head]).transpose(1, 2)
+}
+
+/// # Shapes
+/// (B, H, T, Dh) -> (B, T, H·Dh)
+pub fn merge_heads(x: &Tensor) -> Tensor {
+    let (b, h, t, dh) = x.size4().unwrap();
+    x.transpose(1, 2).contiguous().view([b, t, h * dh])
+}

@@ -1,0 +1,24 @@
+//! The Reformer (Kitaev, Kaiser, Levskaya, ICLR 2020) on libtorch.
+//!
+//! Dimension letters used in shape comments:
+//! B batch, T length (tokens), Tp length padded to a multiple of the chunk, H heads,
+//! Dh head width, D model width (one residual stream), V vocabulary, R hash rounds,
+//! NB buckets per round, C chunk length (tokens), NC chunks (per round), W keys a chunk
+//! attends to ((before + 1 + after)·C).
+//! Tensors in bucket-sorted order carry an `s` prefix (`sqk`, `sv`, `s_pos`).
+
+pub mod block;
+pub mod chunking;
+pub mod config;
+pub mod feed_forward;
+pub mod full_attention;
+pub mod lm;
+pub mod local_attention;
+pub mod lsh_attention;
+pub mod positional;
+pub mod seeded_random;
+pub mod softmax_attention;
+
+pub use config::{AttentionKind, ModelConfig, PositionalConfig};
+pub use lm::{LossStats, ReformerLm};
+pub use seeded_random::ForwardMode;

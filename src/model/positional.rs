@@ -1,0 +1,51 @@
+//! Positional embeddings: axial (paper §5, "axial positional embeddings" of the released
+//! enwik8 model), learned, or none.
+
+use tch::{nn, Tensor};
+
+use super::config::{ModelConfig, PositionalConfig};
+
+const INIT_STDDEV: f64 = 0.02;
+
+#[derive(Debug)]
+pub enum PositionalEmbedding {
+    /// Two tables: rows for p / A2 (width dims[0]) and for p % A2 (width dims[1]).
+    Axial { rows: Tensor, cols: Tensor },
+    /// One row per position.
+    Learned { table: Tensor },
+    None,
+}
+
+impl PositionalEmbedding {
+    pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
+        let init = nn::Init::Randn { mean: 0.0, stdev: INIT_STDDEV };
+        match &cfg.positional {
+            PositionalConfig::Axial { shape, dims } => Self::Axial {
+                rows: vs.var("axial_rows", &[shape[0], dims[0]], init),
+                cols: vs.var("axial_cols", &[shape[1], dims[1]], init),
+            },
+            PositionalConfig::Learned => Self::Learned { table: vs.var("learned", &[cfg.max_seq_len, cfg.d_model], init) },
+            PositionalConfig::None => Self::None,
+        }
+    }
+
+    /// The embeddings of positions 0..len, or None when the model has none.
+    ///
+    /// # Shapes
+    /// returns (len, D)
+    pub fn forward(&self, len: i64) -> Option<Tensor> {
+        match self {
+            Self::Axial { rows, cols } => {
+                let (a1, d1) = rows.size2().unwrap();
+                let (a2, d2) = cols.size2().unwrap();
+                let rows = rows.unsqueeze(1).expand([a1, a2, d1], false); // (A1, A2, d1)
+                let cols = cols.unsqueeze(0).expand([a1, a2, d2], false); // (A1, A2, d2)
+                let n_rows = (len + a2 - 1) / a2; // only the rows that positions < len use
+                let table = Tensor::cat(&[rows.narrow(0, 0, n_rows), cols.narrow(0, 0, n_rows)], -1); // (n_rows, A2, D)
+                Some(table.view([n_rows * a2, d1 + d2]).narrow(0, 0, len)) // (len, D)
+            }
+            Self::Learned { table } => Some(table.narrow(0, 0, len)),
+            Self::None => None,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Plain softmax attention over given queries, keys and values, shared by local and full
+//! attention: libtorch's fused `scaled_dot_product_attention` when no dropout is drawn,
+//! an explicit softmax with a seeded dropout mask otherwise (so that the reversible
+//! backward can replay it).
+
+use tch::{Kind, Tensor};
+
+use super::seeded_random::{self, ForwardMode};
+
+/// Softmax attention with an optional mask of visible keys.
+///
+/// # Shapes
+/// `q`: (N, M, L, Dh); `k`, `v`: (N, M, S, Dh); `visible`: broadcastable to (N, M, L, S),
+/// true where a query may see a key; returns (N, M, L, Dh).
+pub fn softmax_attention(q: &Tensor, k: &Tensor, v: &Tensor, visible: Option<&Tensor>, dropout: f64, mode: ForwardMode) -> Tensor {
+    if mode.train && dropout > 0.0 {
+        return explicit_attention(q, k, v, visible, dropout, mode);
+    }
+    Tensor::scaled_dot_product_attention(q, k, v, visible, 0.0, false, None, false)
+}
+
+/// The same attention, written out: logits, mask, softmax, seeded dropout.
+pub fn explicit_attention(q: &Tensor, k: &Tensor, v: &Tensor, visible: Option<&Tensor>, dropout: f64, mode: ForwardMode) -> Tensor {
+    let d_head = q.size()[3] as f64;
+    let logits = q.matmul(&k.transpose(-1, -2)) / d_head.sqrt(); // (N, M, L, S)
+    let logits = match visible {
+        Some(visible) => logits.masked_fill(&visible.logical_not(), f64::NEG_INFINITY),
+        None => logits,
+    };
+    let probs = logits.softmax(-1, Kind::Float).to_kind(q.kind());
+    seeded_random::dropout(&probs, dropout, mode.seed, mode.train).matmul(v)
+}
+
+/// Lower-triangular visibility: query i sees keys 0..=i.
+///
+/// # Shapes
+/// returns (L, L) bool
+pub fn causal_visibility(len: i64, device: tch::Device) -> Tensor {
+    Tensor::ones([len, len], (Kind::Bool, device)).tril(0)
+}
