@@ -56,7 +56,7 @@ impl LocalAttention {
         let c = self.chunk_len;
         let t_pad = t + padding_to_chunks(t, c);
         let n_chunks = t_pad / c;
-        let chunked = |x: &Tensor| x.constant_pad_nd([0, 0, 0, t_pad - t]).view([b * h, n_chunks, c, dh]); // (B*H, NC, C, Dh)
+        let chunked = |x: &Tensor| x.constant_pad_nd([0, 0, 0, t_pad - t]).reshape([b * h, n_chunks, c, dh]); // (B*H, NC, C, Dh)
         let (before, after) = (self.n_chunks_before, self.n_chunks_after);
         let q = chunked(q);
         let k = look_around(&chunked(k), 1, before, after, 0.0); // (B*H, NC, W, Dh)
