@@ -1,9 +1,31 @@
 //! Embeds libtorch's library folder as an rpath so that the binary and the test
-//! executables run without `LD_LIBRARY_PATH`.
+//! executables run without `LD_LIBRARY_PATH`, and compiles the custom autograd node of
+//! the reversible block stack (`csrc/reversible.cpp`) against libtorch's headers.
+
+use std::path::PathBuf;
 
 fn main() {
     // Published by torch-sys (`links = "tch"`) to packages that depend on it directly.
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not publish its libtorch folder");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+
+    let include = PathBuf::from(&lib).join("..").join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/reversible.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        // The PyTorch wheels are built with the C++11 ABI.
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        // libtorch's own headers warn under C++17 (C++20 bit-field initialisers).
+        .warnings(false)
+        .compile("reversible");
+    // The static library needs libtorch's symbols; listed after it so the linker finds them.
+    println!("cargo:rustc-link-search=native={lib}");
+    for name in ["torch_cpu", "c10"] {
+        println!("cargo:rustc-link-lib=dylib={name}");
+    }
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=csrc/reversible.cpp");
 }

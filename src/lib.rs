@@ -1,3 +1,20 @@
 //! `reformer`: train, sample from and benchmark the Reformer on libtorch.
 
+pub mod bench;
+pub mod checkpoint;
+pub mod device;
+pub mod evaluate;
+pub mod generate;
 pub mod model;
+pub mod optimizer;
+pub mod progress;
+pub mod run_config;
+pub mod tasks;
+pub mod train;
+
+/// The libtorch version the binary was built against (read from the libtorch folder by
+/// build.rs).
+pub const LIBTORCH_VERSION: &str = match option_env!("REFORMER_LIBTORCH_VERSION") {
+    Some(version) => version,
+    None => "2.11.0",
+};

@@ -1,1 +1,247 @@
-fn main() {}
+//! The `reformer` command line: train, generate, bench.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use reformer::bench::{self, BenchOptions, Suite};
+use reformer::device::{parse_device, set_threads};
+use reformer::generate::{self, GenerateOptions};
+use reformer::train::{self, Precision, TaskKind, TrainOptions};
+
+/// Train, sample from and benchmark the Reformer (Kitaev, Kaiser, Levskaya, ICLR 2020):
+/// LSH attention, reversible layers, chunked feed-forward, on libtorch (CPU or CUDA).
+#[derive(Parser)]
+#[command(name = "reformer", disable_version_flag = true)]
+struct Cli {
+    /// Print the crate and libtorch versions and whether CUDA is available.
+    #[arg(short = 'V', long)]
+    version: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Settings every subcommand takes.
+#[derive(Args, Clone)]
+struct Common {
+    /// Where tensors live: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Random seed (model initialisation, data order, dropout and hash rotations).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// CPU threads for libtorch's operators (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model: the duplication task (default), enwik8, or any text file.
+    Train {
+        /// What to learn.
+        #[arg(long, value_enum, default_value = "duplication")]
+        task: TaskKind,
+        /// Data file (enwik8: default data/enwik8; text: required).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// A shipped preset: duplication, enwik8-cpu, enwik8-paper (default: the task's).
+        #[arg(long)]
+        preset: Option<String>,
+        /// A run configuration file (JSON, the layout of config.json); replaces --preset.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a setting: --set model.lsh.n_hashes=2 --set train.lr=5e-4 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Run folder (default checkpoints/<task>-<unix time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in this folder from its latest checkpoint.
+        #[arg(long, conflicts_with_all = ["preset", "config", "set", "out"])]
+        resume: Option<PathBuf>,
+        /// Optimizer steps (overrides train.steps).
+        #[arg(long)]
+        steps: Option<i64>,
+        /// Stop (and save) after this many minutes of training.
+        #[arg(long, value_name = "MINUTES")]
+        time_limit: Option<f64>,
+        /// Bytes of the test split scored at the end (LM tasks).
+        #[arg(long, default_value_t = 1_000_000)]
+        eval_bytes: usize,
+        /// Arithmetic: f32, or bf16 autocast (CUDA only).
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: Precision,
+        /// Print a final summary object as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Sample text from a trained checkpoint, streamed to stdout.
+    Generate {
+        /// A run folder (its best checkpoint is used) or one checkpoint folder.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Text to continue.
+        #[arg(long, conflicts_with = "prompt_file")]
+        prompt: Option<String>,
+        /// File whose bytes are the prompt.
+        #[arg(long)]
+        prompt_file: Option<PathBuf>,
+        /// Bytes to generate.
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// Softmax temperature (0 means greedy).
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        /// Sample among the k most likely bytes only.
+        #[arg(long)]
+        top_k: Option<i64>,
+        /// Sample among the most likely bytes covering probability p (nucleus).
+        #[arg(long)]
+        top_p: Option<f64>,
+        /// Always take the most likely byte.
+        #[arg(long)]
+        greedy: bool,
+        /// Independent samples to draw.
+        #[arg(long, default_value_t = 1)]
+        num_samples: usize,
+        /// Print one JSON object with the samples and statistics instead of streaming.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Measure speed and memory: LSH against full attention over length, training steps.
+    Bench {
+        /// Which measurements to run.
+        #[arg(long, value_enum, default_value = "all")]
+        suite: Suite,
+        /// Timed steps per case (after warm-up); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Smaller sizes, for a run of a few minutes on a CPU.
+        #[arg(long)]
+        quick: bool,
+        /// Write every raw number and the machine to this JSON file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Run one case given as JSON and print its result (used by the suites, which
+        /// run each case in a fresh process).
+        #[arg(long, hide = true)]
+        case: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn print_version() {
+    println!("reformer {}", env!("CARGO_PKG_VERSION"));
+    println!("libtorch {}", reformer::LIBTORCH_VERSION);
+    println!("cuda available: {} ({} device(s))", tch::Cuda::is_available(), tch::Cuda::device_count());
+}
+
+fn setup(common: &Common) -> Result<tch::Device> {
+    set_threads(common.threads)?;
+    parse_device(&common.device)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let Some(command) = cli.command else {
+        if cli.version {
+            print_version();
+            return Ok(());
+        }
+        anyhow::bail!("no subcommand: use `reformer train`, `reformer generate` or `reformer bench` (see --help)");
+    };
+    match command {
+        Command::Train { task, data, preset, config, set, out, resume, steps, time_limit, eval_bytes, precision, json, common } => {
+            let device = setup(&common)?;
+            train::run(TrainOptions {
+                task,
+                data,
+                preset,
+                config,
+                set,
+                out,
+                resume,
+                steps,
+                time_limit_minutes: time_limit,
+                eval_bytes,
+                precision,
+                json,
+                device,
+                seed: common.seed,
+            })
+        }
+        Command::Generate {
+            checkpoint,
+            prompt,
+            prompt_file,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            greedy,
+            num_samples,
+            json,
+            common,
+        } => {
+            let device = setup(&common)?;
+            tch::manual_seed(common.seed as i64);
+            let prompt = match (prompt, prompt_file) {
+                (Some(text), _) => text.into_bytes(),
+                (None, Some(path)) => {
+                    std::fs::read(&path).with_context(|| format!("cannot read prompt file {}", path.display()))?
+                }
+                (None, None) => Vec::new(),
+            };
+            if temperature < 0.0 {
+                anyhow::bail!("--temperature {temperature} must not be negative");
+            }
+            if top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+                anyhow::bail!("--top-p must be in [0, 1]");
+            }
+            generate::run(GenerateOptions {
+                checkpoint,
+                prompt,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                greedy,
+                num_samples,
+                json,
+                device,
+            })
+        }
+        Command::Bench { suite, steps, quick, json, case, common } => {
+            let device = setup(&common)?;
+            bench::run(BenchOptions { suite, steps, quick, json, case, device, threads: common.threads })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help
+        Err(err) => {
+            // One line naming the problem, not clap's usage block.
+            let rendered = err.to_string();
+            let first = rendered.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            eprintln!("error: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -7,6 +7,7 @@ use tch::{nn, Kind, Tensor};
 use super::block::Block;
 use super::config::ModelConfig;
 use super::positional::PositionalEmbedding;
+use super::reversible;
 use super::seeded_random::{self, ForwardMode};
 
 const EMBEDDING_DROPOUT_TAG: u64 = u64::MAX;
@@ -45,6 +46,16 @@ impl ReformerLm {
         }
     }
 
+    /// Evaluates LSH layers with `n_hashes` rounds instead of the trained number (paper
+    /// Table 2); other layers are unchanged.
+    pub fn set_n_hashes(&mut self, n_hashes: i64) {
+        for block in &mut self.blocks {
+            if let super::block::Attention::Lsh(lsh) = &mut block.attention {
+                lsh.params.n_hashes = n_hashes;
+            }
+        }
+    }
+
     /// The embedded input, duplicated into the two residual streams' start.
     ///
     /// # Shapes
@@ -59,11 +70,17 @@ impl ReformerLm {
         seeded_random::dropout(&x, self.cfg.dropout_hidden, mode.child(EMBEDDING_DROPOUT_TAG).seed, mode.train)
     }
 
-    /// The blocks under ordinary autograd: every block's activations are kept.
+    /// The blocks. When `cfg.reversible` is set and autograd is recording, they run as
+    /// one reversible node that keeps no block's activations (see `reversible`);
+    /// otherwise under ordinary autograd, which keeps every block's activations.
     ///
     /// # Shapes
     /// `x`: (B, T, D); returns (y1, y2), each (B, T, D).
     pub fn run_blocks(&self, x: &Tensor, mode: ForwardMode) -> (Tensor, Tensor) {
+        if self.cfg.reversible && reversible::grad_enabled() {
+            return reversible::reversible_blocks(&self.blocks, x, x, mode)
+                .unwrap_or_else(|e| panic!("reversible block stack: {e}"));
+        }
         let mut streams = (x.shallow_clone(), x.shallow_clone());
         for (i, block) in self.blocks.iter().enumerate() {
             streams = block.forward(&streams.0, &streams.1, mode.child(i as u64));

@@ -120,8 +120,7 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     }
     let logits = logits.masked_fill(&k_pos.eq_tensor(&q_pos), SELF_LOGIT).masked_fill(&hidden, MASKED_LOGIT);
 
-    let lse = logits.logsumexp([-1], true); // (B, H, R, NC, C, 1)
-    let probs = (logits - &lse).exp();
+    let (probs, lse) = softmax_and_logsumexp(&logits); // (B, H, R, NC, C, W), (B, H, R, NC, C, 1)
     let probs = seeded_random::dropout(&probs, p.dropout, mode.child(DROPOUT_TAG).seed, mode.train);
     let s_out = probs.matmul(&sv); // (B, H, R, NC, C, Dh)
 
@@ -150,6 +149,22 @@ fn strict_causal_hidden(buckets: &Tensor, sticker: &Tensor, p: &LshParams, shape
     let distance = q_slot - k_slot; // (NC, C, W)
     let out_of_reach = distance.lt(0).logical_or(&distance.gt(c));
     k_bucket.ne_tensor(&s_bucket.unsqueeze(-1)).logical_or(&out_of_reach)
+}
+
+/// Softmax over the last dimension and its log-sum-exp, computed from the softmax:
+/// lse = max logit − log(max probability), exact because the largest logit has the
+/// largest probability (≥ 1/W, so the log is safe). libtorch's softmax kernel is several
+/// times faster on CPU than an `exp` over logits that are mostly `MASKED_LOGIT`, and
+/// autograd through this form gives the usual d lse / d logits = softmax.
+///
+/// # Shapes
+/// `logits`: (..., W); returns (..., W) and (..., 1).
+fn softmax_and_logsumexp(logits: &Tensor) -> (Tensor, Tensor) {
+    let probs = logits.softmax(-1, logits.kind());
+    let max_logit = logits.amax([-1], true);
+    let max_prob = probs.amax([-1], true);
+    let lse = max_logit - max_prob.log();
+    (probs, lse)
 }
 
 /// Vectors scaled to unit length (the shared keys of paper §2).

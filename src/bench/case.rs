@@ -1,0 +1,163 @@
+//! One benchmark case, run inside its own process: build the model or layer, warm up,
+//! time the steps, and read the process's peak memory.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::model::block::Attention;
+use crate::model::{AttentionKind, ForwardMode, ModelConfig, ReformerLm};
+use crate::optimizer::AdamW;
+use crate::run_config::TrainConfig;
+
+/// Warm-up steps before timing (the first steps pay for allocation and kernel choice).
+const WARMUP_STEPS: usize = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaseKind {
+    /// Forward and backward of one attention layer on random input.
+    Layer,
+    /// One whole training step of the LM: forward, loss, backward, Adam.
+    Step,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Case {
+    pub suite: String,
+    pub label: String,
+    pub kind: CaseKind,
+    pub model: ModelConfig,
+    pub batch_size: i64,
+    pub seq_len: i64,
+    pub steps: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Measurement {
+    pub ms_per_step: f64,
+    pub us_per_token: f64,
+    pub tokens_per_sec: f64,
+    /// Peak resident memory above the process's baseline after libtorch started (CPU),
+    /// in bytes.
+    pub peak_bytes: i64,
+    /// Every timed step, in milliseconds.
+    pub step_ms: Vec<f64>,
+}
+
+impl Case {
+    pub fn attention(&self) -> AttentionKind {
+        self.model.attention[0]
+    }
+
+    /// Model FLOPs per token of one training step (forward + backward = 3 × forward):
+    /// 2 per weight per token in every matmul with a weight, plus attention's two
+    /// matmuls (logits, weighted values), each 2·keys·Dh per head: keys = W·R for LSH
+    /// (W = (before + 1 + after)·chunk_len), W for local, T/2 for causal full attention.
+    pub fn flops_per_token(&self) -> f64 {
+        let cfg = &self.model;
+        let (d, inner) = (cfg.d_model as f64, (cfg.n_heads * cfg.d_head()) as f64);
+        let dh = cfg.d_head() as f64;
+        let attention_core = |kind: AttentionKind| -> f64 {
+            let keys = match kind {
+                AttentionKind::Lsh => {
+                    ((1 + cfg.lsh.n_chunks_before + cfg.lsh.n_chunks_after) * cfg.lsh.chunk_len * cfg.lsh.n_hashes) as f64
+                }
+                AttentionKind::Local => ((1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) * cfg.local.chunk_len) as f64,
+                AttentionKind::Full => self.seq_len as f64 / if cfg.causal { 2.0 } else { 1.0 },
+            };
+            2.0 * 2.0 * keys * dh * cfg.n_heads as f64
+        };
+        let projections = |kind: AttentionKind| -> f64 {
+            let n_matrices = if kind == AttentionKind::Lsh { 3.0 } else { 4.0 };
+            2.0 * n_matrices * d * inner
+        };
+        let forward = match self.kind {
+            CaseKind::Layer => projections(self.attention()) + attention_core(self.attention()),
+            CaseKind::Step => {
+                let layers: f64 = (0..cfg.n_layers)
+                    .map(|i| {
+                        let kind = cfg.attention_of_layer(i);
+                        projections(kind) + attention_core(kind) + 2.0 * 2.0 * d * cfg.d_ff as f64
+                    })
+                    .sum();
+                layers + 2.0 * 2.0 * d * cfg.vocab_size as f64
+            }
+        };
+        3.0 * forward
+    }
+}
+
+/// Resident memory of this process (VmRSS) or its peak (VmHWM), in bytes.
+pub fn process_memory(field: &str) -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<i64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    sorted[sorted.len() / 2]
+}
+
+/// Runs the case in this process and measures it.
+pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
+    case.model.validate().context("bench case has an invalid model")?;
+    let _ = Tensor::ones([8, 8], (Kind::Float, device)).matmul(&Tensor::ones([8, 8], (Kind::Float, device)));
+    let baseline = process_memory("VmRSS:");
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let mut step: Box<dyn FnMut(usize)> = match case.kind {
+        CaseKind::Layer => {
+            let layer = Attention::new(vs.root(), &case.model, case.attention());
+            let x = Tensor::randn([case.batch_size, case.seq_len, case.model.d_model], (Kind::Float, device))
+                .set_requires_grad(true);
+            Box::new(move |i| {
+                let out = layer.forward(&x, ForwardMode::train(i as u64));
+                out.sum(Kind::Float).backward();
+            })
+        }
+        CaseKind::Step => {
+            let model = ReformerLm::new(vs.root(), &case.model);
+            let mut optimizer = AdamW::new(&vs, &TrainConfig::default());
+            let tokens =
+                Tensor::randint(case.model.vocab_size, [case.batch_size, case.seq_len + 1], (Kind::Int64, device));
+            let (inputs, targets) = (tokens.narrow(1, 0, case.seq_len), tokens.narrow(1, 1, case.seq_len));
+            Box::new(move |i| {
+                optimizer.zero_grad();
+                let stats = model.loss(&inputs, &targets, None, ForwardMode::train(i as u64));
+                stats.loss.backward();
+                optimizer.clip_grad_norm(Some(1.0));
+                optimizer.step(1e-4);
+            })
+        }
+    };
+    let mut step_ms = Vec::new();
+    for i in 0..WARMUP_STEPS + case.steps {
+        let started = Instant::now();
+        step(i);
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+        if i >= WARMUP_STEPS {
+            step_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let ms = median(&step_ms);
+    let tokens = (case.batch_size * case.seq_len) as f64;
+    Ok(Measurement {
+        ms_per_step: ms,
+        us_per_token: ms * 1e3 / tokens,
+        tokens_per_sec: tokens / (ms / 1e3),
+        peak_bytes: process_memory("VmHWM:") - baseline,
+        step_ms,
+    })
+}

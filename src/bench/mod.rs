@@ -1,0 +1,213 @@
+//! `reformer bench`: speed and memory of LSH against full attention as length grows,
+//! and of whole training steps, each case in a fresh child process for clean memory.
+
+pub mod case;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::{AttentionKind, ModelConfig, PositionalConfig};
+use case::{run_case, Case, CaseKind, Measurement};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// One attention layer, forward + backward, over sequence length.
+    Attention,
+    /// Whole training steps of three reference configurations.
+    Steps,
+    All,
+}
+
+pub struct BenchOptions {
+    pub suite: Suite,
+    pub steps: usize,
+    pub quick: bool,
+    pub json: Option<PathBuf>,
+    pub case: Option<String>,
+    pub device: Device,
+    pub threads: Option<usize>,
+}
+
+/// The fp32 matmul rate of this device (a 2048² GEMM, median of 5), in FLOP/s.
+pub fn matmul_flops(device: Device) -> f64 {
+    const N: i64 = 2048;
+    let a = Tensor::randn([N, N], (Kind::Float, device));
+    let b = Tensor::randn([N, N], (Kind::Float, device));
+    let mut secs = Vec::new();
+    for i in 0..6 {
+        let started = Instant::now();
+        let _ = a.matmul(&b).sum(Kind::Float).double_value(&[]);
+        if i > 0 {
+            secs.push(started.elapsed().as_secs_f64());
+        }
+    }
+    secs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    2.0 * (N * N * N) as f64 / secs[secs.len() / 2]
+}
+
+/// The attention layer of paper-like size (D 256, 4 heads, LSH chunk 64).
+fn attention_case(kind: AttentionKind, n_hashes: i64, seq_len: i64, steps: usize) -> Case {
+    let mut model = ModelConfig {
+        d_model: 256,
+        n_heads: 4,
+        max_seq_len: seq_len,
+        positional: PositionalConfig::None,
+        attention: vec![kind],
+        ..Default::default()
+    };
+    model.lsh.n_hashes = n_hashes;
+    model.lsh.chunk_len = 64;
+    let label = match kind {
+        AttentionKind::Lsh => format!("lsh-{n_hashes}"),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    Case { suite: "attention".into(), label, kind: CaseKind::Layer, model, batch_size: 1, seq_len, steps }
+}
+
+/// The three training-step configurations compared with other implementations.
+fn step_cases(steps: usize) -> Vec<Case> {
+    let lm = |label: &str, n_layers, d_model, n_heads, d_ff, seq_len: i64, batch_size, n_hashes| {
+        let mut model = ModelConfig {
+            d_model,
+            n_layers,
+            n_heads,
+            d_ff,
+            max_seq_len: seq_len,
+            positional: PositionalConfig::Learned,
+            attention: vec![AttentionKind::Lsh],
+            ..Default::default()
+        };
+        model.lsh.n_hashes = n_hashes;
+        model.lsh.chunk_len = 64;
+        Case { suite: "steps".into(), label: label.into(), kind: CaseKind::Step, model, batch_size, seq_len, steps }
+    };
+    vec![
+        lm("dup", 1, 256, 4, 256, 1024, 8, 4),
+        lm("lm4k", 6, 256, 4, 1024, 4096, 1, 2),
+        lm("lm16k", 3, 128, 2, 512, 16384, 1, 2),
+    ]
+}
+
+fn cases(opts: &BenchOptions) -> Vec<Case> {
+    let lengths: &[i64] = if opts.quick { &[1024, 4096, 16384] } else { &[1024, 2048, 4096, 8192, 16384] };
+    let mut cases = Vec::new();
+    if matches!(opts.suite, Suite::Attention | Suite::All) {
+        for &t in lengths {
+            for rounds in [1, 2, 4, 8] {
+                cases.push(attention_case(AttentionKind::Lsh, rounds, t, opts.steps));
+            }
+            cases.push(attention_case(AttentionKind::Local, 1, t, opts.steps));
+            cases.push(attention_case(AttentionKind::Full, 1, t, opts.steps));
+        }
+    }
+    if matches!(opts.suite, Suite::Steps | Suite::All) {
+        cases.extend(step_cases(opts.steps));
+    }
+    cases
+}
+
+/// Runs one case in a child process of this binary; a crash (e.g. out of memory) is
+/// reported as a status, not an error.
+fn run_in_child(case: &Case, opts: &BenchOptions) -> Result<(String, Measurement)> {
+    let exe = std::env::current_exe().context("cannot find the reformer binary")?;
+    let mut command = Command::new(exe);
+    command.arg("bench").arg("--case").arg(serde_json::to_string(case)?).arg("--device").arg(device_arg(opts.device));
+    if let Some(threads) = opts.threads {
+        command.arg("--threads").arg(threads.to_string());
+    }
+    let output = command.output().context("cannot start a bench child process")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let status = if stderr.contains("out of memory") || output.status.code().is_none() { "oom" } else { "failed" };
+        eprintln!("  {} at T={}: {status}: {}", case.label, case.seq_len, stderr.lines().last().unwrap_or(""));
+        return Ok((status.into(), Measurement::default()));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().context("bench child printed nothing")?;
+    Ok(("ok".into(), serde_json::from_str(line).context("bench child printed a bad result")?))
+}
+
+fn device_arg(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    }
+}
+
+pub fn run(opts: BenchOptions) -> Result<()> {
+    if let Some(spec) = &opts.case {
+        let case: Case = serde_json::from_str(spec).context("bad --case JSON")?;
+        println!("{}", serde_json::to_string(&run_case(&case, opts.device)?)?);
+        return Ok(());
+    }
+    let peak = matmul_flops(opts.device);
+    eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(opts.device), peak / 1e9);
+    let cases = cases(&opts);
+    let mut progress = crate::progress::Progress::new("bench", cases.len() as u64);
+    let mut rows = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let (status, m) = run_in_child(case, &opts)?;
+        let flops = case.flops_per_token();
+        let utilization = if status == "ok" { flops * m.tokens_per_sec / peak } else { 0.0 };
+        rows.push(json!({
+            "suite": case.suite, "label": case.label, "attention": case.attention(),
+            "n_hashes": case.model.lsh.n_hashes, "seq_len": case.seq_len, "batch_size": case.batch_size,
+            "n_layers": case.model.n_layers, "reversible": case.model.reversible,
+            "ff_chunked": case.model.ff_chunk_len.is_some(), "status": status,
+            "ms_per_step": m.ms_per_step, "us_per_token": m.us_per_token, "tokens_per_sec": m.tokens_per_sec,
+            "peak_bytes": m.peak_bytes, "flops_per_token": flops, "utilization": utilization, "step_ms": m.step_ms,
+        }));
+        progress.update(i as u64 + 1, format!("{} T={}", case.label, case.seq_len));
+    }
+    progress.finish();
+    print_table(&rows);
+    if let Some(path) = &opts.json {
+        let report = json!({"machine": machine(opts.device), "matmul_flops": peak, "cases": rows});
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[serde_json::Value]) {
+    println!(
+        "{:<10} {:<8} {:>7} {:>6} {:>10} {:>9} {:>11} {:>10} {:>6}",
+        "suite", "case", "T", "batch", "ms/step", "us/token", "tokens/s", "peak MiB", "util"
+    );
+    for r in rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        if r["status"] != "ok" {
+            println!("{:<10} {:<8} {:>7} {:>6} {:>10}", r["suite"].as_str().unwrap_or(""), r["label"].as_str().unwrap_or(""), r["seq_len"], r["batch_size"], r["status"].as_str().unwrap_or(""));
+            continue;
+        }
+        println!(
+            "{:<10} {:<8} {:>7} {:>6} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>5.1}%",
+            r["suite"].as_str().unwrap_or(""),
+            r["label"].as_str().unwrap_or(""),
+            r["seq_len"],
+            r["batch_size"],
+            f("ms_per_step"),
+            f("us_per_token"),
+            f("tokens_per_sec"),
+            f("peak_bytes") / (1 << 20) as f64,
+            100.0 * f("utilization")
+        );
+    }
+}
+
+fn machine(device: Device) -> serde_json::Value {
+    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok().filter(|o| o.status.success());
+    json!({
+        "device": crate::device::describe(device),
+        "threads": tch::get_num_threads(),
+        "libtorch": crate::LIBTORCH_VERSION,
+        "cuda_available": tch::Cuda::is_available(),
+        "git_commit": commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        "allocator": std::env::var("MALLOC_MMAP_THRESHOLD_").map(|v| format!("glibc, MALLOC_MMAP_THRESHOLD_={v}")).unwrap_or("glibc default".into()),
+    })
+}

@@ -1,0 +1,149 @@
+//! `reformer generate`: sampling bytes from a trained checkpoint, streamed to stdout as
+//! they are produced. Each new token re-runs the forward pass over the context window.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::checkpoint::{load_weights, RunDir};
+use crate::evaluate::EVAL_SEED;
+use crate::model::{ForwardMode, ReformerLm};
+
+pub struct GenerateOptions {
+    pub checkpoint: PathBuf,
+    pub prompt: Vec<u8>,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_k: Option<i64>,
+    pub top_p: Option<f64>,
+    pub greedy: bool,
+    pub num_samples: usize,
+    pub json: bool,
+    pub device: Device,
+}
+
+/// Loads the model of a run folder (its best checkpoint) or of one checkpoint folder.
+pub fn load_model(path: &Path, device: Device) -> Result<(nn::VarStore, ReformerLm)> {
+    if !path.exists() {
+        bail!("checkpoint {} does not exist", path.display());
+    }
+    // A checkpoint folder lives in RUN/checkpoints/; its config is two levels up.
+    let (run_path, checkpoint) = if path.join("config.json").exists() {
+        let (run, _) = RunDir::open(path)?;
+        let best = run.best().with_context(|| format!("{} holds no checkpoint yet", path.display()))?;
+        (path.to_path_buf(), best)
+    } else {
+        let run = path.parent().and_then(Path::parent).context("not a run or checkpoint folder")?;
+        (run.to_path_buf(), path.to_path_buf())
+    };
+    let (_, cfg) = RunDir::open(&run_path)?;
+    cfg.model.validate().context("the checkpoint's config.json is invalid")?;
+    let mut vs = nn::VarStore::new(device);
+    let model = ReformerLm::new(vs.root(), &cfg.model);
+    load_weights(&mut vs, &checkpoint)?;
+    Ok((vs, model))
+}
+
+/// Picks the next token from the last position's logits.
+///
+/// # Shapes
+/// `logits`: (V); returns a token id.
+pub fn sample(logits: &Tensor, opts: &GenerateOptions) -> i64 {
+    if opts.greedy || opts.temperature == 0.0 {
+        return logits.argmax(-1, false).int64_value(&[]);
+    }
+    let mut logits = logits.to_kind(Kind::Float) / opts.temperature;
+    if let Some(k) = opts.top_k {
+        let k = k.min(logits.size()[0]);
+        let kth = logits.topk(k, -1, true, true).0.get(k - 1);
+        logits = logits.masked_fill(&logits.lt_tensor(&kth), f64::NEG_INFINITY);
+    }
+    if let Some(p) = opts.top_p {
+        let (sorted, order) = logits.sort(-1, true);
+        let cumulative = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+        // Drop a token when the more likely ones already cover p (the first always stays).
+        let drop_sorted = (cumulative - sorted.softmax(-1, Kind::Float)).gt(p);
+        let drop = drop_sorted.scatter(0, &order, &drop_sorted);
+        logits = logits.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    logits.softmax(-1, Kind::Float).multinomial(1, false).int64_value(&[0])
+}
+
+/// Writes complete UTF-8 characters as they form, holding back a partial one.
+struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn push(&mut self, byte: u8, out: &mut impl Write) -> Result<()> {
+        self.pending.push(byte);
+        match std::str::from_utf8(&self.pending) {
+            Ok(_) => {}
+            Err(e) if e.error_len().is_none() => return Ok(()), // an incomplete sequence: wait
+            Err(_) => {}                                       // invalid: write the bytes as they are
+        }
+        out.write_all(&self.pending)?;
+        out.flush()?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+pub fn run(opts: GenerateOptions) -> Result<()> {
+    let (_vs, model) = load_model(&opts.checkpoint, opts.device)?;
+    let max_len = model.cfg.max_seq_len;
+    let mut prompt: Vec<i64> = opts.prompt.iter().map(|&b| b as i64).collect();
+    if prompt.is_empty() {
+        prompt.push(b'\n' as i64);
+    }
+    if prompt.len() as i64 > max_len {
+        eprintln!("warning: the prompt has {} tokens; keeping the last {max_len} (the model's max_seq_len)", prompt.len());
+        prompt.drain(..prompt.len() - max_len as usize);
+    }
+    let mut samples = Vec::new();
+    let (mut total_tokens, mut total_secs, mut first_token_secs) = (0usize, 0.0, Vec::new());
+    for sample_index in 0..opts.num_samples {
+        let mut context = prompt.clone();
+        let mut generated = Vec::new();
+        let mut stream = Utf8Stream { pending: Vec::new() };
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let started = Instant::now();
+        for i in 0..opts.max_new_tokens {
+            let start = context.len().saturating_sub(max_len as usize);
+            let input = Tensor::from_slice(&context[start..]).unsqueeze(0).to(opts.device); // (1, T)
+            let logits = tch::no_grad(|| model.forward(&input, ForwardMode::eval(EVAL_SEED)));
+            let next = sample(&logits.get(0).get(-1), &opts);
+            if i == 0 {
+                first_token_secs.push(started.elapsed().as_secs_f64());
+            }
+            context.push(next);
+            generated.push(next as u8);
+            if !opts.json {
+                stream.push(next as u8, &mut out)?;
+            }
+        }
+        if !opts.json {
+            out.write_all(&stream.pending)?;
+            writeln!(out)?;
+        }
+        total_secs += started.elapsed().as_secs_f64();
+        total_tokens += generated.len();
+        samples.push(String::from_utf8_lossy(&generated).into_owned());
+        if !opts.json && sample_index + 1 < opts.num_samples {
+            writeln!(out, "---")?;
+        }
+    }
+    let tokens_per_sec = total_tokens as f64 / total_secs.max(1e-9);
+    let ttft = first_token_secs.iter().sum::<f64>() / first_token_secs.len().max(1) as f64;
+    if opts.json {
+        println!("{}", json!({"samples": samples, "tokens_per_sec": tokens_per_sec, "time_to_first_token_secs": ttft, "new_tokens": total_tokens}));
+    } else {
+        eprintln!("{total_tokens} tokens at {tokens_per_sec:.1} tokens/s; first token after {:.3}s", ttft);
+    }
+    Ok(())
+}

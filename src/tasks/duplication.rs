@@ -1,0 +1,91 @@
+//! The duplication task (paper §5): sequences `0 w 0 w` with w drawn uniformly from
+//! {1..V-1}^n. A language model can only predict the second copy by finding the first,
+//! so second-copy accuracy measures whether attention retrieves far-away tokens.
+
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+use super::{Batch, SamplerRng, Task};
+use crate::model::ModelConfig;
+use crate::run_config::DuplicationConfig;
+
+/// Seed of the fixed validation sequences (any constant; it names the validation set).
+const VALID_SEED: u64 = 0xD0_0B1E;
+
+pub struct Duplication {
+    pub cfg: DuplicationConfig,
+}
+
+impl Duplication {
+    pub fn new(cfg: DuplicationConfig) -> Self {
+        Self { cfg }
+    }
+
+    /// One sequence `0 w 0 w` of length 2n + 2.
+    pub fn sequence(&self, rng: &mut SamplerRng) -> Vec<i64> {
+        let n = self.cfg.copy_len as usize;
+        let w: Vec<i64> = (0..n).map(|_| 1 + rng.below(self.cfg.n_symbols as u64 - 1) as i64).collect();
+        let mut seq = Vec::with_capacity(2 * n + 2);
+        seq.push(0);
+        seq.extend_from_slice(&w);
+        seq.push(0);
+        seq.extend_from_slice(&w);
+        seq
+    }
+
+    /// Weight 1 on the targets that are the second copy of w, 0 elsewhere. Targets are
+    /// the sequence shifted by one, so the second copy is targets n+1 ..= 2n.
+    pub fn second_copy_weights(&self) -> Vec<f32> {
+        let n = self.cfg.copy_len as usize;
+        (0..2 * n + 1).map(|j| if j > n { 1.0 } else { 0.0 }).collect()
+    }
+
+    fn batch(&self, batch_size: i64, rng: &mut SamplerRng) -> Batch {
+        let len = 2 * self.cfg.copy_len + 2;
+        let flat: Vec<i64> = (0..batch_size).flat_map(|_| self.sequence(rng)).collect();
+        let seqs = Tensor::from_slice(&flat).view([batch_size, len]); // (B, 2n+2)
+        let weights = Tensor::from_slice(&self.second_copy_weights()).unsqueeze(0).expand([batch_size, len - 1], false);
+        Batch {
+            inputs: seqs.narrow(1, 0, len - 1).contiguous(),
+            targets: seqs.narrow(1, 1, len - 1).contiguous(),
+            weights: weights.to_kind(Kind::Float).contiguous(),
+        }
+    }
+}
+
+impl Task for Duplication {
+    fn seq_len(&self) -> i64 {
+        2 * self.cfg.copy_len + 1
+    }
+
+    fn train_batch(&self, batch_size: i64, rng: &mut SamplerRng) -> Batch {
+        self.batch(batch_size, rng)
+    }
+
+    fn valid_batches(&self, batch_size: i64, n_batches: i64) -> Vec<Batch> {
+        let mut rng = SamplerRng::new(VALID_SEED);
+        (0..n_batches).map(|_| self.batch(batch_size, &mut rng)).collect()
+    }
+
+    fn reports_bpc(&self) -> bool {
+        false
+    }
+
+    fn check_model(&self, model: &ModelConfig) -> Result<()> {
+        if model.vocab_size < self.cfg.n_symbols {
+            bail!(
+                "the duplication task uses {} symbols but the model's vocab_size is {}: raise model.vocab_size",
+                self.cfg.n_symbols,
+                model.vocab_size
+            );
+        }
+        if self.seq_len() > model.max_seq_len {
+            bail!(
+                "duplication sequences are {} tokens (2·copy_len + 1) but model.max_seq_len is {}: lower train.duplication.copy_len or raise max_seq_len",
+                self.seq_len(),
+                model.max_seq_len
+            );
+        }
+        Ok(())
+    }
+}

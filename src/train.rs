@@ -1,0 +1,363 @@
+//! `reformer train`: the training loop, with validation, checkpoints, exact resume,
+//! graceful interruption and a guard against non-finite losses.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use tch::{nn, Device};
+
+use crate::checkpoint::{load_train_state, load_weights, RunDir, TrainState};
+use crate::evaluate::{evaluate, Score};
+use crate::model::seeded_random::derive_seed;
+use crate::model::{ForwardMode, ReformerLm};
+use crate::optimizer::{learning_rate, AdamW};
+use crate::progress::Progress;
+use crate::run_config::{NonFinitePolicy, RunConfig};
+use crate::tasks::{duplication::Duplication, text::TextData, SamplerRng, Task};
+
+/// Hash rounds at which a duplication model is evaluated at the end (paper Table 2).
+pub const TABLE2_ROUNDS: [i64; 4] = [1, 2, 4, 8];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// The paper's synthetic task: predict the second copy of `0 w 0 w`.
+    Duplication,
+    /// Byte-level enwik8 (default file data/enwik8).
+    Enwik8,
+    /// Any file as bytes (--data FILE).
+    Text,
+}
+
+impl TaskKind {
+    pub fn default_preset(self) -> &'static str {
+        match self {
+            Self::Duplication => "duplication",
+            Self::Enwik8 | Self::Text => "enwik8-cpu",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    F32,
+    /// bfloat16 autocast (CUDA only).
+    Bf16,
+}
+
+pub struct TrainOptions {
+    pub task: TaskKind,
+    pub data: Option<PathBuf>,
+    pub preset: Option<String>,
+    pub config: Option<PathBuf>,
+    pub set: Vec<String>,
+    pub out: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub steps: Option<i64>,
+    pub time_limit_minutes: Option<f64>,
+    pub eval_bytes: usize,
+    pub precision: Precision,
+    pub json: bool,
+    pub device: Device,
+    pub seed: u64,
+}
+
+/// Set by the first Ctrl-C / SIGTERM: finish the step, save, stop.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP_REQUESTED.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting now without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing this step and saving a checkpoint (again to exit at once)");
+    });
+}
+
+fn resolve_config(opts: &TrainOptions) -> Result<RunConfig> {
+    let base = match (&opts.config, &opts.preset) {
+        (Some(path), _) => RunConfig::from_file(path)?,
+        (None, Some(name)) => RunConfig::preset(name)?,
+        (None, None) => RunConfig::preset(opts.task.default_preset())?,
+    };
+    let mut cfg = base.with_overrides(&opts.set)?;
+    if let Some(steps) = opts.steps {
+        cfg.train.steps = steps;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn build_task(opts: &TrainOptions, cfg: &RunConfig) -> Result<Box<dyn Task>> {
+    let task: Box<dyn Task> = match opts.task {
+        TaskKind::Duplication => Box::new(Duplication::new(cfg.train.duplication.clone())),
+        TaskKind::Enwik8 => {
+            let path = opts.data.clone().unwrap_or_else(|| PathBuf::from("data/enwik8"));
+            if !path.exists() {
+                bail!(
+                    "enwik8 not found at {}: download http://mattmahoney.net/dc/enwik8.zip and unzip it into data/, or pass --data FILE",
+                    path.display()
+                );
+            }
+            Box::new(TextData::load(&path, cfg.train.seq_len)?)
+        }
+        TaskKind::Text => {
+            let path = opts.data.as_ref().context("--task text needs --data FILE")?;
+            Box::new(TextData::load(path, cfg.train.seq_len)?)
+        }
+    };
+    task.check_model(&cfg.model)?;
+    Ok(task)
+}
+
+fn default_out(task: TaskKind) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let name = format!("{:?}", task).to_lowercase();
+    PathBuf::from("checkpoints").join(format!("{name}-{secs}"))
+}
+
+pub fn run(opts: TrainOptions) -> Result<()> {
+    if opts.precision == Precision::Bf16 && !opts.device.is_cuda() {
+        bail!("--precision bf16 autocasts on CUDA only: use --precision f32 on {:?}", opts.device);
+    }
+    let (existing_run, cfg) = match &opts.resume {
+        Some(dir) => {
+            let (run_dir, mut cfg) = RunDir::open(dir)?;
+            if let Some(steps) = opts.steps {
+                cfg.train.steps = steps;
+            }
+            cfg.validate()?;
+            (Some(run_dir), cfg)
+        }
+        None => (None, resolve_config(&opts)?),
+    };
+    // The data is checked before anything is written.
+    let task = build_task(&opts, &cfg)?;
+    let run_dir = match existing_run {
+        Some(run_dir) => run_dir,
+        None => RunDir::create(&opts.out.clone().unwrap_or_else(|| default_out(opts.task)), &cfg)?,
+    };
+    eprintln!("config: {}", serde_json::to_string(&cfg)?);
+
+    tch::manual_seed(opts.seed as i64);
+    let mut vs = nn::VarStore::new(opts.device);
+    let mut model = ReformerLm::new(vs.root(), &cfg.model);
+    let mut optimizer = AdamW::new(&vs, &cfg.train);
+    let n_params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    let mut state = TrainState {
+        step: 0,
+        seed: opts.seed,
+        sampler: SamplerRng::new(derive_seed(opts.seed, 0x5A_4D_9E)),
+        n_updates: 0,
+        best_valid_loss: None,
+        skipped_steps: 0,
+        elapsed_secs: 0.0,
+    };
+    if opts.resume.is_some() {
+        let checkpoint = run_dir.latest().with_context(|| format!("{} has no checkpoint to resume", run_dir.path.display()))?;
+        load_weights(&mut vs, &checkpoint)?;
+        let (optimizer_state, saved) = load_train_state(&checkpoint)?;
+        optimizer.load_state(optimizer_state, saved.n_updates)?;
+        state = saved;
+        run_dir.truncate_metrics(state.step)?;
+        eprintln!("resuming {} at step {}", checkpoint.display(), state.step);
+    }
+    eprintln!("model: {n_params} parameters on {}; run folder {}", crate::device::describe(opts.device), run_dir.path.display());
+
+    install_interrupt_handler();
+    let train = &cfg.train;
+    let valid_batches = task.valid_batches(train.batch_size, train.eval_batches);
+    let started = Instant::now();
+    let elapsed_before = state.elapsed_secs;
+    let time_limit = opts.time_limit_minutes.map(|m| m * 60.0);
+    let mut progress = Progress::new("train", train.steps as u64);
+    let mut window = MetricsWindow::default();
+    let mut last_saved = if opts.resume.is_some() { state.step } else { -1 };
+    let mut last_valid: Option<Score> = None;
+
+    while state.step < train.steps {
+        if STOP_REQUESTED.load(Ordering::SeqCst) {
+            progress.println("stopping at the interrupt");
+            break;
+        }
+        if time_limit.is_some_and(|limit| elapsed_before + started.elapsed().as_secs_f64() >= limit) {
+            progress.println("time limit reached");
+            break;
+        }
+        let lr = learning_rate(train, state.step);
+        optimizer.zero_grad();
+        let (mut loss_sum, mut correct, mut weight, mut tokens) = (0.0, 0.0, 0.0, 0i64);
+        for micro in 0..train.grad_accumulation {
+            let batch = task.train_batch(train.batch_size, &mut state.sampler).to_device(opts.device);
+            let mode = ForwardMode::train(derive_seed(state.seed, (state.step * train.grad_accumulation + micro) as u64));
+            let stats = tch::autocast(opts.precision == Precision::Bf16, || {
+                model.loss(&batch.inputs, &batch.targets, Some(&batch.weights), mode)
+            });
+            (&stats.loss / train.grad_accumulation as f64).backward();
+            loss_sum += stats.loss.double_value(&[]) * stats.weight;
+            correct += stats.correct;
+            weight += stats.weight;
+            tokens += batch.n_tokens();
+        }
+        let loss = loss_sum / weight.max(1.0);
+        let grad_norm = optimizer.clip_grad_norm(train.clip_grad_norm);
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            let what = format!("step {}: non-finite loss {loss} or gradient norm {grad_norm}", state.step + 1);
+            match train.on_non_finite {
+                NonFinitePolicy::Stop => {
+                    progress.finish();
+                    bail!("{what}; stopped. The last good checkpoint is in {}", run_dir.path.display());
+                }
+                NonFinitePolicy::Skip => {
+                    progress.println(&format!("{what}; update skipped"));
+                    state.skipped_steps += 1;
+                    state.step += 1;
+                    continue;
+                }
+            }
+        }
+        optimizer.step(lr);
+        state.step += 1;
+        state.n_updates = optimizer.n_updates;
+        state.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
+        window.add(loss * weight, correct, weight, tokens);
+
+        if state.step % train.log_every == 0 || state.step == train.steps {
+            let record = window.flush(state.step, lr, state.elapsed_secs, task.reports_bpc());
+            progress.update(state.step as u64, window_message(&record));
+            run_dir.log_metrics(&record)?;
+        }
+        if state.step % train.eval_every == 0 || state.step == train.steps {
+            let score = evaluate(&model, &valid_batches, opts.device);
+            let is_best = state.best_valid_loss.is_none_or(|best| score.loss < best);
+            if is_best {
+                state.best_valid_loss = Some(score.loss);
+            }
+            run_dir.log_metrics(&json!({"step": state.step, "valid_loss": score.loss, "valid_bpc": score.bpc,
+                "valid_accuracy": score.accuracy, "elapsed": state.elapsed_secs}))?;
+            progress.println(&format!("step {}: validation {}", state.step, describe_score(&score, task.reports_bpc())));
+            run_dir.save(&vs, &optimizer.state(), &state, is_best, train.keep_last)?;
+            last_saved = state.step;
+            last_valid = Some(score);
+        }
+    }
+    progress.finish();
+    if last_saved != state.step {
+        run_dir.save(&vs, &optimizer.state(), &state, false, train.keep_last)?;
+    }
+    let valid = match last_valid {
+        Some(score) if last_saved == state.step => score,
+        _ => evaluate(&model, &valid_batches, opts.device),
+    };
+    let tokens_per_sec = window.total_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let mut summary = json!({
+        "task": opts.task, "steps": state.step, "skipped_steps": state.skipped_steps,
+        "valid_loss": valid.loss, "tokens_per_sec": tokens_per_sec, "elapsed_secs": state.elapsed_secs,
+        "checkpoint": run_dir.latest().map(|p| p.display().to_string()),
+    });
+    eprintln!("final validation: {}", describe_score(&valid, task.reports_bpc()));
+    if task.reports_bpc() {
+        summary["valid_bpc"] = json!(valid.bpc);
+        if let Some(text) = task_as_text(&opts, &cfg)? {
+            let test = evaluate(&model, &text.test_batches(train.batch_size, opts.eval_bytes), opts.device);
+            eprintln!("test: {:.4} bits per byte over {} bytes", test.bpc, test.n_targets);
+            summary["test_bpc"] = json!(test.bpc);
+        }
+    } else {
+        summary["valid_accuracy"] = json!(valid.accuracy);
+        summary["accuracy_by_rounds"] = table2_row(&mut model, &valid_batches, opts.device);
+    }
+    if opts.json {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+/// The text data again, for the test split (only the LM tasks have one).
+fn task_as_text(opts: &TrainOptions, cfg: &RunConfig) -> Result<Option<TextData>> {
+    let path = match opts.task {
+        TaskKind::Duplication => return Ok(None),
+        TaskKind::Enwik8 => opts.data.clone().unwrap_or_else(|| PathBuf::from("data/enwik8")),
+        TaskKind::Text => opts.data.clone().context("--task text needs --data FILE")?,
+    };
+    Ok(Some(TextData::load(&path, cfg.train.seq_len)?))
+}
+
+/// Accuracy with 1, 2, 4 and 8 hash rounds (and full attention: not swapped in here),
+/// printed like a row of the paper's Table 2.
+fn table2_row(model: &mut ReformerLm, batches: &[crate::tasks::Batch], device: Device) -> serde_json::Value {
+    let trained = model.cfg.lsh.n_hashes;
+    let mut row = serde_json::Map::new();
+    let mut line = format!("trained with {trained} rounds, evaluated with:");
+    for rounds in TABLE2_ROUNDS {
+        model.set_n_hashes(rounds);
+        let score = evaluate(model, batches, device);
+        line += &format!("  {rounds}: {:.1}%", 100.0 * score.accuracy);
+        row.insert(rounds.to_string(), json!(score.accuracy));
+    }
+    model.set_n_hashes(trained);
+    eprintln!("{line}");
+    serde_json::Value::Object(row)
+}
+
+fn describe_score(score: &Score, bpc: bool) -> String {
+    if bpc {
+        format!("loss {:.4}, {:.4} bits per byte", score.loss, score.bpc)
+    } else {
+        format!("loss {:.4}, second-copy accuracy {:.2}%", score.loss, 100.0 * score.accuracy)
+    }
+}
+
+/// Training figures accumulated between log lines.
+#[derive(Default)]
+struct MetricsWindow {
+    nll: f64,
+    correct: f64,
+    weight: f64,
+    tokens: i64,
+    total_tokens: i64,
+    started: Option<Instant>,
+}
+
+impl MetricsWindow {
+    fn add(&mut self, nll: f64, correct: f64, weight: f64, tokens: i64) {
+        self.started.get_or_insert_with(Instant::now);
+        self.nll += nll;
+        self.correct += correct;
+        self.weight += weight;
+        self.tokens += tokens;
+        self.total_tokens += tokens;
+    }
+
+    fn flush(&mut self, step: i64, lr: f64, elapsed: f64, bpc: bool) -> serde_json::Value {
+        let loss = self.nll / self.weight.max(1.0);
+        let secs = self.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0).max(1e-9);
+        let mut record = json!({"step": step, "loss": loss, "lr": lr, "tokens_per_sec": self.tokens as f64 / secs, "elapsed": elapsed});
+        if bpc {
+            record["bpc"] = json!(loss / std::f64::consts::LN_2);
+        } else {
+            record["accuracy"] = json!(self.correct / self.weight.max(1.0));
+        }
+        let total = self.total_tokens;
+        *self = Self { total_tokens: total, started: Some(Instant::now()), ..Default::default() };
+        record
+    }
+}
+
+fn window_message(record: &serde_json::Value) -> String {
+    let figure = match (record.get("bpc"), record.get("accuracy")) {
+        (Some(bpc), _) => format!("bpc {:.3}", bpc.as_f64().unwrap_or(f64::NAN)),
+        (_, Some(acc)) => format!("acc {:.1}%", 100.0 * acc.as_f64().unwrap_or(f64::NAN)),
+        _ => String::new(),
+    };
+    format!(
+        "loss {:.4} {figure} {:.0} tok/s",
+        record["loss"].as_f64().unwrap_or(f64::NAN),
+        record["tokens_per_sec"].as_f64().unwrap_or(0.0)
+    )
+}
+

@@ -1,0 +1,69 @@
+//! The command line: versions, help, and one clear error line for every user mistake.
+
+use std::process::{Command, Output};
+
+fn reformer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).output().expect("the binary runs")
+}
+
+/// A user error: non-zero exit, nothing on stdout, exactly one line on stderr that
+/// contains `needle`, and no panic or backtrace.
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let out = reformer(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("config:")).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one error line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
+    assert!(lines[0].contains(needle), "{args:?}: expected '{needle}' in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+}
+
+#[test]
+fn version_names_crate_and_libtorch() {
+    let out = reformer(&["--version"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(concat!("reformer ", env!("CARGO_PKG_VERSION"))), "{stdout}");
+    assert!(stdout.contains("libtorch 2.11.0"), "{stdout}");
+    assert!(stdout.contains("cuda available:"), "{stdout}");
+}
+
+#[test]
+fn help_lists_subcommands_and_flags() {
+    let out = reformer(&["--help"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for word in ["train", "generate", "bench"] {
+        assert!(stdout.contains(word), "{stdout}");
+    }
+    let out = reformer(&["train", "--help"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--task", "--device", "--seed", "--threads", "--resume", "--preset", "--set"] {
+        assert!(stdout.contains(flag), "train --help lacks {flag}");
+    }
+}
+
+#[test]
+fn user_mistakes_give_one_clear_line() {
+    assert_one_line_error(&["train", "--no-such-flag"], "--no-such-flag");
+    assert_one_line_error(&["train", "--task", "text", "--data", "/nonexistent/file.txt"], "/nonexistent/file.txt");
+    assert_one_line_error(&["train", "--task", "text"], "--data");
+    assert_one_line_error(&["train", "--task", "enwik8", "--data", "/nonexistent/enwik8"], "enwik8.zip");
+    assert_one_line_error(&["train", "--preset", "no-such-preset"], "unknown preset 'no-such-preset'");
+    assert_one_line_error(&["train", "--set", "model.d_modle=3"], "unknown setting 'd_modle'");
+    assert_one_line_error(&["train", "--set", "model.n_heads=3"], "not divisible by n_heads");
+    assert_one_line_error(&["train", "--device", "tpu"], "unknown device 'tpu'");
+    assert_one_line_error(&["train", "--config", "/nonexistent/config.json"], "/nonexistent/config.json");
+    assert_one_line_error(&["generate", "--checkpoint", "/nonexistent/run"], "does not exist");
+    assert_one_line_error(&["train", "--set", "train.duplication.copy_len=400"], "max_seq_len");
+}
+
+#[test]
+fn short_text_file_is_refused_with_its_size() {
+    let dir = std::env::temp_dir().join(format!("reformer-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("short.txt");
+    std::fs::write(&file, b"too short for a window").unwrap();
+    assert_one_line_error(&["train", "--task", "text", "--data", file.to_str().unwrap()], "fewer than one window");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,263 @@
+//! The reversible backward (paper §3) against ordinary autograd on the same weights and
+//! seeds: equal gradients for every parameter and for the stack's input, equal rebuilt
+//! block inputs, equal Adam steps; and errors inside the custom node come back as Err.
+
+use std::collections::HashMap;
+
+use reformer::model::config::{LocalConfig, LshConfig};
+use reformer::model::reversible::{reconstruct_inputs, reversible_blocks};
+use reformer::model::{AttentionKind, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+/// Relative error (‖a − b‖ / ‖b‖) allowed between the two backward passes: what the
+/// reconstruction by subtraction costs in float32 and float64.
+const F32_TOLERANCE: f64 = 1e-4;
+const F64_TOLERANCE: f64 = 1e-9;
+const BATCH: i64 = 2;
+const SEQ_LEN: i64 = 64;
+const WEIGHT_SEED: i64 = 11;
+const DATA_SEED: i64 = 12;
+const FORWARD_SEED: u64 = 13;
+const ADAM_LEARNING_RATE: f64 = 1e-3;
+/// Adam's epsilon, of the order of the gradients here: with the default 1e-8 a step is
+/// nearly lr·sign(gradient), blind to a gradient counted twice and, in float32, dominated
+/// by the rounding of gradients close to zero.
+const ADAM_EPS: f64 = 1e-3;
+const ADAM_STEPS: u64 = 2;
+
+fn tolerance(kind: Kind) -> f64 {
+    match kind {
+        Kind::Double => F64_TOLERANCE,
+        _ => F32_TOLERANCE,
+    }
+}
+
+fn machine_epsilon(kind: Kind) -> f64 {
+    match kind {
+        Kind::Double => f64::EPSILON,
+        _ => f32::EPSILON as f64,
+    }
+}
+
+fn config(n_layers: i64, reversible: bool) -> ModelConfig {
+    let cfg = ModelConfig {
+        vocab_size: 32,
+        d_model: 32,
+        n_layers,
+        n_heads: 2,
+        d_ff: 64,
+        dropout_hidden: 0.1,
+        dropout_attention: 0.1,
+        dropout_ff: 0.1,
+        max_seq_len: SEQ_LEN,
+        positional: PositionalConfig::Axial { shape: [8, 8], dims: [16, 16] },
+        attention: vec![AttentionKind::Lsh, AttentionKind::Local, AttentionKind::Full],
+        lsh: LshConfig { chunk_len: 16, ..Default::default() },
+        local: LocalConfig { chunk_len: 16, ..Default::default() },
+        reversible,
+        ..Default::default()
+    };
+    cfg.validate().unwrap();
+    cfg
+}
+
+/// The same network twice, with equal weights: under ordinary autograd and reversible.
+struct Pair {
+    plain_vs: nn::VarStore,
+    plain: ReformerLm,
+    reversible_vs: nn::VarStore,
+    reversible: ReformerLm,
+}
+
+fn pair(n_layers: i64, kind: Kind) -> Pair {
+    tch::manual_seed(WEIGHT_SEED);
+    let mut plain_vs = nn::VarStore::new(Device::Cpu);
+    let plain = ReformerLm::new(plain_vs.root(), &config(n_layers, false));
+    let mut reversible_vs = nn::VarStore::new(Device::Cpu);
+    let reversible = ReformerLm::new(reversible_vs.root(), &config(n_layers, true));
+    if kind == Kind::Double {
+        plain_vs.double();
+        reversible_vs.double();
+    }
+    reversible_vs.copy(&plain_vs).unwrap();
+    Pair { plain_vs, plain, reversible_vs, reversible }
+}
+
+/// Token ids and next-token targets, (B, T) each.
+fn batch(vocab_size: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(DATA_SEED);
+    let tokens = Tensor::randint(vocab_size, [BATCH, SEQ_LEN + 1], (Kind::Int64, Device::Cpu));
+    (tokens.narrow(1, 0, SEQ_LEN), tokens.narrow(1, 1, SEQ_LEN))
+}
+
+/// Mean next-token cross-entropy computed in the model's own dtype.
+fn loss(lm: &ReformerLm, tokens: &Tensor, targets: &Tensor, mode: ForwardMode) -> Tensor {
+    let logits = lm.forward(tokens, mode); // (B, T, V)
+    let log_probs = logits.log_softmax(-1, logits.kind());
+    -log_probs.gather(-1, &targets.unsqueeze(-1), false).mean(logits.kind())
+}
+
+fn relative_error(actual: &Tensor, expected: &Tensor) -> f64 {
+    let difference = (actual - expected).norm().double_value(&[]);
+    difference / expected.norm().double_value(&[]).max(f64::MIN_POSITIVE)
+}
+
+fn grads(vs: &nn::VarStore) -> HashMap<String, Tensor> {
+    vs.variables().into_iter().map(|(name, var)| (name, var.grad())).collect()
+}
+
+/// Every parameter's gradient, and the gradient with respect to the stack's input, agree
+/// between the reversible node and ordinary autograd.
+fn check_gradients(n_layers: i64, kind: Kind) {
+    let Pair { plain_vs, plain, reversible_vs, reversible } = pair(n_layers, kind);
+    let (tokens, targets) = batch(plain.cfg.vocab_size);
+    let mode = ForwardMode::train(FORWARD_SEED);
+
+    let plain_loss = loss(&plain, &tokens, &targets, mode);
+    let reversible_loss = loss(&reversible, &tokens, &targets, mode);
+    assert_eq!(plain_loss.double_value(&[]), reversible_loss.double_value(&[]), "the forward passes differ");
+    plain_loss.backward();
+    reversible_loss.f_backward().unwrap();
+
+    let (expected, actual) = (grads(&plain_vs), grads(&reversible_vs));
+    assert_eq!(expected.len(), actual.len());
+    for (name, expected) in &expected {
+        assert!(expected.defined(), "{name} got no gradient under ordinary autograd");
+        let error = relative_error(&actual[name], expected);
+        assert!(error <= tolerance(kind), "{n_layers} layers, {kind:?}: {name} relative error {error:e}");
+    }
+
+    // The stack on its own: the gradient with respect to its input, from a loss that
+    // weighs the two output streams differently.
+    let x = tch::no_grad(|| plain.embed(&tokens, mode)); // (B, T, D)
+    let [w1, w2] = [1, 2].map(|i| {
+        tch::manual_seed(DATA_SEED + i);
+        Tensor::randn(x.size(), (kind, Device::Cpu)) // (B, T, D)
+    });
+    let input_grad = |lm: &ReformerLm| {
+        let x = x.detach().set_requires_grad(true);
+        let (y1, y2) = lm.run_blocks(&x, mode);
+        (y1 * &w1 + y2 * &w2).sum(kind).backward();
+        x.grad()
+    };
+    let error = relative_error(&input_grad(&reversible), &input_grad(&plain));
+    assert!(error <= tolerance(kind), "{n_layers} layers, {kind:?}: stack input relative error {error:e}");
+}
+
+#[test]
+fn gradients_match_autograd_one_layer_f32() {
+    check_gradients(1, Kind::Float);
+}
+
+#[test]
+fn gradients_match_autograd_six_layers_f32() {
+    check_gradients(6, Kind::Float);
+}
+
+#[test]
+fn gradients_match_autograd_one_layer_f64() {
+    check_gradients(1, Kind::Double);
+}
+
+#[test]
+fn gradients_match_autograd_six_layers_f64() {
+    check_gradients(6, Kind::Double);
+}
+
+/// The inputs that the backward rebuilds from the stack's output are those the forward
+/// saw, block by block.
+fn check_reconstruction(kind: Kind) {
+    let Pair { plain, .. } = pair(6, kind);
+    let (tokens, _) = batch(plain.cfg.vocab_size);
+    let mode = ForwardMode::train(FORWARD_SEED);
+    tch::no_grad(|| {
+        let x = plain.embed(&tokens, mode);
+        let mut inputs = Vec::new();
+        let mut streams = (x.shallow_clone(), x);
+        for (i, block) in plain.blocks.iter().enumerate() {
+            inputs.push((streams.0.shallow_clone(), streams.1.shallow_clone()));
+            streams = block.forward(&streams.0, &streams.1, mode.child(i as u64));
+        }
+        let rebuilt = reconstruct_inputs(&plain.blocks, &streams.0, &streams.1, mode);
+        assert_eq!(rebuilt.len(), inputs.len());
+        for (i, ((x1, x2), (r1, r2))) in inputs.iter().zip(&rebuilt).enumerate() {
+            for (stream, expected, actual) in [(1, x1, r1), (2, x2, r2)] {
+                let error = relative_error(actual, expected);
+                assert!(error <= tolerance(kind), "{kind:?}: block {i} x{stream} rebuilt with relative error {error:e}");
+            }
+        }
+    });
+}
+
+#[test]
+fn reconstructed_inputs_match_forward_f32() {
+    check_reconstruction(Kind::Float);
+}
+
+#[test]
+fn reconstructed_inputs_match_forward_f64() {
+    check_reconstruction(Kind::Double);
+}
+
+/// Adam steps move every parameter the same way whichever backward computed the
+/// gradients (`.grad` is filled once per step, and released graphs leave no state).
+fn check_adam_steps(kind: Kind) {
+    let Pair { plain_vs, plain, reversible_vs, reversible } = pair(6, kind);
+    let (tokens, targets) = batch(plain.cfg.vocab_size);
+    let before: HashMap<String, Tensor> = plain_vs.variables().into_iter().map(|(n, v)| (n, v.detach().copy())).collect();
+    let adam = nn::Adam { eps: ADAM_EPS, ..Default::default() };
+    let mut plain_adam = adam.build(&plain_vs, ADAM_LEARNING_RATE).unwrap();
+    let mut reversible_adam = adam.build(&reversible_vs, ADAM_LEARNING_RATE).unwrap();
+    for step in 0..ADAM_STEPS {
+        let mode = ForwardMode::train(FORWARD_SEED + step);
+        plain_adam.backward_step(&loss(&plain, &tokens, &targets, mode));
+        reversible_adam.backward_step(&loss(&reversible, &tokens, &targets, mode));
+    }
+    let after = reversible_vs.variables();
+    for (name, plain_after) in plain_vs.variables() {
+        let expected = &plain_after - &before[&name];
+        let actual = &after[&name] - &before[&name];
+        // Each step rounds the parameter itself to its dtype: up to one unit in the last
+        // place per step is rounding of the weights, not a difference in the gradients.
+        let rounding = plain_after.abs() * (machine_epsilon(kind) * ADAM_STEPS as f64);
+        let excess = ((&actual - &expected).abs() - rounding).clamp_min(0.0);
+        let error = excess.norm().double_value(&[]) / expected.norm().double_value(&[]);
+        assert!(error <= tolerance(kind), "{kind:?}: Adam moved {name} differently, relative error {error:e}");
+    }
+}
+
+#[test]
+fn adam_steps_match_autograd_f32() {
+    check_adam_steps(Kind::Float);
+}
+
+#[test]
+fn adam_steps_match_autograd_f64() {
+    check_adam_steps(Kind::Double);
+}
+
+/// A libtorch error inside the node's forward callback is returned, not a crash.
+#[test]
+fn error_in_forward_is_an_err() {
+    let Pair { reversible, .. } = pair(2, Kind::Float);
+    let mode = ForwardMode::train(FORWARD_SEED);
+    let x2 = Tensor::zeros([BATCH, SEQ_LEN, reversible.cfg.d_model], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    // x1 one column too wide: y1 = x1 + F(x2) cannot broadcast.
+    let x1 = Tensor::zeros([BATCH, SEQ_LEN, reversible.cfg.d_model + 1], (Kind::Float, Device::Cpu));
+    let result = reversible_blocks(&reversible.blocks, &x1, &x2, mode);
+    let message = result.err().expect("a shape error in the forward callback must be an Err").to_string();
+    assert!(message.contains("reversible forward"), "unexpected message: {message}");
+}
+
+/// A libtorch error inside the node's backward callback makes `backward` return Err.
+#[test]
+fn error_in_backward_is_an_err() {
+    let Pair { reversible_vs, reversible, .. } = pair(2, Kind::Float);
+    let (tokens, targets) = batch(reversible.cfg.vocab_size);
+    let loss = loss(&reversible, &tokens, &targets, ForwardMode::train(FORWARD_SEED));
+    // Resizing a weight between forward and backward breaks the recomputation of G.
+    let mut weight = reversible_vs.variables()["layers.1.ff.up.weight"].shallow_clone();
+    tch::no_grad(|| weight.set_data(&Tensor::zeros([3, 3], (Kind::Float, Device::Cpu))));
+    let message = loss.f_backward().err().expect("a shape error in the backward callback must be an Err").to_string();
+    assert!(message.contains("reversible backward"), "unexpected message: {message}");
+}
