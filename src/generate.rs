@@ -100,6 +100,10 @@ pub fn run(opts: GenerateOptions) -> Result<()> {
     if prompt.is_empty() {
         prompt.push(b'\n' as i64);
     }
+    let vocab = model.cfg.vocab_size;
+    if let Some(&bad) = prompt.iter().find(|&&t| t >= vocab) {
+        bail!("the prompt holds byte {bad}, outside this model's {vocab}-symbol vocabulary");
+    }
     if prompt.len() as i64 > max_len {
         eprintln!("warning: the prompt has {} tokens; keeping the last {max_len} (the model's max_seq_len)", prompt.len());
         prompt.drain(..prompt.len() - max_len as usize);
@@ -117,7 +121,11 @@ pub fn run(opts: GenerateOptions) -> Result<()> {
             let start = context.len().saturating_sub(max_len as usize);
             let input = Tensor::from_slice(&context[start..]).unsqueeze(0).to(opts.device); // (1, T)
             let logits = tch::no_grad(|| model.forward(&input, ForwardMode::eval(EVAL_SEED)));
-            let next = sample(&logits.get(0).get(-1), &opts);
+            let last = logits.get(0).get(-1); // (V)
+            if last.isfinite().all().int64_value(&[]) == 0 {
+                bail!("the model produced non-finite logits: the checkpoint's weights are damaged or diverged");
+            }
+            let next = sample(&last, &opts);
             if i == 0 {
                 first_token_secs.push(started.elapsed().as_secs_f64());
             }

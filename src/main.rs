@@ -237,10 +237,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+    // A libtorch error surfaces in tch as a panic; report it as one line, not a backtrace.
+    std::panic::set_hook(Box::new(|_| {}));
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(err)) => {
             eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown failure");
+            // libtorch appends its C++ stack to the message: keep the first line.
+            let first = message.lines().next().unwrap_or(message).trim_start_matches("called `Result::unwrap()` on an `Err` value: ");
+            eprintln!("error: internal failure: {first}");
             ExitCode::FAILURE
         }
     }

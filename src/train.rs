@@ -203,7 +203,7 @@ pub fn run(opts: TrainOptions) -> Result<()> {
             weight += stats.weight;
             tokens += batch.n_tokens();
         }
-        let loss = loss_sum / weight.max(1.0);
+        let loss = loss_sum / weight.max(1.0) + injected_fault(state.step + 1);
         let grad_norm = optimizer.clip_grad_norm(train.clip_grad_norm);
         if !loss.is_finite() || !grad_norm.is_finite() {
             let what = format!("step {}: non-finite loss {loss} or gradient norm {grad_norm}", state.step + 1);
@@ -275,6 +275,17 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         println!("{summary}");
     }
     Ok(())
+}
+
+/// Fault injection for tests of the non-finite guard: `REFORMER_INJECT_NAN_AT_STEP=N`
+/// makes step N's loss NaN, as a numerical blow-up would.
+fn injected_fault(step: i64) -> f64 {
+    let target = std::env::var("REFORMER_INJECT_NAN_AT_STEP").ok().and_then(|v| v.parse::<i64>().ok());
+    if target == Some(step) {
+        f64::NAN
+    } else {
+        0.0
+    }
 }
 
 /// The text data again, for the test split (only the LM tasks have one).

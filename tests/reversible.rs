@@ -183,7 +183,10 @@ fn check_reconstruction(kind: Kind) {
         for (i, ((x1, x2), (r1, r2))) in inputs.iter().zip(&rebuilt).enumerate() {
             for (stream, expected, actual) in [(1, x1, r1), (2, x2, r2)] {
                 let error = relative_error(actual, expected);
-                assert!(error <= tolerance(kind), "{kind:?}: block {i} x{stream} rebuilt with relative error {error:e}");
+                assert!(
+                    error <= tolerance(kind),
+                    "{kind:?}: block {i} x{stream} rebuilt with relative error {error:e}"
+                );
             }
         }
     });
@@ -204,7 +207,8 @@ fn reconstructed_inputs_match_forward_f64() {
 fn check_adam_steps(kind: Kind) {
     let Pair { plain_vs, plain, reversible_vs, reversible } = pair(6, kind);
     let (tokens, targets) = batch(plain.cfg.vocab_size);
-    let before: HashMap<String, Tensor> = plain_vs.variables().into_iter().map(|(n, v)| (n, v.detach().copy())).collect();
+    let before: HashMap<String, Tensor> =
+        plain_vs.variables().into_iter().map(|(n, v)| (n, v.detach().copy())).collect();
     let adam = nn::Adam { eps: ADAM_EPS, ..Default::default() };
     let mut plain_adam = adam.build(&plain_vs, ADAM_LEARNING_RATE).unwrap();
     let mut reversible_adam = adam.build(&reversible_vs, ADAM_LEARNING_RATE).unwrap();
@@ -241,7 +245,8 @@ fn adam_steps_match_autograd_f64() {
 fn error_in_forward_is_an_err() {
     let Pair { reversible, .. } = pair(2, Kind::Float);
     let mode = ForwardMode::train(FORWARD_SEED);
-    let x2 = Tensor::zeros([BATCH, SEQ_LEN, reversible.cfg.d_model], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let x2 =
+        Tensor::zeros([BATCH, SEQ_LEN, reversible.cfg.d_model], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     // x1 one column too wide: y1 = x1 + F(x2) cannot broadcast.
     let x1 = Tensor::zeros([BATCH, SEQ_LEN, reversible.cfg.d_model + 1], (Kind::Float, Device::Cpu));
     let result = reversible_blocks(&reversible.blocks, &x1, &x2, mode);

@@ -24,8 +24,17 @@ use super::seeded_random::ForwardMode;
 /// Room for an error message coming back from C++.
 const ERROR_LEN: usize = 4096;
 
-type ForwardFn =
-    extern "C" fn(*mut c_void, *const C_tensor, *const C_tensor, *mut *mut C_tensor, *mut *mut C_tensor, *mut c_char, usize) -> c_int;
+/// (stack, x1, x2, &y1, &y2, err, err_len) -> 0 or an error code.
+type ForwardFn = extern "C" fn(
+    *mut c_void,
+    *const C_tensor,
+    *const C_tensor,
+    *mut *mut C_tensor,
+    *mut *mut C_tensor,
+    *mut c_char,
+    usize,
+) -> c_int;
+/// (stack, y1, y2, dy1, dy2, grads: [dx1, dx2, d param…], err, err_len) -> 0 or an error code.
 type BackwardFn = extern "C" fn(
     *mut c_void,
     *const C_tensor,
@@ -104,7 +113,11 @@ impl Stack {
     ///
     /// # Shapes
     /// `y1`, `y2`, `dy1`, `dy2`: (B, T, D); returns ((dx1, dx2), one gradient per param).
-    fn backward(&self, y: (Tensor, Tensor), dy: (Tensor, Tensor)) -> Result<((Tensor, Tensor), Vec<Option<Tensor>>), TchError> {
+    fn backward(
+        &self,
+        y: (Tensor, Tensor),
+        dy: (Tensor, Tensor),
+    ) -> Result<((Tensor, Tensor), Vec<Option<Tensor>>), TchError> {
         let mut param_grads: Vec<Option<Tensor>> = self.params.iter().map(|_| None).collect();
         let (mut y1, mut y2) = (y.0.detach(), y.1.detach());
         let (mut dy1, mut dy2) = dy;
@@ -161,7 +174,12 @@ impl Stack {
 ///
 /// # Shapes
 /// `x1`, `x2`: (B, T, D); returns (y1, y2), each (B, T, D).
-pub fn reversible_blocks(blocks: &[Block], x1: &Tensor, x2: &Tensor, mode: ForwardMode) -> Result<(Tensor, Tensor), TchError> {
+pub fn reversible_blocks(
+    blocks: &[Block],
+    x1: &Tensor,
+    x2: &Tensor,
+    mode: ForwardMode,
+) -> Result<(Tensor, Tensor), TchError> {
     let params = stack_parameters(blocks, x2, mode)?;
     let param_ptrs: Vec<*const C_tensor> = params.iter().map(Tensor::as_ptr).collect();
     let stack = Box::into_raw(Box::new(Stack { blocks: blocks as *const [Block], mode, params }));
@@ -261,6 +279,7 @@ fn catch_panic<T>(body: impl FnOnce() -> Result<T, TchError>) -> Result<T, TchEr
 fn guarded(err: *mut c_char, err_len: usize, body: impl FnOnce() -> Result<(), TchError>) -> c_int {
     let message = match catch_panic(body) {
         Ok(()) => return 0,
+        Err(TchError::Torch(message)) => message,
         Err(e) => e.to_string(),
     };
     if err_len > 0 {
@@ -274,9 +293,13 @@ fn guarded(err: *mut c_char, err_len: usize, body: impl FnOnce() -> Result<(), T
     1
 }
 
+/// A panic's message, without the C++ backtrace that libtorch appends to its errors.
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     let text = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-    format!("panic in the reversible stack: {}", text.unwrap_or("(no message)"))
+    let text = text.unwrap_or("(no message)");
+    // tch panics with the error's Debug form, where the newline before it is escaped.
+    let text = text.split("Exception raised from").next().unwrap_or(text).trim_end_matches("\\n").trim_end();
+    format!("panic in the reversible stack: {text}")
 }
 
 extern "C" fn forward_callback(

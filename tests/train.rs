@@ -1,0 +1,159 @@
+//! Training end to end through the binary: exact resume, checkpoints that survive a
+//! kill at any instant, a non-finite loss that stops the run, sampling a checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reformer-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A small duplication run: 2 layers of LSH and local attention, dropout on.
+fn tiny_config(dir: &Path, steps: i64, eval_every: i64) -> PathBuf {
+    let config = serde_json::json!({
+        "model": {
+            "vocab_size": 16, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 64,
+            "dropout_hidden": 0.1, "dropout_attention": 0.1,
+            "positional": {"kind": "axial", "shape": [8, 8], "dims": [16, 16]},
+            "attention": ["lsh", "local"], "lsh": {"n_hashes": 2, "chunk_len": 8}, "local": {"chunk_len": 8}
+        },
+        "train": {
+            "batch_size": 4, "steps": steps, "lr": 3e-3, "warmup_steps": 2, "schedule": "rsqrt",
+            "log_every": 1, "eval_every": eval_every, "eval_batches": 1, "keep_last": 2,
+            "duplication": {"n_symbols": 16, "copy_len": 15}
+        }
+    });
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+fn reformer(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).output().expect("the binary runs");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn assert_success(out: &Output) {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn latest_weights(run: &Path) -> Vec<u8> {
+    let name = std::fs::read_to_string(run.join("latest")).unwrap();
+    std::fs::read(run.join("checkpoints").join(name.trim()).join("model.safetensors")).unwrap()
+}
+
+/// metrics.jsonl without the wall-clock fields.
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let object = v.as_object_mut().unwrap();
+            object.remove("elapsed");
+            object.remove("tokens_per_sec");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn resume_equals_uninterrupted_bit_for_bit() {
+    let dir = scratch("resume");
+    let config = tiny_config(&dir, 8, 4);
+    let (whole, split) = (dir.join("whole"), dir.join("split"));
+    let cpu = ["--device", "cpu", "--seed", "3"];
+    let run = |extra: &[&str]| reformer(&[&["train", "--config", config.to_str().unwrap()][..], &cpu[..], extra].concat());
+    assert_success(&run(&["--out", whole.to_str().unwrap()]));
+    assert_success(&run(&["--out", split.to_str().unwrap(), "--steps", "4"]));
+    assert_success(&reformer(&[&["train", "--resume", split.to_str().unwrap(), "--steps", "8"][..], &cpu[..]].concat()));
+    assert!(latest_weights(&whole) == latest_weights(&split), "weights after 8 steps differ");
+    assert_eq!(metrics(&whole), metrics(&split));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_kill_at_any_instant_leaves_a_loadable_checkpoint() {
+    let dir = scratch("kill");
+    let config = tiny_config(&dir, 100_000, 1); // a checkpoint every step
+    let run = dir.join("run");
+    for delay_ms in [1500, 1730, 1910] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_reformer"))
+            .args(["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL: no chance to clean up
+        child.wait().unwrap();
+        if !run.join("latest").exists() {
+            continue; // killed before the first checkpoint
+        }
+        let out = reformer(&["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--max-new-tokens", "2", "--json"]);
+        assert_success(&out);
+        let _ = std::fs::remove_dir_all(&run);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = scratch("nan");
+    let config = tiny_config(&dir, 50, 1);
+    let run = dir.join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_reformer"))
+        .args(["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()])
+        .env("REFORMER_INJECT_NAN_AT_STEP", "3")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("step 3: non-finite loss"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(run.join("latest")).unwrap(), "step-00000002");
+    let out = reformer(&["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--max-new-tokens", "1", "--json"]);
+    assert_success(&out);
+    assert_success(&reformer(&["train", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "4"]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_diverging_run_stops_instead_of_training_on_nan() {
+    let dir = scratch("diverge");
+    let config = tiny_config(&dir, 50, 1);
+    let run = dir.join("run");
+    let out = reformer(&[
+        "train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap(),
+        "--set", "train.lr=1e38", "--set", "train.clip_grad_norm=null", "--set", "train.warmup_steps=0",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("non-finite loss"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_trained_checkpoint_generates_and_reports_json() {
+    let dir = scratch("generate");
+    let config = tiny_config(&dir, 3, 3);
+    let run = dir.join("run");
+    let out = reformer(&["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap(), "--json"]);
+    assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("train --json prints one object");
+    for key in ["task", "steps", "valid_loss", "valid_accuracy", "tokens_per_sec", "checkpoint", "accuracy_by_rounds"] {
+        assert!(summary.get(key).is_some(), "summary lacks {key}: {summary}");
+    }
+    assert_eq!(summary["steps"], 3);
+    let out = reformer(&["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--prompt", "\u{1}\u{2}", "--max-new-tokens", "5", "--json", "--seed", "1"]);
+    assert_success(&out);
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["new_tokens"], 5);
+    let out = reformer(&["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--prompt", "ab"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside this model's 16-symbol vocabulary"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
