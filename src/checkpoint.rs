@@ -67,7 +67,8 @@ pub struct RunDir {
 impl RunDir {
     /// Creates the run directory and writes its `config.json`.
     pub fn create(path: &Path, cfg: &RunConfig) -> Result<Self> {
-        fs::create_dir_all(path.join("checkpoints")).with_context(|| format!("cannot create run folder {}", path.display()))?;
+        fs::create_dir_all(path.join("checkpoints"))
+            .with_context(|| format!("cannot create run folder {}", path.display()))?;
         write_atomic(&path.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
         Ok(Self { path: path.to_path_buf() })
     }
@@ -101,7 +102,14 @@ impl RunDir {
 
     /// Saves a checkpoint of step `state.step`; marks it best when `is_best`; keeps the
     /// `keep_last` newest and the best, deleting older ones.
-    pub fn save(&self, vs: &nn::VarStore, optimizer: &[(String, Tensor)], state: &TrainState, is_best: bool, keep_last: i64) -> Result<PathBuf> {
+    pub fn save(
+        &self,
+        vs: &nn::VarStore,
+        optimizer: &[(String, Tensor)],
+        state: &TrainState,
+        is_best: bool,
+        keep_last: i64,
+    ) -> Result<PathBuf> {
         let name = format!("step-{:08}", state.step);
         let checkpoints = self.path.join("checkpoints");
         let final_dir = checkpoints.join(&name);
@@ -170,7 +178,8 @@ impl RunDir {
 /// Loads model weights from a checkpoint folder into `vs`.
 pub fn load_weights(vs: &mut nn::VarStore, checkpoint: &Path) -> Result<()> {
     let path = checkpoint.join(MODEL_FILE);
-    vs.load(&path).with_context(|| format!("cannot load weights from {} (incompatible with config.json?)", path.display()))
+    vs.load(&path)
+        .with_context(|| format!("cannot load weights from {} (incompatible with config.json?)", path.display()))
 }
 
 /// Loads the optimizer tensors and the train state of a checkpoint folder.

@@ -10,7 +10,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
         _ => match spec.strip_prefix("cuda:") {
-            Some(index) => Device::Cuda(index.parse().with_context(|| format!("bad device '{spec}': expected cuda:N"))?),
+            Some(index) => {
+                Device::Cuda(index.parse().with_context(|| format!("bad device '{spec}': expected cuda:N"))?)
+            }
             None => bail!("unknown device '{spec}': use auto, cpu, cuda or cuda:N"),
         },
     };

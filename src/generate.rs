@@ -84,7 +84,7 @@ impl Utf8Stream {
         match std::str::from_utf8(&self.pending) {
             Ok(_) => {}
             Err(e) if e.error_len().is_none() => return Ok(()), // an incomplete sequence: wait
-            Err(_) => {}                                       // invalid: write the bytes as they are
+            Err(_) => {}                                        // invalid: write the bytes as they are
         }
         out.write_all(&self.pending)?;
         out.flush()?;
@@ -105,7 +105,10 @@ pub fn run(opts: GenerateOptions) -> Result<()> {
         bail!("the prompt holds byte {bad}, outside this model's {vocab}-symbol vocabulary");
     }
     if prompt.len() as i64 > max_len {
-        eprintln!("warning: the prompt has {} tokens; keeping the last {max_len} (the model's max_seq_len)", prompt.len());
+        eprintln!(
+            "warning: the prompt has {} tokens; keeping the last {max_len} (the model's max_seq_len)",
+            prompt.len()
+        );
         prompt.drain(..prompt.len() - max_len as usize);
     }
     let mut samples = Vec::new();
@@ -149,7 +152,10 @@ pub fn run(opts: GenerateOptions) -> Result<()> {
     let tokens_per_sec = total_tokens as f64 / total_secs.max(1e-9);
     let ttft = first_token_secs.iter().sum::<f64>() / first_token_secs.len().max(1) as f64;
     if opts.json {
-        println!("{}", json!({"samples": samples, "tokens_per_sec": tokens_per_sec, "time_to_first_token_secs": ttft, "new_tokens": total_tokens}));
+        println!(
+            "{}",
+            json!({"samples": samples, "tokens_per_sec": tokens_per_sec, "time_to_first_token_secs": ttft, "new_tokens": total_tokens})
+        );
     } else {
         eprintln!("{total_tokens} tokens at {tokens_per_sec:.1} tokens/s; first token after {:.3}s", ttft);
     }

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod evaluate;
 pub mod generate;
+pub mod malloc_tuning;
 pub mod model;
 pub mod optimizer;
 pub mod progress;

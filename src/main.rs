@@ -158,7 +158,21 @@ fn run(cli: Cli) -> Result<()> {
         anyhow::bail!("no subcommand: use `reformer train`, `reformer generate` or `reformer bench` (see --help)");
     };
     match command {
-        Command::Train { task, data, preset, config, set, out, resume, steps, time_limit, eval_bytes, precision, json, common } => {
+        Command::Train {
+            task,
+            data,
+            preset,
+            config,
+            set,
+            out,
+            resume,
+            steps,
+            time_limit,
+            eval_bytes,
+            precision,
+            json,
+            common,
+        } => {
             let device = setup(&common)?;
             train::run(TrainOptions {
                 task,
@@ -226,6 +240,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    reformer::malloc_tuning::configure();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help
@@ -252,7 +267,11 @@ fn main() -> ExitCode {
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown failure");
             // libtorch appends its C++ stack to the message: keep the first line.
-            let first = message.lines().next().unwrap_or(message).trim_start_matches("called `Result::unwrap()` on an `Err` value: ");
+            let first = message
+                .lines()
+                .next()
+                .unwrap_or(message)
+                .trim_start_matches("called `Result::unwrap()` on an `Err` value: ");
             eprintln!("error: internal failure: {first}");
             ExitCode::FAILURE
         }

@@ -22,8 +22,7 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(vs: &nn::VarStore, cfg: &TrainConfig) -> Self {
-        let mut params: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let zeros = |params: &Vec<(String, Tensor)>| params.iter().map(|(_, p)| p.zeros_like()).collect();
         Self {

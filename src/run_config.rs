@@ -145,7 +145,10 @@ impl TrainConfig {
             bail!("train.lr = {} must be a positive number", self.lr);
         }
         if self.duplication.n_symbols < 2 {
-            bail!("train.duplication.n_symbols = {} must be at least 2 (0 is the separator)", self.duplication.n_symbols);
+            bail!(
+                "train.duplication.n_symbols = {} must be at least 2 (0 is the separator)",
+                self.duplication.n_symbols
+            );
         }
         Ok(())
     }
@@ -176,7 +179,8 @@ impl RunConfig {
 
     /// A configuration file (JSON, same layout as `config.json`).
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("config file {} is not a valid run config", path.display()))
     }
 

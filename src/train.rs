@@ -158,7 +158,8 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         elapsed_secs: 0.0,
     };
     if opts.resume.is_some() {
-        let checkpoint = run_dir.latest().with_context(|| format!("{} has no checkpoint to resume", run_dir.path.display()))?;
+        let checkpoint =
+            run_dir.latest().with_context(|| format!("{} has no checkpoint to resume", run_dir.path.display()))?;
         load_weights(&mut vs, &checkpoint)?;
         let (optimizer_state, saved) = load_train_state(&checkpoint)?;
         optimizer.load_state(optimizer_state, saved.n_updates)?;
@@ -166,7 +167,11 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         run_dir.truncate_metrics(state.step)?;
         eprintln!("resuming {} at step {}", checkpoint.display(), state.step);
     }
-    eprintln!("model: {n_params} parameters on {}; run folder {}", crate::device::describe(opts.device), run_dir.path.display());
+    eprintln!(
+        "model: {n_params} parameters on {}; run folder {}",
+        crate::device::describe(opts.device),
+        run_dir.path.display()
+    );
 
     install_interrupt_handler();
     let train = &cfg.train;
@@ -193,7 +198,8 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         let (mut loss_sum, mut correct, mut weight, mut tokens) = (0.0, 0.0, 0.0, 0i64);
         for micro in 0..train.grad_accumulation {
             let batch = task.train_batch(train.batch_size, &mut state.sampler).to_device(opts.device);
-            let mode = ForwardMode::train(derive_seed(state.seed, (state.step * train.grad_accumulation + micro) as u64));
+            let mode =
+                ForwardMode::train(derive_seed(state.seed, (state.step * train.grad_accumulation + micro) as u64));
             let stats = tch::autocast(opts.precision == Precision::Bf16, || {
                 model.loss(&batch.inputs, &batch.targets, Some(&batch.weights), mode)
             });
@@ -239,7 +245,11 @@ pub fn run(opts: TrainOptions) -> Result<()> {
             }
             run_dir.log_metrics(&json!({"step": state.step, "valid_loss": score.loss, "valid_bpc": score.bpc,
                 "valid_accuracy": score.accuracy, "elapsed": state.elapsed_secs}))?;
-            progress.println(&format!("step {}: validation {}", state.step, describe_score(&score, task.reports_bpc())));
+            progress.println(&format!(
+                "step {}: validation {}",
+                state.step,
+                describe_score(&score, task.reports_bpc())
+            ));
             run_dir.save(&vs, &optimizer.state(), &state, is_best, train.keep_last)?;
             last_saved = state.step;
             last_valid = Some(score);
@@ -371,4 +381,3 @@ fn window_message(record: &serde_json::Value) -> String {
         record["tokens_per_sec"].as_f64().unwrap_or(0.0)
     )
 }
-

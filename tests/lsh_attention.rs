@@ -89,7 +89,8 @@ fn reference(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams) -> Tens
                             let mut hidden = key >= t || (p.causal && key > query);
                             if p.strict_causal {
                                 let distance = q_slot - k_slot;
-                                hidden |= buckets[key as usize] != buckets[query as usize] || !(0..=c).contains(&distance);
+                                hidden |=
+                                    buckets[key as usize] != buckets[query as usize] || !(0..=c).contains(&distance);
                             }
                             let logit = if key == query {
                                 SELF_LOGIT
@@ -122,7 +123,8 @@ fn reference(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams) -> Tens
                 for ri in 0..r as usize {
                     let weight = (round_lse[ri][query] - total).exp();
                     for d in 0..dh as usize {
-                        out[(((bi * h + hi) * t) as usize + query) * dh as usize + d] += weight * round_out[ri][query][d];
+                        out[(((bi * h + hi) * t) as usize + query) * dh as usize + d] +=
+                            weight * round_out[ri][query][d];
                     }
                 }
             }
@@ -231,7 +233,8 @@ fn finite_difference_gradient_with_fixed_buckets() {
     let v = Tensor::randn([1, 1, 12, 4], (Kind::Double, Device::Cpu)).set_requires_grad(true);
     let rotations = random_rotations(14, 4, &p, Device::Cpu).to_kind(Kind::Double);
     let probe = Tensor::randn([1, 1, 12, 4], (Kind::Double, Device::Cpu));
-    let objective = |qk: &Tensor, v: &Tensor| (lsh_attend(qk, v, &rotations, &p, ForwardMode::eval(0)) * &probe).sum(Kind::Double);
+    let objective =
+        |qk: &Tensor, v: &Tensor| (lsh_attend(qk, v, &rotations, &p, ForwardMode::eval(0)) * &probe).sum(Kind::Double);
     let loss = objective(&qk, &v);
     let grads = Tensor::run_backward(&[&loss], &[&qk, &v], false, false);
     let eps = 1e-6;
@@ -251,7 +254,10 @@ fn finite_difference_gradient_with_fixed_buckets() {
                 (plus - minus).double_value(&[]) / (2.0 * eps)
             });
             let analytic = grad.flatten(0, -1).double_value(&[index]);
-            assert!((numeric - analytic).abs() <= 1e-6 * (1.0 + analytic.abs()), "d/d{which}[{index}]: {numeric} vs {analytic}");
+            assert!(
+                (numeric - analytic).abs() <= 1e-6 * (1.0 + analytic.abs()),
+                "d/d{which}[{index}]: {numeric} vs {analytic}"
+            );
         }
     }
 }

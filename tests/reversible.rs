@@ -123,6 +123,7 @@ fn check_gradients(n_layers: i64, kind: Kind) {
     assert_eq!(expected.len(), actual.len());
     for (name, expected) in &expected {
         assert!(expected.defined(), "{name} got no gradient under ordinary autograd");
+        assert!(actual[name].defined(), "{name} got no gradient through the reversible node");
         let error = relative_error(&actual[name], expected);
         assert!(error <= tolerance(kind), "{n_layers} layers, {kind:?}: {name} relative error {error:e}");
     }
@@ -250,7 +251,7 @@ fn error_in_forward_is_an_err() {
     // x1 one column too wide: y1 = x1 + F(x2) cannot broadcast.
     let x1 = Tensor::zeros([BATCH, SEQ_LEN, reversible.cfg.d_model + 1], (Kind::Float, Device::Cpu));
     let result = reversible_blocks(&reversible.blocks, &x1, &x2, mode);
-    let message = result.err().expect("a shape error in the forward callback must be an Err").to_string();
+    let message = result.expect_err("a shape error in the forward callback must be an Err").to_string();
     assert!(message.contains("reversible forward"), "unexpected message: {message}");
 }
 
@@ -263,6 +264,6 @@ fn error_in_backward_is_an_err() {
     // Resizing a weight between forward and backward breaks the recomputation of G.
     let mut weight = reversible_vs.variables()["layers.1.ff.up.weight"].shallow_clone();
     tch::no_grad(|| weight.set_data(&Tensor::zeros([3, 3], (Kind::Float, Device::Cpu))));
-    let message = loss.f_backward().err().expect("a shape error in the backward callback must be an Err").to_string();
+    let message = loss.f_backward().expect_err("a shape error in the backward callback must be an Err").to_string();
     assert!(message.contains("reversible backward"), "unexpected message: {message}");
 }

@@ -68,10 +68,22 @@ fn text_splits_are_disjoint_in_order_and_windows_come_from_their_split() {
     // Bytes encode their split: 1 in train, 2 in valid, 3 in test.
     let len = 2000;
     let (valid_start, test_start) = split_points(len);
-    let bytes: Vec<u8> = (0..len).map(|i| if i < valid_start { 1 } else if i < test_start { 2 } else { 3 }).collect();
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| {
+            if i < valid_start {
+                1
+            } else if i < test_start {
+                2
+            } else {
+                3
+            }
+        })
+        .collect();
     let data = TextData::from_bytes(bytes, 16).unwrap();
     assert_eq!(data.train.len() + data.valid.len() + data.test.len(), len);
-    assert!(data.train.iter().all(|&b| b == 1) && data.valid.iter().all(|&b| b == 2) && data.test.iter().all(|&b| b == 3));
+    assert!(
+        data.train.iter().all(|&b| b == 1) && data.valid.iter().all(|&b| b == 2) && data.test.iter().all(|&b| b == 3)
+    );
     let batch = data.train_batch(8, &mut SamplerRng::new(3));
     assert_eq!(batch.inputs.size(), vec![8, 16]);
     assert!(batch.inputs.eq(1).all().int64_value(&[]) == 1 && batch.targets.eq(1).all().int64_value(&[]) == 1);

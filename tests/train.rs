@@ -68,10 +68,13 @@ fn resume_equals_uninterrupted_bit_for_bit() {
     let config = tiny_config(&dir, 8, 4);
     let (whole, split) = (dir.join("whole"), dir.join("split"));
     let cpu = ["--device", "cpu", "--seed", "3"];
-    let run = |extra: &[&str]| reformer(&[&["train", "--config", config.to_str().unwrap()][..], &cpu[..], extra].concat());
+    let run =
+        |extra: &[&str]| reformer(&[&["train", "--config", config.to_str().unwrap()][..], &cpu[..], extra].concat());
     assert_success(&run(&["--out", whole.to_str().unwrap()]));
     assert_success(&run(&["--out", split.to_str().unwrap(), "--steps", "4"]));
-    assert_success(&reformer(&[&["train", "--resume", split.to_str().unwrap(), "--steps", "8"][..], &cpu[..]].concat()));
+    assert_success(&reformer(
+        &[&["train", "--resume", split.to_str().unwrap(), "--steps", "8"][..], &cpu[..]].concat(),
+    ));
     assert!(latest_weights(&whole) == latest_weights(&split), "weights after 8 steps differ");
     assert_eq!(metrics(&whole), metrics(&split));
     let _ = std::fs::remove_dir_all(&dir);
@@ -94,7 +97,16 @@ fn a_kill_at_any_instant_leaves_a_loadable_checkpoint() {
         if !run.join("latest").exists() {
             continue; // killed before the first checkpoint
         }
-        let out = reformer(&["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--max-new-tokens", "2", "--json"]);
+        let out = reformer(&[
+            "generate",
+            "--device",
+            "cpu",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ]);
         assert_success(&out);
         let _ = std::fs::remove_dir_all(&run);
     }
@@ -115,7 +127,16 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("step 3: non-finite loss"), "{stderr}");
     assert_eq!(std::fs::read_to_string(run.join("latest")).unwrap(), "step-00000002");
-    let out = reformer(&["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--max-new-tokens", "1", "--json"]);
+    let out = reformer(&[
+        "generate",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--max-new-tokens",
+        "1",
+        "--json",
+    ]);
     assert_success(&out);
     assert_success(&reformer(&["train", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "4"]));
     let _ = std::fs::remove_dir_all(&dir);
@@ -127,8 +148,19 @@ fn a_diverging_run_stops_instead_of_training_on_nan() {
     let config = tiny_config(&dir, 50, 1);
     let run = dir.join("run");
     let out = reformer(&[
-        "train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap(),
-        "--set", "train.lr=1e38", "--set", "train.clip_grad_norm=null", "--set", "train.warmup_steps=0",
+        "train",
+        "--device",
+        "cpu",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "train.lr=1e38",
+        "--set",
+        "train.clip_grad_norm=null",
+        "--set",
+        "train.warmup_steps=0",
     ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -141,14 +173,36 @@ fn a_trained_checkpoint_generates_and_reports_json() {
     let dir = scratch("generate");
     let config = tiny_config(&dir, 3, 3);
     let run = dir.join("run");
-    let out = reformer(&["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap(), "--json"]);
+    let out = reformer(&[
+        "train",
+        "--device",
+        "cpu",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--json",
+    ]);
     assert_success(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("train --json prints one object");
     for key in ["task", "steps", "valid_loss", "valid_accuracy", "tokens_per_sec", "checkpoint", "accuracy_by_rounds"] {
         assert!(summary.get(key).is_some(), "summary lacks {key}: {summary}");
     }
     assert_eq!(summary["steps"], 3);
-    let out = reformer(&["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--prompt", "\u{1}\u{2}", "--max-new-tokens", "5", "--json", "--seed", "1"]);
+    let out = reformer(&[
+        "generate",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--prompt",
+        "\u{1}\u{2}",
+        "--max-new-tokens",
+        "5",
+        "--json",
+        "--seed",
+        "1",
+    ]);
     assert_success(&out);
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["new_tokens"], 5);

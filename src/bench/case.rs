@@ -63,9 +63,12 @@ impl Case {
         let attention_core = |kind: AttentionKind| -> f64 {
             let keys = match kind {
                 AttentionKind::Lsh => {
-                    ((1 + cfg.lsh.n_chunks_before + cfg.lsh.n_chunks_after) * cfg.lsh.chunk_len * cfg.lsh.n_hashes) as f64
+                    ((1 + cfg.lsh.n_chunks_before + cfg.lsh.n_chunks_after) * cfg.lsh.chunk_len * cfg.lsh.n_hashes)
+                        as f64
                 }
-                AttentionKind::Local => ((1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) * cfg.local.chunk_len) as f64,
+                AttentionKind::Local => {
+                    ((1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) * cfg.local.chunk_len) as f64
+                }
                 AttentionKind::Full => self.seq_len as f64 / if cfg.causal { 2.0 } else { 1.0 },
             };
             2.0 * 2.0 * keys * dh * cfg.n_heads as f64

@@ -168,7 +168,8 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     print_table(&rows);
     if let Some(path) = &opts.json {
         let report = json!({"machine": machine(opts.device), "matmul_flops": peak, "cases": rows});
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -182,15 +183,22 @@ fn print_table(rows: &[serde_json::Value]) {
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         if r["status"] != "ok" {
-            println!("{:<10} {:<8} {:>7} {:>6} {:>10}", r["suite"].as_str().unwrap_or(""), r["label"].as_str().unwrap_or(""), r["seq_len"], r["batch_size"], r["status"].as_str().unwrap_or(""));
+            println!(
+                "{:<10} {:<8} {:>7} {:>6} {:>10}",
+                r["suite"].as_str().unwrap_or(""),
+                r["label"].as_str().unwrap_or(""),
+                r["seq_len"].as_i64().unwrap_or(0),
+                r["batch_size"].as_i64().unwrap_or(0),
+                r["status"].as_str().unwrap_or("")
+            );
             continue;
         }
         println!(
             "{:<10} {:<8} {:>7} {:>6} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>5.1}%",
             r["suite"].as_str().unwrap_or(""),
             r["label"].as_str().unwrap_or(""),
-            r["seq_len"],
-            r["batch_size"],
+            r["seq_len"].as_i64().unwrap_or(0),
+            r["batch_size"].as_i64().unwrap_or(0),
             f("ms_per_step"),
             f("us_per_token"),
             f("tokens_per_sec"),
@@ -201,13 +209,14 @@ fn print_table(rows: &[serde_json::Value]) {
 }
 
 fn machine(device: Device) -> serde_json::Value {
-    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok().filter(|o| o.status.success());
+    let commit =
+        Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok().filter(|o| o.status.success());
     json!({
         "device": crate::device::describe(device),
         "threads": tch::get_num_threads(),
         "libtorch": crate::LIBTORCH_VERSION,
         "cuda_available": tch::Cuda::is_available(),
         "git_commit": commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
-        "allocator": std::env::var("MALLOC_MMAP_THRESHOLD_").map(|v| format!("glibc, MALLOC_MMAP_THRESHOLD_={v}")).unwrap_or("glibc default".into()),
+        "allocator": crate::malloc_tuning::describe(),
     })
 }

@@ -27,7 +27,6 @@ pub fn look_around(x: &Tensor, chunk_dim: i64, before: i64, after: i64, fill: f6
     pad[slot] = before;
     pad[slot + 1] = after;
     let padded = x.pad(pad.as_slice(), "constant", fill);
-    let windows: Vec<Tensor> =
-        (0..=before + after).map(|offset| padded.narrow(chunk_dim, offset, n_chunks)).collect();
+    let windows: Vec<Tensor> = (0..=before + after).map(|offset| padded.narrow(chunk_dim, offset, n_chunks)).collect();
     Tensor::cat(&windows, chunk_dim + 1)
 }

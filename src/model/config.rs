@@ -51,7 +51,14 @@ pub struct LshConfig {
 
 impl Default for LshConfig {
     fn default() -> Self {
-        Self { n_hashes: 4, chunk_len: 64, n_buckets: None, n_chunks_before: 1, n_chunks_after: 0, strict_causal: false }
+        Self {
+            n_hashes: 4,
+            chunk_len: 64,
+            n_buckets: None,
+            n_chunks_before: 1,
+            n_chunks_after: 0,
+            strict_causal: false,
+        }
     }
 }
 

@@ -35,7 +35,8 @@ pub struct ReformerLm {
 impl ReformerLm {
     /// Builds the model under `vs`; `cfg` must have passed `validate()`.
     pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
-        let blocks = (0..cfg.n_layers).map(|i| Block::new(&vs / "layers" / i, cfg, cfg.attention_of_layer(i))).collect();
+        let blocks =
+            (0..cfg.n_layers).map(|i| Block::new(&vs / "layers" / i, cfg, cfg.attention_of_layer(i))).collect();
         Self {
             cfg: cfg.clone(),
             embedding: nn::embedding(&vs / "embedding", cfg.vocab_size, cfg.d_model, Default::default()),

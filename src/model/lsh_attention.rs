@@ -84,7 +84,7 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
 
     let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
-    // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
+                                                                  // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
     let buckets = hash_buckets(&qk, rotations).masked_fill(&positions.ge(t), p.n_buckets); // (B, H, R, Tp)
 
     // Sort by (round, bucket, position): one key per (round, position), all distinct.
@@ -125,10 +125,18 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let s_out = probs.matmul(&sv); // (B, H, R, NC, C, Dh)
 
     // Undo the sort, then weigh each round by its share of the total probability mass.
-    let out = s_out.view([b, h, r * t_pad, dh]).gather(2, &undo_sort.unsqueeze(-1).expand([b, h, r * t_pad, dh], false), false);
+    let out = s_out.view([b, h, r * t_pad, dh]).gather(
+        2,
+        &undo_sort.unsqueeze(-1).expand([b, h, r * t_pad, dh], false),
+        false,
+    );
     let out = out.view([b, h, r, t_pad, dh]); // (B, H, R, Tp, Dh)
     let lse = lse.view([b, h, r * t_pad]).gather(2, &undo_sort, false).view([b, h, r, t_pad, 1]); // (B, H, R, Tp, 1)
-    let out = if r == 1 { out.squeeze_dim(2) } else { (out * lse.softmax(2, lse.kind())).sum_dim_intlist(2, false, None::<Kind>) };
+    let out = if r == 1 {
+        out.squeeze_dim(2)
+    } else {
+        (out * lse.softmax(2, lse.kind())).sum_dim_intlist(2, false, None::<Kind>)
+    };
     out.narrow(2, 0, t) // (B, H, T, Dh)
 }
 

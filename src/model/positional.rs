@@ -10,9 +10,14 @@ const INIT_STDDEV: f64 = 0.02;
 #[derive(Debug)]
 pub enum PositionalEmbedding {
     /// Two tables: rows for p / A2 (width dims[0]) and for p % A2 (width dims[1]).
-    Axial { rows: Tensor, cols: Tensor },
+    Axial {
+        rows: Tensor,
+        cols: Tensor,
+    },
     /// One row per position.
-    Learned { table: Tensor },
+    Learned {
+        table: Tensor,
+    },
     None,
 }
 
@@ -24,7 +29,9 @@ impl PositionalEmbedding {
                 rows: vs.var("axial_rows", &[shape[0], dims[0]], init),
                 cols: vs.var("axial_cols", &[shape[1], dims[1]], init),
             },
-            PositionalConfig::Learned => Self::Learned { table: vs.var("learned", &[cfg.max_seq_len, cfg.d_model], init) },
+            PositionalConfig::Learned => {
+                Self::Learned { table: vs.var("learned", &[cfg.max_seq_len, cfg.d_model], init) }
+            }
             PositionalConfig::None => Self::None,
         }
     }

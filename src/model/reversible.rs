@@ -80,6 +80,9 @@ pub fn grad_enabled() -> bool {
     unsafe { reversible_grad_enabled() != 0 }
 }
 
+/// The two residual streams, each (B, T, D).
+type Streams = (Tensor, Tensor);
+
 /// What the autograd node holds for its lifetime: the blocks, the forward pass's mode and
 /// the parameters whose gradients the node returns. No activation is kept here.
 struct Stack {
@@ -99,7 +102,7 @@ impl Stack {
     ///
     /// # Shapes
     /// `x1`, `x2`: (B, T, D); returns (y1, y2), each (B, T, D).
-    fn forward(&self, x1: &Tensor, x2: &Tensor) -> (Tensor, Tensor) {
+    fn forward(&self, x1: &Tensor, x2: &Tensor) -> Streams {
         tch::no_grad(|| {
             let mut streams = (x1.shallow_clone(), x2.shallow_clone());
             for (i, block) in self.blocks().iter().enumerate() {
@@ -113,11 +116,7 @@ impl Stack {
     ///
     /// # Shapes
     /// `y1`, `y2`, `dy1`, `dy2`: (B, T, D); returns ((dx1, dx2), one gradient per param).
-    fn backward(
-        &self,
-        y: (Tensor, Tensor),
-        dy: (Tensor, Tensor),
-    ) -> Result<((Tensor, Tensor), Vec<Option<Tensor>>), TchError> {
+    fn backward(&self, y: Streams, dy: Streams) -> Result<(Streams, Vec<Option<Tensor>>), TchError> {
         let mut param_grads: Vec<Option<Tensor>> = self.params.iter().map(|_| None).collect();
         let (mut y1, mut y2) = (y.0.detach(), y.1.detach());
         let (mut dy1, mut dy2) = dy;
@@ -127,12 +126,13 @@ impl Stack {
             let y1_leaf = y1.detach().set_requires_grad(true);
             let g = tch::with_grad(|| block.g(&y1_leaf, mode));
             let x2 = tch::no_grad(|| &y2 - &g);
-            dy1 = dy1 + self.vector_jacobian(&g, &dy2, &y1_leaf, &mut param_grads)?;
+            // Out of place: at the first block dy1 and dy2 are autograd's own buffers.
+            dy1 = self.vector_jacobian(&g, &dy2, &y1_leaf, &mut param_grads)? + &dy1;
             // y1 = x1 + F(x2): rebuild x1; dL/dx2 gains F's share.
             let x2_leaf = x2.set_requires_grad(true);
             let f = tch::with_grad(|| block.f(&x2_leaf, mode));
             let x1 = tch::no_grad(|| &y1 - &f);
-            dy2 = dy2 + self.vector_jacobian(&f, &dy1, &x2_leaf, &mut param_grads)?;
+            dy2 = self.vector_jacobian(&f, &dy1, &x2_leaf, &mut param_grads)? + &dy2;
             (y1, y2) = (x1, x2_leaf.detach());
         }
         Ok(((dy1, dy2), param_grads))
@@ -165,12 +165,15 @@ impl Stack {
 }
 
 /// The stack `blocks` run as y = blocks(x) under one autograd node that keeps only the
-/// output and rebuilds every block's inputs in backward (see the module doc). Values
-/// equal `ReformerLm::run_blocks` bit for bit; gradients equal ordinary autograd up to
-/// the rounding of the reconstruction. Block `i` runs with `mode.child(i)`.
+/// output and rebuilds every block's inputs in backward (see the module doc). The
+/// outputs are those of the ordinary loop (the same operations, without autograd); the
+/// gradients equal ordinary autograd's up to the rounding of the reconstruction. Block
+/// `i` runs with `mode.child(i)`.
 ///
-/// The returned tensors' graph refers to `blocks`: the blocks must not be dropped before
-/// backward has run (or the graph is dropped). Double backward is not supported.
+/// The returned tensors' graph refers to `blocks` by pointer: until backward has run (or
+/// the graph is dropped) the blocks must be neither dropped nor changed (e.g. by
+/// `ReformerLm::set_n_hashes`), since backward replays them. Double backward is not
+/// supported.
 ///
 /// # Shapes
 /// `x1`, `x2`: (B, T, D); returns (y1, y2), each (B, T, D).

@@ -12,7 +12,14 @@ use super::seeded_random::{self, ForwardMode};
 /// # Shapes
 /// `q`: (N, M, L, Dh); `k`, `v`: (N, M, S, Dh); `visible`: broadcastable to (N, M, L, S),
 /// true where a query may see a key; returns (N, M, L, Dh).
-pub fn softmax_attention(q: &Tensor, k: &Tensor, v: &Tensor, visible: Option<&Tensor>, dropout: f64, mode: ForwardMode) -> Tensor {
+pub fn softmax_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    visible: Option<&Tensor>,
+    dropout: f64,
+    mode: ForwardMode,
+) -> Tensor {
     if mode.train && dropout > 0.0 {
         return explicit_attention(q, k, v, visible, dropout, mode);
     }
@@ -20,7 +27,14 @@ pub fn softmax_attention(q: &Tensor, k: &Tensor, v: &Tensor, visible: Option<&Te
 }
 
 /// The same attention, written out: logits, mask, softmax, seeded dropout.
-pub fn explicit_attention(q: &Tensor, k: &Tensor, v: &Tensor, visible: Option<&Tensor>, dropout: f64, mode: ForwardMode) -> Tensor {
+pub fn explicit_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    visible: Option<&Tensor>,
+    dropout: f64,
+    mode: ForwardMode,
+) -> Tensor {
     let d_head = q.size()[3] as f64;
     let logits = q.matmul(&k.transpose(-1, -2)) / d_head.sqrt(); // (N, M, L, S)
     let logits = match visible {
