@@ -93,9 +93,8 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let sticker = sort_keys.argsort_stable(true, -1, false); // (B, H, R*Tp): slot -> round*Tp + position
     let undo_sort = sticker.argsort_stable(true, -1, false); // (B, H, R*Tp): round*Tp + position -> slot
     let s_pos = sticker.remainder(t_pad); // (B, H, R*Tp) original position of each slot
-    let gather_index = s_pos.unsqueeze(-1).expand([b, h, r * t_pad, dh], false);
-    let sqk = qk.gather(2, &gather_index, false); // (B, H, R*Tp, Dh)
-    let sv = v.gather(2, &gather_index, false); // (B, H, R*Tp, Dh)
+    let sqk = gather_rows(&qk, &s_pos); // (B, H, R*Tp, Dh)
+    let sv = gather_rows(&v, &s_pos); // (B, H, R*Tp, Dh)
 
     // Chunks of the sorted sequence, each round on its own.
     let chunked = [b, h, r, n_chunks, c, dh];
@@ -125,12 +124,7 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let s_out = probs.matmul(&sv); // (B, H, R, NC, C, Dh)
 
     // Undo the sort, then weigh each round by its share of the total probability mass.
-    let out = s_out.view([b, h, r * t_pad, dh]).gather(
-        2,
-        &undo_sort.unsqueeze(-1).expand([b, h, r * t_pad, dh], false),
-        false,
-    );
-    let out = out.view([b, h, r, t_pad, dh]); // (B, H, R, Tp, Dh)
+    let out = gather_rows(&s_out.view([b, h, r * t_pad, dh]), &undo_sort).view([b, h, r, t_pad, dh]); // (B, H, R, Tp, Dh)
     let lse = lse.view([b, h, r * t_pad]).gather(2, &undo_sort, false).view([b, h, r, t_pad, 1]); // (B, H, R, Tp, 1)
     let out = if r == 1 {
         out.squeeze_dim(2)
@@ -157,6 +151,20 @@ fn strict_causal_hidden(buckets: &Tensor, sticker: &Tensor, p: &LshParams, shape
     let distance = q_slot - k_slot; // (NC, C, W)
     let out_of_reach = distance.lt(0).logical_or(&distance.gt(c));
     k_bucket.ne_tensor(&s_bucket.unsqueeze(-1)).logical_or(&out_of_reach)
+}
+
+/// Rows of `x` picked per (batch, head): out[b, h, m] = x[b, h, index[b, h, m]]. One
+/// `index_select` of whole rows, several times faster on CPU than an element-wise
+/// `gather` with an expanded index.
+///
+/// # Shapes
+/// `x`: (B, H, N, Dh); `index`: (B, H, M) int64; returns (B, H, M, Dh).
+fn gather_rows(x: &Tensor, index: &Tensor) -> Tensor {
+    let (b, h, n, dh) = x.size4().unwrap();
+    let m = index.size()[2];
+    let row_offset = Tensor::arange(b * h, (Kind::Int64, x.device())).view([b, h, 1]) * n; // (B, H, 1)
+    let flat_index = (index + row_offset).view([-1]); // (B*H*M)
+    x.reshape([b * h * n, dh]).index_select(0, &flat_index).view([b, h, m, dh])
 }
 
 /// Softmax over the last dimension and its log-sum-exp, computed from the softmax:
