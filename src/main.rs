@@ -126,6 +126,9 @@ enum Command {
         /// Smaller sizes, for a run of a few minutes on a CPU.
         #[arg(long)]
         quick: bool,
+        /// Sequence lengths of the attention suite, comma-separated (e.g. 1024,4096,65536).
+        #[arg(long, value_delimiter = ',')]
+        lengths: Option<Vec<i64>>,
         /// Write every raw number and the machine to this JSON file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -232,9 +235,9 @@ fn run(cli: Cli) -> Result<()> {
                 device,
             })
         }
-        Command::Bench { suite, steps, quick, json, case, common } => {
+        Command::Bench { suite, steps, quick, lengths, json, case, common } => {
             let device = setup(&common)?;
-            bench::run(BenchOptions { suite, steps, quick, json, case, device, threads: common.threads })
+            bench::run(BenchOptions { suite, steps, quick, lengths, json, case, device, threads: common.threads })
         }
     }
 }

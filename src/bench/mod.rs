@@ -2,6 +2,7 @@
 //! and of whole training steps, each case in a fresh child process for clean memory.
 
 pub mod case;
+pub mod precision;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,6 +21,10 @@ pub enum Suite {
     Attention,
     /// Whole training steps of three reference configurations.
     Steps,
+    /// Training steps at 2, 6, 12 and 24 layers, reversible against ordinary residuals.
+    Depth,
+    /// How exactly the reversible backward rebuilds each block's inputs (float32, bfloat16).
+    Precision,
     All,
 }
 
@@ -27,6 +32,8 @@ pub struct BenchOptions {
     pub suite: Suite,
     pub steps: usize,
     pub quick: bool,
+    /// Sequence lengths of the attention suite, replacing the defaults.
+    pub lengths: Option<Vec<i64>>,
     pub json: Option<PathBuf>,
     pub case: Option<String>,
     pub device: Device,
@@ -93,10 +100,40 @@ fn step_cases(steps: usize) -> Vec<Case> {
     ]
 }
 
+/// The depth suite: T = 4096, D 256, 4 heads, d_ff 1024, LSH; reversible or not.
+fn depth_cases(steps: usize) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for n_layers in [2, 6, 12, 24] {
+        for reversible in [true, false] {
+            let model = ModelConfig {
+                n_layers,
+                max_seq_len: 4096,
+                positional: PositionalConfig::Axial { shape: [64, 64], dims: [128, 128] },
+                attention: vec![AttentionKind::Lsh],
+                reversible,
+                ..Default::default()
+            };
+            let label = if reversible { "rev" } else { "plain" };
+            cases.push(Case {
+                suite: "depth".into(),
+                label: label.into(),
+                kind: CaseKind::Step,
+                model,
+                batch_size: 1,
+                seq_len: 4096,
+                steps,
+            });
+        }
+    }
+    cases
+}
+
 fn cases(opts: &BenchOptions) -> Vec<Case> {
-    let lengths: &[i64] = if opts.quick { &[1024, 4096, 16384] } else { &[1024, 2048, 4096, 8192, 16384] };
+    let default_lengths: &[i64] = if opts.quick { &[1024, 4096, 16384] } else { &[1024, 2048, 4096, 8192, 16384] };
+    let lengths = opts.lengths.as_deref().unwrap_or(default_lengths);
     let mut cases = Vec::new();
     if matches!(opts.suite, Suite::Attention | Suite::All) {
+        // The paper's regime: LSH is for long sequences; all lengths of the list.
         for &t in lengths {
             for rounds in [1, 2, 4, 8] {
                 cases.push(attention_case(AttentionKind::Lsh, rounds, t, opts.steps));
@@ -107,6 +144,9 @@ fn cases(opts: &BenchOptions) -> Vec<Case> {
     }
     if matches!(opts.suite, Suite::Steps | Suite::All) {
         cases.extend(step_cases(opts.steps));
+    }
+    if matches!(opts.suite, Suite::Depth | Suite::All) {
+        cases.extend(depth_cases(opts.steps));
     }
     cases
 }
@@ -145,6 +185,9 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         println!("{}", serde_json::to_string(&run_case(&case, opts.device)?)?);
         return Ok(());
     }
+    if opts.suite == Suite::Precision {
+        return run_precision(&opts);
+    }
     let peak = matmul_flops(opts.device);
     eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(opts.device), peak / 1e9);
     let cases = cases(&opts);
@@ -166,11 +209,34 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     }
     progress.finish();
     print_table(&rows);
+    if opts.suite == Suite::All {
+        run_precision(&opts)?;
+    }
     if let Some(path) = &opts.json {
         let report = json!({"machine": machine(opts.device), "matmul_flops": peak, "cases": rows});
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_precision(opts: &BenchOptions) -> Result<()> {
+    println!("{:<8} {:<10} {:>22} {:>22}", "layers", "dtype", "first block rel. error", "worst block rel. error");
+    let mut results = Vec::new();
+    for kind in [Kind::Float, Kind::BFloat16] {
+        for n_layers in [12, 24] {
+            let r = precision::measure(n_layers, kind, 1024, opts.device);
+            println!("{:<8} {:<10} {:>22.3e} {:>22.3e}", r.n_layers, r.dtype, r.first_block, r.worst_block);
+            results.push(r);
+        }
+    }
+    if opts.suite == Suite::Precision {
+        if let Some(path) = &opts.json {
+            let report = json!({"machine": machine(opts.device), "reconstruction": results});
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
     }
     Ok(())
 }
