@@ -8,6 +8,9 @@ fn main() {
     // Published by torch-sys (`links = "tch"`) to packages that depend on it directly.
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not publish its libtorch folder");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    if let Some(version) = libtorch_version(&PathBuf::from(&lib)) {
+        println!("cargo:rustc-env=REFORMER_LIBTORCH_VERSION={version}");
+    }
 
     let include = PathBuf::from(&lib).join("..").join("include");
     cc::Build::new()
@@ -28,4 +31,15 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/reversible.cpp");
+}
+
+/// The version of the libtorch in use: `torch/version.py` of a PyTorch wheel, or the
+/// `build-version` file of a libtorch download.
+fn libtorch_version(lib: &std::path::Path) -> Option<String> {
+    let root = lib.parent()?;
+    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
+        let line = text.lines().find(|l| l.starts_with("__version__"))?;
+        return Some(line.split(['\'', '"']).nth(1)?.to_string());
+    }
+    std::fs::read_to_string(root.join("build-version")).ok().map(|v| v.trim().to_string())
 }

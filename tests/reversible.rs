@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use reformer::model::config::{LocalConfig, LshConfig};
 use reformer::model::reversible::{reconstruct_inputs, reversible_blocks};
+use reformer::model::seeded_random;
 use reformer::model::{AttentionKind, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -83,10 +84,11 @@ fn pair(n_layers: i64, kind: Kind) -> Pair {
     Pair { plain_vs, plain, reversible_vs, reversible }
 }
 
-/// Token ids and next-token targets, (B, T) each.
+/// Token ids and next-token targets, (B, T) each. Drawn from the counter-based
+/// generator, not libtorch's global one, which tests running in parallel threads share.
 fn batch(vocab_size: i64) -> (Tensor, Tensor) {
-    tch::manual_seed(DATA_SEED);
-    let tokens = Tensor::randint(vocab_size, [BATCH, SEQ_LEN + 1], (Kind::Int64, Device::Cpu));
+    let uniform = seeded_random::uniform(DATA_SEED as u64, &[BATCH, SEQ_LEN + 1], Device::Cpu);
+    let tokens = (uniform * vocab_size as f64).to_kind(Kind::Int64);
     (tokens.narrow(1, 0, SEQ_LEN), tokens.narrow(1, 1, SEQ_LEN))
 }
 
@@ -131,10 +133,7 @@ fn check_gradients(n_layers: i64, kind: Kind) {
     // The stack on its own: the gradient with respect to its input, from a loss that
     // weighs the two output streams differently.
     let x = tch::no_grad(|| plain.embed(&tokens, mode)); // (B, T, D)
-    let [w1, w2] = [1, 2].map(|i| {
-        tch::manual_seed(DATA_SEED + i);
-        Tensor::randn(x.size(), (kind, Device::Cpu)) // (B, T, D)
-    });
+    let [w1, w2] = [1, 2].map(|i| seeded_random::normal(DATA_SEED as u64 + i, &x.size(), Device::Cpu).to_kind(kind)); // (B, T, D)
     let input_grad = |lm: &ReformerLm| {
         let x = x.detach().set_requires_grad(true);
         let (y1, y2) = lm.run_blocks(&x, mode);

@@ -6,7 +6,7 @@ use tch::{nn, Tensor};
 use super::config::ModelConfig;
 use super::lsh_attention::{merge_heads, split_heads};
 use super::seeded_random::ForwardMode;
-use super::softmax_attention::{causal_visibility, softmax_attention};
+use super::softmax_attention::softmax_attention;
 
 #[derive(Debug)]
 pub struct FullAttention {
@@ -37,9 +37,7 @@ impl FullAttention {
     pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
         let qkv = x.apply(&self.qkv).chunk(3, -1);
         let [q, k, v] = [0, 1, 2].map(|i| split_heads(&qkv[i], self.n_heads, self.d_head)); // (B, H, T, Dh)
-        let t = x.size()[1];
-        let visible = self.causal.then(|| causal_visibility(t, x.device())); // (T, T)
-        let out = softmax_attention(&q, &k, &v, visible.as_ref(), self.dropout, mode); // (B, H, T, Dh)
+        let out = softmax_attention(&q, &k, &v, None, self.causal, self.dropout, mode); // (B, H, T, Dh)
         merge_heads(&out).apply(&self.out)
     }
 }

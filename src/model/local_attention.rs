@@ -70,7 +70,7 @@ impl LocalAttention {
             visible = visible.logical_and(&k_pos.le_tensor(&q_pos)); // (NC, C, W)
         }
         let visible = visible.expand([n_chunks, c, (before + 1 + after) * c], false);
-        let out = softmax_attention(&q, &k, &v, Some(&visible), self.dropout, mode); // (B*H, NC, C, Dh)
+        let out = softmax_attention(&q, &k, &v, Some(&visible), false, self.dropout, mode); // (B*H, NC, C, Dh)
         out.view([b, h, t_pad, dh]).narrow(2, 0, t)
     }
 }

@@ -55,17 +55,34 @@ pub fn random_rotations(seed: u64, d_head: i64, params: &LshParams, device: tch:
     seeded_random::normal(seed, &[d_head, params.n_hashes, params.n_buckets / 2], device)
 }
 
+/// Elements of the rotated-vector tensor that hashing materialises at once: with the
+/// paper's n_buckets ≈ 2·T/chunk_len, all T positions at once would take O(T²/chunk_len)
+/// memory (4 GiB at T = 64K), so positions are hashed a slice at a time.
+const HASH_SLICE_ELEMENTS: i64 = 1 << 24;
+
 /// Angular LSH: bucket = argmax over [xR; -xR], per round. No gradient flows here.
+/// The argmax over the concatenation is the argmax of |xR|, shifted by NB/2 when that
+/// entry is negative, which spares materialising [xR; -xR].
 ///
 /// # Shapes
 /// `qk`: (B, H, T, Dh), `rotations`: (Dh, R, NB/2); returns (B, H, R, T) int64.
 pub fn hash_buckets(qk: &Tensor, rotations: &Tensor) -> Tensor {
     let (b, h, t, dh) = qk.size4().unwrap();
     let (_, r, half) = rotations.size3().unwrap();
+    let rotations = rotations.to_kind(qk.kind()).view([dh, r * half]); // (Dh, R*NB/2)
+    let slice_len = (HASH_SLICE_ELEMENTS / (b * h * r * half)).clamp(1, t.max(1));
     tch::no_grad(|| {
-        let rotated = qk.detach().matmul(&rotations.to_kind(qk.kind()).view([dh, r * half])); // (B, H, T, R*NB/2)
-        let rotated = rotated.view([b, h, t, r, half]).permute([0, 1, 3, 2, 4]); // (B, H, R, T, NB/2)
-        Tensor::cat(&[&rotated, &-&rotated], -1).argmax(-1, false) // (B, H, R, T)
+        let slices: Vec<Tensor> = (0..t)
+            .step_by(slice_len as usize)
+            .map(|start| {
+                let len = slice_len.min(t - start);
+                let rotated = qk.narrow(2, start, len).matmul(&rotations).view([b, h, len, r, half]); // (B, H, L, R, NB/2)
+                let index = rotated.abs().argmax(-1, true); // (B, H, L, R, 1)
+                let negative = rotated.gather(-1, &index, false).lt(0).to_kind(Kind::Int64);
+                (index + negative * half).squeeze_dim(-1).permute([0, 1, 3, 2]) // (B, H, R, L)
+            })
+            .collect();
+        Tensor::cat(&slices, 3) // (B, H, R, T)
     })
 }
 

@@ -7,7 +7,9 @@ use tch::{Kind, Tensor};
 
 use super::seeded_random::{self, ForwardMode};
 
-/// Softmax attention with an optional mask of visible keys.
+/// Softmax attention with an optional mask of visible keys, or causal (query i sees
+/// keys 0..=i, for L = S) without a materialised mask, so that SDPA's fused kernel keeps
+/// memory linear in the length.
 ///
 /// # Shapes
 /// `q`: (N, M, L, Dh); `k`, `v`: (N, M, S, Dh); `visible`: broadcastable to (N, M, L, S),
@@ -17,13 +19,20 @@ pub fn softmax_attention(
     k: &Tensor,
     v: &Tensor,
     visible: Option<&Tensor>,
+    causal: bool,
     dropout: f64,
     mode: ForwardMode,
 ) -> Tensor {
     if mode.train && dropout > 0.0 {
-        return explicit_attention(q, k, v, visible, dropout, mode);
+        let causal_mask = causal.then(|| causal_visibility(q.size()[2], q.device())); // (L, L)
+        let visible = match (visible, &causal_mask) {
+            (Some(v), Some(c)) => Some(v.logical_and(c)),
+            (Some(v), None) => Some(v.shallow_clone()),
+            (None, c) => c.as_ref().map(Tensor::shallow_clone),
+        };
+        return explicit_attention(q, k, v, visible.as_ref(), dropout, mode);
     }
-    Tensor::scaled_dot_product_attention(q, k, v, visible, 0.0, false, None, false)
+    Tensor::scaled_dot_product_attention(q, k, v, visible, 0.0, causal, None, false)
 }
 
 /// The same attention, written out: logits, mask, softmax, seeded dropout.
