@@ -1,11 +1,11 @@
 //! `reformer`: train, sample from and benchmark the Reformer on libtorch.
 
+pub mod allocator;
 pub mod bench;
 pub mod checkpoint;
 pub mod device;
 pub mod evaluate;
 pub mod generate;
-pub mod malloc_tuning;
 pub mod model;
 pub mod optimizer;
 pub mod progress;

@@ -243,8 +243,8 @@ fn run_precision(opts: &BenchOptions) -> Result<()> {
 
 fn print_table(rows: &[serde_json::Value]) {
     println!(
-        "{:<10} {:<8} {:>7} {:>6} {:>10} {:>9} {:>11} {:>10} {:>6}",
-        "suite", "case", "T", "batch", "ms/step", "us/token", "tokens/s", "peak MiB", "util"
+        "{:<10} {:<8} {:>7} {:>6} {:>7} {:>10} {:>9} {:>11} {:>10} {:>6}",
+        "suite", "case", "T", "batch", "layers", "ms/step", "us/token", "tokens/s", "peak MiB", "util"
     );
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
@@ -260,11 +260,12 @@ fn print_table(rows: &[serde_json::Value]) {
             continue;
         }
         println!(
-            "{:<10} {:<8} {:>7} {:>6} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>5.1}%",
+            "{:<10} {:<8} {:>7} {:>6} {:>7} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>5.1}%",
             r["suite"].as_str().unwrap_or(""),
             r["label"].as_str().unwrap_or(""),
             r["seq_len"].as_i64().unwrap_or(0),
             r["batch_size"].as_i64().unwrap_or(0),
+            r["n_layers"].as_i64().unwrap_or(0),
             f("ms_per_step"),
             f("us_per_token"),
             f("tokens_per_sec"),
@@ -283,6 +284,6 @@ fn machine(device: Device) -> serde_json::Value {
         "libtorch": crate::LIBTORCH_VERSION,
         "cuda_available": tch::Cuda::is_available(),
         "git_commit": commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
-        "allocator": crate::malloc_tuning::describe(),
+        "allocator": crate::allocator::describe(),
     })
 }

@@ -1,0 +1,43 @@
+//! The process's memory allocator: jemalloc, for libtorch's tensors as well as Rust's.
+//!
+//! Linked unprefixed into the executable, jemalloc's `malloc`/`free` take precedence over
+//! glibc's for the shared libraries too, so every CPU tensor comes from it. glibc's
+//! defaults serve each large tensor with a fresh mmap and return it on free, so every
+//! step pays page faults and zeroing in the kernel (about a third of a step on 2 cores);
+//! keeping freed memory in glibc's heap instead is fast but fragments, and the resident
+//! peak then grows with depth by ~100 MiB per layer even though nothing is kept per layer.
+//! jemalloc with purging switched off reuses freed memory without that growth (figures
+//! in the README, measured with `reformer bench --suite depth`).
+//!
+//! `MALLOC_CONF` in the environment overrides these settings, e.g.
+//! `MALLOC_CONF=dirty_decay_ms:10000` to return idle memory after ten seconds.
+
+use std::os::raw::c_char;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Never purge freed pages: a training loop reallocates the same sizes every step.
+const MALLOC_CONF: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+
+/// A C string pointer that may live in a static.
+#[repr(transparent)]
+pub struct ConfString(*const c_char);
+
+// SAFETY: the pointer targets an immutable static byte string.
+unsafe impl Sync for ConfString {}
+
+/// Read by jemalloc at start-up (its documented compile-time configuration symbol).
+#[no_mangle]
+#[used]
+#[allow(non_upper_case_globals)]
+pub static malloc_conf: ConfString = ConfString(MALLOC_CONF.as_ptr().cast());
+
+/// A description for reports.
+pub fn describe() -> String {
+    let conf = std::str::from_utf8(&MALLOC_CONF[..MALLOC_CONF.len() - 1]).unwrap_or("");
+    match std::env::var("MALLOC_CONF") {
+        Ok(env) => format!("jemalloc ({conf}; MALLOC_CONF={env})"),
+        Err(_) => format!("jemalloc ({conf})"),
+    }
+}
