@@ -114,7 +114,7 @@ impl Stack {
     /// Gradients of the stack's inputs and parameters from those of its outputs.
     ///
     /// # Shapes
-    /// `y1`, `y2`, `dy1`, `dy2`: (B, T, D); returns ((dx1, dx2), one gradient per param).
+    /// `y1`, `y2`, `dy1`, `dy2`: (B, T, D); returns (dx1, dx2); parameter gradients are added to `.grad`.
     /// Parameter gradients go straight into each parameter's `.grad`, block by block, so
     /// that no second copy of all of them exists at the end of the walk.
     fn backward(&self, y: Streams, dy: Streams) -> Result<Streams, TchError> {
