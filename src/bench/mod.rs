@@ -76,9 +76,10 @@ fn attention_case(kind: AttentionKind, n_hashes: i64, seq_len: i64, steps: usize
     Case { suite: "attention".into(), label, kind: CaseKind::Layer, model, batch_size: 1, seq_len, steps }
 }
 
-/// The three training-step configurations compared with other implementations.
+/// The three training-step configurations compared with other implementations, each
+/// with reversible and with ordinary residual layers.
 fn step_cases(steps: usize) -> Vec<Case> {
-    let lm = |label: &str, n_layers, d_model, n_heads, d_ff, seq_len: i64, batch_size, n_hashes| {
+    let lm = |label: &str, n_layers, d_model, n_heads, d_ff, seq_len: i64, batch_size, n_hashes, reversible| {
         let mut model = ModelConfig {
             d_model,
             n_layers,
@@ -87,17 +88,24 @@ fn step_cases(steps: usize) -> Vec<Case> {
             max_seq_len: seq_len,
             positional: PositionalConfig::Learned,
             attention: vec![AttentionKind::Lsh],
+            reversible,
             ..Default::default()
         };
         model.lsh.n_hashes = n_hashes;
         model.lsh.chunk_len = 64;
-        Case { suite: "steps".into(), label: label.into(), kind: CaseKind::Step, model, batch_size, seq_len, steps }
+        let label = format!("{label}{}", if reversible { "" } else { "-plain" });
+        Case { suite: "steps".into(), label, kind: CaseKind::Step, model, batch_size, seq_len, steps }
     };
-    vec![
-        lm("dup", 1, 256, 4, 256, 1024, 8, 4),
-        lm("lm4k", 6, 256, 4, 1024, 4096, 1, 2),
-        lm("lm16k", 3, 128, 2, 512, 16384, 1, 2),
-    ]
+    [true, false]
+        .into_iter()
+        .flat_map(|reversible| {
+            [
+                lm("dup", 1, 256, 4, 256, 1024, 8, 4, reversible),
+                lm("lm4k", 6, 256, 4, 1024, 4096, 1, 2, reversible),
+                lm("lm16k", 3, 128, 2, 512, 16384, 1, 2, reversible),
+            ]
+        })
+        .collect()
 }
 
 /// The depth suite: T = 4096, D 256, 4 heads, d_ff 1024, LSH; reversible or not.
@@ -200,7 +208,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         rows.push(json!({
             "suite": case.suite, "label": case.label, "attention": case.attention(),
             "n_hashes": case.model.lsh.n_hashes, "seq_len": case.seq_len, "batch_size": case.batch_size,
-            "n_layers": case.model.n_layers, "reversible": case.model.reversible,
+            "n_layers": if case.kind == CaseKind::Layer { 1 } else { case.model.n_layers }, "reversible": case.model.reversible,
             "ff_chunked": case.model.ff_chunk_len.is_some(), "status": status,
             "ms_per_step": m.ms_per_step, "us_per_token": m.us_per_token, "tokens_per_sec": m.tokens_per_sec,
             "peak_bytes": m.peak_bytes, "flops_per_token": flops, "utilization": utilization, "step_ms": m.step_ms,
@@ -243,14 +251,14 @@ fn run_precision(opts: &BenchOptions) -> Result<()> {
 
 fn print_table(rows: &[serde_json::Value]) {
     println!(
-        "{:<10} {:<8} {:>7} {:>6} {:>7} {:>10} {:>9} {:>11} {:>10} {:>6}",
+        "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10} {:>9} {:>11} {:>10} {:>6}",
         "suite", "case", "T", "batch", "layers", "ms/step", "us/token", "tokens/s", "peak MiB", "util"
     );
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         if r["status"] != "ok" {
             println!(
-                "{:<10} {:<8} {:>7} {:>6} {:>10}",
+                "{:<10} {:<12} {:>7} {:>6} {:>10}",
                 r["suite"].as_str().unwrap_or(""),
                 r["label"].as_str().unwrap_or(""),
                 r["seq_len"].as_i64().unwrap_or(0),
@@ -260,7 +268,7 @@ fn print_table(rows: &[serde_json::Value]) {
             continue;
         }
         println!(
-            "{:<10} {:<8} {:>7} {:>6} {:>7} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>5.1}%",
+            "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>5.1}%",
             r["suite"].as_str().unwrap_or(""),
             r["label"].as_str().unwrap_or(""),
             r["seq_len"].as_i64().unwrap_or(0),

@@ -111,12 +111,12 @@ impl Stack {
         })
     }
 
-    /// Gradients of the stack's inputs and parameters from those of its outputs.
+    /// Gradients of the stack's inputs from those of its outputs. Parameter gradients go
+    /// straight into each parameter's `.grad`, block by block, so that no second copy of
+    /// all of them exists at the end of the walk.
     ///
     /// # Shapes
-    /// `y1`, `y2`, `dy1`, `dy2`: (B, T, D); returns (dx1, dx2); parameter gradients are added to `.grad`.
-    /// Parameter gradients go straight into each parameter's `.grad`, block by block, so
-    /// that no second copy of all of them exists at the end of the walk.
+    /// `y1`, `y2`, `dy1`, `dy2`: (B, T, D); returns (dx1, dx2), each (B, T, D).
     fn backward(&self, y: Streams, dy: Streams) -> Result<Streams, TchError> {
         let (mut y1, mut y2) = (y.0.detach(), y.1.detach());
         let (mut dy1, mut dy2) = dy;
