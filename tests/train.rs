@@ -42,6 +42,18 @@ fn assert_success(out: &Output) {
     assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `reformer train` on CPU with `config`, writing to `run`, plus `extra` arguments.
+fn train(config: &Path, run: &Path, extra: &[&str]) -> Output {
+    let base = ["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()];
+    reformer(&[&base[..], extra].concat())
+}
+
+/// `reformer generate --json` on CPU from the run folder `run`, `n` new tokens.
+fn generate(run: &Path, n: &str, extra: &[&str]) -> Output {
+    let base = ["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--max-new-tokens", n, "--json"];
+    reformer(&[&base[..], extra].concat())
+}
+
 fn latest_weights(run: &Path) -> Vec<u8> {
     let name = std::fs::read_to_string(run.join("latest")).unwrap();
     std::fs::read(run.join("checkpoints").join(name.trim()).join("model.safetensors")).unwrap()
@@ -97,16 +109,7 @@ fn a_kill_at_any_instant_leaves_a_loadable_checkpoint() {
         if !run.join("latest").exists() {
             continue; // killed before the first checkpoint
         }
-        let out = reformer(&[
-            "generate",
-            "--device",
-            "cpu",
-            "--checkpoint",
-            run.to_str().unwrap(),
-            "--max-new-tokens",
-            "2",
-            "--json",
-        ]);
+        let out = generate(&run, "2", &[]);
         assert_success(&out);
         let _ = std::fs::remove_dir_all(&run);
     }
@@ -127,16 +130,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("step 3: non-finite loss"), "{stderr}");
     assert_eq!(std::fs::read_to_string(run.join("latest")).unwrap(), "step-00000002");
-    let out = reformer(&[
-        "generate",
-        "--device",
-        "cpu",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--max-new-tokens",
-        "1",
-        "--json",
-    ]);
+    let out = generate(&run, "1", &[]);
     assert_success(&out);
     assert_success(&reformer(&["train", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "4"]));
     let _ = std::fs::remove_dir_all(&dir);
@@ -147,21 +141,11 @@ fn a_diverging_run_stops_instead_of_training_on_nan() {
     let dir = scratch("diverge");
     let config = tiny_config(&dir, 50, 1);
     let run = dir.join("run");
-    let out = reformer(&[
-        "train",
-        "--device",
-        "cpu",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--set",
-        "train.lr=1e38",
-        "--set",
-        "train.clip_grad_norm=null",
-        "--set",
-        "train.warmup_steps=0",
-    ]);
+    let out = train(
+        &config,
+        &run,
+        &["--set", "train.lr=1e38", "--set", "train.clip_grad_norm=null", "--set", "train.warmup_steps=0"],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("non-finite loss"), "{stderr}");
@@ -173,36 +157,14 @@ fn a_trained_checkpoint_generates_and_reports_json() {
     let dir = scratch("generate");
     let config = tiny_config(&dir, 3, 3);
     let run = dir.join("run");
-    let out = reformer(&[
-        "train",
-        "--device",
-        "cpu",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = train(&config, &run, &["--json"]);
     assert_success(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("train --json prints one object");
     for key in ["task", "steps", "valid_loss", "valid_accuracy", "tokens_per_sec", "checkpoint", "accuracy_by_rounds"] {
         assert!(summary.get(key).is_some(), "summary lacks {key}: {summary}");
     }
     assert_eq!(summary["steps"], 3);
-    let out = reformer(&[
-        "generate",
-        "--device",
-        "cpu",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--prompt",
-        "\u{1}\u{2}",
-        "--max-new-tokens",
-        "5",
-        "--json",
-        "--seed",
-        "1",
-    ]);
+    let out = generate(&run, "5", &["--prompt", "\u{1}\u{2}", "--seed", "1"]);
     assert_success(&out);
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["new_tokens"], 5);

@@ -3,6 +3,7 @@
 
 pub mod case;
 pub mod precision;
+pub mod steady;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,6 +26,8 @@ pub enum Suite {
     Depth,
     /// How exactly the reversible backward rebuilds each block's inputs (float32, bfloat16).
     Precision,
+    /// Resident memory over 3000 reversible training steps (a leak shows as growth).
+    Steady,
     All,
 }
 
@@ -195,6 +198,13 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     }
     if opts.suite == Suite::Precision {
         return run_precision(&opts);
+    }
+    if opts.suite == Suite::Steady {
+        println!("{:>6} {:>10}", "step", "RSS KiB");
+        for (step, rss) in steady::rss_over_steps(3000, opts.device) {
+            println!("{step:>6} {rss:>10}");
+        }
+        return Ok(());
     }
     let peak = matmul_flops(opts.device);
     eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(opts.device), peak / 1e9);

@@ -6,16 +6,13 @@ use tch::{nn, Kind, Tensor};
 
 use super::chunking::{look_around, padding_to_chunks};
 use super::config::ModelConfig;
-use super::lsh_attention::{merge_heads, split_heads};
+use super::qkv::QkvProjection;
 use super::seeded_random::ForwardMode;
 use super::softmax_attention::softmax_attention;
 
 #[derive(Debug)]
 pub struct LocalAttention {
-    qkv: nn::Linear,
-    out: nn::Linear,
-    n_heads: i64,
-    d_head: i64,
+    projection: QkvProjection,
     chunk_len: i64,
     n_chunks_before: i64,
     n_chunks_after: i64,
@@ -25,13 +22,8 @@ pub struct LocalAttention {
 
 impl LocalAttention {
     pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
-        let inner = cfg.n_heads * cfg.d_head();
-        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
         Self {
-            qkv: nn::linear(&vs / "qkv", cfg.d_model, 3 * inner, no_bias),
-            out: nn::linear(&vs / "out", inner, cfg.d_model, Default::default()),
-            n_heads: cfg.n_heads,
-            d_head: cfg.d_head(),
+            projection: QkvProjection::new(&vs, cfg),
             chunk_len: cfg.local.chunk_len,
             n_chunks_before: cfg.local.n_chunks_before,
             n_chunks_after: cfg.local.n_chunks_after,
@@ -43,10 +35,9 @@ impl LocalAttention {
     /// # Shapes
     /// `x`: (B, T, D); returns (B, T, D).
     pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
-        let qkv = x.apply(&self.qkv).chunk(3, -1);
-        let [q, k, v] = [0, 1, 2].map(|i| split_heads(&qkv[i], self.n_heads, self.d_head)); // (B, H, T, Dh)
+        let [q, k, v] = self.projection.heads(x); // (B, H, T, Dh)
         let out = self.attend(&q, &k, &v, mode); // (B, H, T, Dh)
-        merge_heads(&out).apply(&self.out)
+        self.projection.output(&out)
     }
 
     /// # Shapes

@@ -16,6 +16,7 @@ pub mod lm;
 pub mod local_attention;
 pub mod lsh_attention;
 pub mod positional;
+pub mod qkv;
 pub mod reversible;
 pub mod seeded_random;
 pub mod softmax_attention;

@@ -1,0 +1,43 @@
+//! The projections of attention with separate queries, keys and values (local and full
+//! attention): one fused input projection to Q, K, V split into heads, and the output
+//! projection back to the model width.
+
+use tch::{nn, Tensor};
+
+use super::config::ModelConfig;
+use super::lsh_attention::{merge_heads, split_heads};
+
+#[derive(Debug)]
+pub struct QkvProjection {
+    qkv: nn::Linear,
+    out: nn::Linear,
+    n_heads: i64,
+    d_head: i64,
+}
+
+impl QkvProjection {
+    /// Variables `vs / "qkv"` and `vs / "out"`.
+    pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Self {
+        let inner = cfg.n_heads * cfg.d_head();
+        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        Self {
+            qkv: nn::linear(vs / "qkv", cfg.d_model, 3 * inner, no_bias),
+            out: nn::linear(vs / "out", inner, cfg.d_model, Default::default()),
+            n_heads: cfg.n_heads,
+            d_head: cfg.d_head(),
+        }
+    }
+
+    /// # Shapes
+    /// `x`: (B, T, D); returns [q, k, v], each (B, H, T, Dh).
+    pub fn heads(&self, x: &Tensor) -> [Tensor; 3] {
+        let qkv = x.apply(&self.qkv).chunk(3, -1); // 3 × (B, T, H·Dh)
+        [0, 1, 2].map(|i| split_heads(&qkv[i], self.n_heads, self.d_head))
+    }
+
+    /// # Shapes
+    /// `heads`: (B, H, T, Dh); returns (B, T, D).
+    pub fn output(&self, heads: &Tensor) -> Tensor {
+        merge_heads(heads).apply(&self.out)
+    }
+}
