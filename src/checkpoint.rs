@@ -14,10 +14,11 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::{nn, Device, Tensor};
 
+use crate::model::ReformerLm;
 use crate::run_config::RunConfig;
 use crate::tasks::SamplerRng;
 
@@ -77,7 +78,7 @@ impl RunDir {
     pub fn open(path: &Path) -> Result<(Self, RunConfig)> {
         let config_path = path.join("config.json");
         if !config_path.exists() {
-            anyhow::bail!("{} is not a run folder: it has no config.json", path.display());
+            bail!("{} is not a run folder: it has no config.json", path.display());
         }
         let cfg = RunConfig::from_file(&config_path)?;
         Ok((Self { path: path.to_path_buf() }, cfg))
@@ -173,6 +174,28 @@ impl RunDir {
             .collect();
         write_atomic(&path, kept.as_bytes())
     }
+}
+
+/// Loads the model of a run folder (its best checkpoint) or of one checkpoint folder.
+pub fn load_model(path: &Path, device: Device) -> Result<(nn::VarStore, ReformerLm, RunConfig)> {
+    if !path.exists() {
+        bail!("checkpoint {} does not exist", path.display());
+    }
+    // A checkpoint folder lives in RUN/checkpoints/; its config is two levels up.
+    let (run_path, checkpoint) = if path.join("config.json").exists() {
+        let (run, _) = RunDir::open(path)?;
+        let best = run.best().with_context(|| format!("{} holds no checkpoint yet", path.display()))?;
+        (path.to_path_buf(), best)
+    } else {
+        let run = path.parent().and_then(Path::parent).context("not a run or checkpoint folder")?;
+        (run.to_path_buf(), path.to_path_buf())
+    };
+    let (_, cfg) = RunDir::open(&run_path)?;
+    cfg.model.validate().context("the checkpoint's config.json is invalid")?;
+    let mut vs = nn::VarStore::new(device);
+    let model = ReformerLm::new(vs.root(), &cfg.model);
+    load_weights(&mut vs, &checkpoint)?;
+    Ok((vs, model, cfg))
 }
 
 /// Loads model weights from a checkpoint folder into `vs`.

@@ -2,16 +2,16 @@
 //! they are produced. Each new token re-runs the forward pass over the context window.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{load_weights, RunDir};
+use crate::checkpoint::load_model;
 use crate::evaluate::EVAL_SEED;
-use crate::model::{ForwardMode, ReformerLm};
+use crate::model::ForwardMode;
 
 pub struct GenerateOptions {
     pub checkpoint: PathBuf,
@@ -24,28 +24,6 @@ pub struct GenerateOptions {
     pub num_samples: usize,
     pub json: bool,
     pub device: Device,
-}
-
-/// Loads the model of a run folder (its best checkpoint) or of one checkpoint folder.
-pub fn load_model(path: &Path, device: Device) -> Result<(nn::VarStore, ReformerLm)> {
-    if !path.exists() {
-        bail!("checkpoint {} does not exist", path.display());
-    }
-    // A checkpoint folder lives in RUN/checkpoints/; its config is two levels up.
-    let (run_path, checkpoint) = if path.join("config.json").exists() {
-        let (run, _) = RunDir::open(path)?;
-        let best = run.best().with_context(|| format!("{} holds no checkpoint yet", path.display()))?;
-        (path.to_path_buf(), best)
-    } else {
-        let run = path.parent().and_then(Path::parent).context("not a run or checkpoint folder")?;
-        (run.to_path_buf(), path.to_path_buf())
-    };
-    let (_, cfg) = RunDir::open(&run_path)?;
-    cfg.model.validate().context("the checkpoint's config.json is invalid")?;
-    let mut vs = nn::VarStore::new(device);
-    let model = ReformerLm::new(vs.root(), &cfg.model);
-    load_weights(&mut vs, &checkpoint)?;
-    Ok((vs, model))
 }
 
 /// Picks the next token from the last position's logits.
@@ -94,7 +72,7 @@ impl Utf8Stream {
 }
 
 pub fn run(opts: GenerateOptions) -> Result<()> {
-    let (_vs, model) = load_model(&opts.checkpoint, opts.device)?;
+    let (_vs, model, _) = load_model(&opts.checkpoint, opts.device)?;
     let max_len = model.cfg.max_seq_len;
     let mut prompt: Vec<i64> = opts.prompt.iter().map(|&b| b as i64).collect();
     if prompt.is_empty() {

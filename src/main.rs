@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand};
 
 use reformer::bench::{self, BenchOptions, Suite};
 use reformer::device::{parse_device, set_threads};
+use reformer::eval::{self, EvalAttention, EvalOptions};
 use reformer::generate::{self, GenerateOptions};
-use reformer::train::{self, Precision, TaskKind, TrainOptions};
+use reformer::tasks::{Split, TaskKind};
+use reformer::train::{self, Precision, TrainOptions};
 
 /// Train, sample from and benchmark the Reformer (Kitaev, Kaiser, Levskaya, ICLR 2020):
 /// LSH attention, reversible layers, chunked feed-forward, on libtorch (CPU or CUDA).
@@ -115,6 +117,44 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Score a checkpoint on held-out data, optionally with other hash rounds (Table 2).
+    Eval {
+        /// A run folder (its best checkpoint is used) or one checkpoint folder.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The task (default: the run's).
+        #[arg(long, value_enum)]
+        task: Option<TaskKind>,
+        /// Data file (default: the run's).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Which part of the data, in non-overlapping windows.
+        #[arg(long, value_enum, default_value = "test")]
+        split: Split,
+        /// At most this many bytes (tokens) of the split.
+        #[arg(long, default_value_t = 1_000_000)]
+        eval_bytes: usize,
+        /// Window length (at most the model's max_seq_len; default: the run's).
+        #[arg(long)]
+        seq_len: Option<i64>,
+        /// Windows per batch (default: the run's).
+        #[arg(long)]
+        batch_size: Option<i64>,
+        /// Hash rounds of the LSH layers, one evaluation each: --n-hashes 1,2,4,8.
+        #[arg(long, value_delimiter = ',')]
+        n_hashes: Vec<i64>,
+        /// lsh (as trained), or full: LSH layers as dense shared-QK attention.
+        #[arg(long, value_enum, default_value = "lsh")]
+        attention: EvalAttention,
+        /// Score exactly the validation windows the training run logged (ignores --split).
+        #[arg(long)]
+        training_windows: bool,
+        /// Print one JSON object with every figure and the settings used.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Measure speed and memory: LSH against full attention over length, training steps.
     Bench {
         /// Which measurements to run.
@@ -158,7 +198,7 @@ fn run(cli: Cli) -> Result<()> {
             print_version();
             return Ok(());
         }
-        anyhow::bail!("no subcommand: use `reformer train`, `reformer generate` or `reformer bench` (see --help)");
+        anyhow::bail!("no subcommand: use `reformer train`, `reformer generate`, `reformer eval` or `reformer bench` (see --help)");
     };
     match command {
         Command::Train {
@@ -231,6 +271,36 @@ fn run(cli: Cli) -> Result<()> {
                 top_p,
                 greedy,
                 num_samples,
+                json,
+                device,
+            })
+        }
+        Command::Eval {
+            checkpoint,
+            task,
+            data,
+            split,
+            eval_bytes,
+            seq_len,
+            batch_size,
+            n_hashes,
+            attention,
+            training_windows,
+            json,
+            common,
+        } => {
+            let device = setup(&common)?;
+            eval::run(EvalOptions {
+                checkpoint,
+                task,
+                data,
+                split,
+                eval_bytes,
+                seq_len,
+                batch_size,
+                n_hashes,
+                attention,
+                training_windows,
                 json,
                 device,
             })

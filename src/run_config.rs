@@ -6,7 +6,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::path::PathBuf;
+
 use crate::model::ModelConfig;
+use crate::tasks::TaskKind;
 
 /// Presets shipped with the binary: (name, JSON).
 pub const PRESETS: &[(&str, &str)] = &[
@@ -154,17 +157,15 @@ impl TrainConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
+    /// What the run learns (set from `--task`; default duplication).
+    pub task: TaskKind,
+    /// The data file of the LM tasks (set from `--data`; enwik8 default data/enwik8).
+    pub data: Option<PathBuf>,
     pub model: ModelConfig,
     pub train: TrainConfig,
-}
-
-impl Default for RunConfig {
-    fn default() -> Self {
-        Self { model: ModelConfig::default(), train: TrainConfig::default() }
-    }
 }
 
 impl RunConfig {

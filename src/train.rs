@@ -16,30 +16,10 @@ use crate::model::{ForwardMode, ReformerLm};
 use crate::optimizer::{learning_rate, AdamW};
 use crate::progress::Progress;
 use crate::run_config::{NonFinitePolicy, RunConfig};
-use crate::tasks::{duplication::Duplication, text::TextData, SamplerRng, Task};
+use crate::tasks::{build_task, SamplerRng, Split, TaskKind};
 
 /// Hash rounds at which a duplication model is evaluated at the end (paper Table 2).
 pub const TABLE2_ROUNDS: [i64; 4] = [1, 2, 4, 8];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskKind {
-    /// The paper's synthetic task: predict the second copy of `0 w 0 w`.
-    Duplication,
-    /// Byte-level enwik8 (default file data/enwik8).
-    Enwik8,
-    /// Any file as bytes (--data FILE).
-    Text,
-}
-
-impl TaskKind {
-    pub fn default_preset(self) -> &'static str {
-        match self {
-            Self::Duplication => "duplication",
-            Self::Enwik8 | Self::Text => "enwik8-cpu",
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
@@ -85,33 +65,13 @@ fn resolve_config(opts: &TrainOptions) -> Result<RunConfig> {
         (None, None) => RunConfig::preset(opts.task.default_preset())?,
     };
     let mut cfg = base.with_overrides(&opts.set)?;
+    cfg.task = opts.task;
+    cfg.data = opts.data.clone();
     if let Some(steps) = opts.steps {
         cfg.train.steps = steps;
     }
     cfg.validate()?;
     Ok(cfg)
-}
-
-fn build_task(opts: &TrainOptions, cfg: &RunConfig) -> Result<Box<dyn Task>> {
-    let task: Box<dyn Task> = match opts.task {
-        TaskKind::Duplication => Box::new(Duplication::new(cfg.train.duplication.clone())),
-        TaskKind::Enwik8 => {
-            let path = opts.data.clone().unwrap_or_else(|| PathBuf::from("data/enwik8"));
-            if !path.exists() {
-                bail!(
-                    "enwik8 not found at {}: download http://mattmahoney.net/dc/enwik8.zip and unzip it into data/, or pass --data FILE",
-                    path.display()
-                );
-            }
-            Box::new(TextData::load(&path, cfg.train.seq_len)?)
-        }
-        TaskKind::Text => {
-            let path = opts.data.as_ref().context("--task text needs --data FILE")?;
-            Box::new(TextData::load(path, cfg.train.seq_len)?)
-        }
-    };
-    task.check_model(&cfg.model)?;
-    Ok(task)
 }
 
 fn default_out(task: TaskKind) -> PathBuf {
@@ -136,10 +96,10 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         None => (None, resolve_config(&opts)?),
     };
     // The data is checked before anything is written.
-    let task = build_task(&opts, &cfg)?;
+    let task = build_task(&cfg)?;
     let run_dir = match existing_run {
         Some(run_dir) => run_dir,
-        None => RunDir::create(&opts.out.clone().unwrap_or_else(|| default_out(opts.task)), &cfg)?,
+        None => RunDir::create(&opts.out.clone().unwrap_or_else(|| default_out(cfg.task)), &cfg)?,
     };
     eprintln!("config: {}", serde_json::to_string(&cfg)?);
 
@@ -265,18 +225,16 @@ pub fn run(opts: TrainOptions) -> Result<()> {
     };
     let tokens_per_sec = window.total_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let mut summary = json!({
-        "task": opts.task, "steps": state.step, "skipped_steps": state.skipped_steps,
+        "task": cfg.task, "steps": state.step, "skipped_steps": state.skipped_steps,
         "valid_loss": valid.loss, "tokens_per_sec": tokens_per_sec, "elapsed_secs": state.elapsed_secs,
         "checkpoint": run_dir.latest().map(|p| p.display().to_string()),
     });
     eprintln!("final validation: {}", describe_score(&valid, task.reports_bpc()));
     if task.reports_bpc() {
         summary["valid_bpc"] = json!(valid.bpc);
-        if let Some(text) = task_as_text(&opts, &cfg)? {
-            let test = evaluate(&model, &text.test_batches(train.batch_size, opts.eval_bytes), opts.device);
-            eprintln!("test: {:.4} bits per byte over {} bytes", test.bpc, test.n_targets);
-            summary["test_bpc"] = json!(test.bpc);
-        }
+        let test = evaluate(&model, &task.split_batches(Split::Test, train.batch_size, opts.eval_bytes)?, opts.device);
+        eprintln!("test: {:.4} bits per byte over {} bytes", test.bpc, test.n_targets);
+        summary["test_bpc"] = json!(test.bpc);
     } else {
         summary["valid_accuracy"] = json!(valid.accuracy);
         summary["accuracy_by_rounds"] = table2_row(&mut model, &valid_batches, opts.device);
@@ -296,16 +254,6 @@ fn injected_fault(step: i64) -> f64 {
     } else {
         0.0
     }
-}
-
-/// The text data again, for the test split (only the LM tasks have one).
-fn task_as_text(opts: &TrainOptions, cfg: &RunConfig) -> Result<Option<TextData>> {
-    let path = match opts.task {
-        TaskKind::Duplication => return Ok(None),
-        TaskKind::Enwik8 => opts.data.clone().unwrap_or_else(|| PathBuf::from("data/enwik8")),
-        TaskKind::Text => opts.data.clone().context("--task text needs --data FILE")?,
-    };
-    Ok(Some(TextData::load(&path, cfg.train.seq_len)?))
 }
 
 /// Accuracy with 1, 2, 4 and 8 hash rounds (and full attention: not swapped in here),

@@ -222,3 +222,17 @@ fn unknown_config_fields_are_rejected() {
     let err = serde_json::from_str::<ModelConfig>(r#"{"d_modle": 64}"#).unwrap_err().to_string();
     assert!(err.contains("d_modle"), "{err}");
 }
+
+#[test]
+fn changing_hash_rounds_changes_only_lsh_layers() {
+    let cfg = small_config(vec![AttentionKind::Local, AttentionKind::Lsh, AttentionKind::Full]);
+    let (_vs, mut model) = build(&cfg);
+    let x = Tensor::randn([2, 40, 32], (Kind::Float, Device::Cpu));
+    let mode = ForwardMode::eval(3);
+    let before: Vec<Tensor> = model.blocks.iter().map(|b| b.f(&x, mode)).collect();
+    model.set_n_hashes(5);
+    let after: Vec<Tensor> = model.blocks.iter().map(|b| b.f(&x, mode)).collect();
+    assert!(before[0].equal(&after[0]), "local attention changed");
+    assert!(!before[1].equal(&after[1]), "LSH attention did not change");
+    assert!(before[2].equal(&after[2]), "full attention changed");
+}

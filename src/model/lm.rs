@@ -57,6 +57,20 @@ impl ReformerLm {
         }
     }
 
+    /// Evaluates LSH layers as dense attention with their shared query/key and self-mask:
+    /// one round and one chunk covering `seq_len` tokens (LSH's exact special case).
+    pub fn use_dense_lsh(&mut self, seq_len: i64) {
+        for block in &mut self.blocks {
+            if let super::block::Attention::Lsh(lsh) = &mut block.attention {
+                lsh.params.n_hashes = 1;
+                lsh.params.chunk_len = seq_len;
+                lsh.params.n_chunks_before = 0;
+                lsh.params.n_chunks_after = 0;
+                lsh.params.strict_causal = false;
+            }
+        }
+    }
+
     /// The embedded input, duplicated into the two residual streams' start.
     ///
     /// # Shapes

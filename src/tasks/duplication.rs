@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
-use super::{Batch, SamplerRng, Task};
+use super::{Batch, SamplerRng, Split, Task};
 use crate::model::ModelConfig;
 use crate::run_config::DuplicationConfig;
 
@@ -69,6 +69,16 @@ impl Task for Duplication {
 
     fn reports_bpc(&self) -> bool {
         false
+    }
+
+    /// The duplication task has one held-out set: the fixed validation sequences, as many
+    /// as fit in `max_bytes` tokens (at least one batch).
+    fn split_batches(&self, split: Split, batch_size: i64, max_bytes: usize) -> Result<Vec<Batch>> {
+        if split != Split::Valid {
+            bail!("the duplication task has only a validation set: use --split valid");
+        }
+        let per_batch = (batch_size * self.seq_len()) as usize;
+        Ok(self.valid_batches(batch_size, (max_bytes / per_batch).max(1) as i64))
     }
 
     fn check_model(&self, model: &ModelConfig) -> Result<()> {

@@ -4,10 +4,73 @@ pub mod duplication;
 pub mod rng;
 pub mod text;
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 pub use rng::SamplerRng;
+
+use crate::run_config::RunConfig;
+
+/// Where `--task enwik8` looks when no `--data` is given.
+pub const DEFAULT_ENWIK8_PATH: &str = "data/enwik8";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// The paper's synthetic task: predict the second copy of `0 w 0 w`.
+    #[default]
+    Duplication,
+    /// Byte-level enwik8 (default file data/enwik8).
+    Enwik8,
+    /// Any file as bytes (--data FILE).
+    Text,
+}
+
+impl TaskKind {
+    pub fn default_preset(self) -> &'static str {
+        match self {
+            Self::Duplication => "duplication",
+            Self::Enwik8 | Self::Text => "enwik8-cpu",
+        }
+    }
+}
+
+/// A part of a text data set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Valid,
+    Test,
+    /// The three splits one after the other.
+    All,
+}
+
+/// The task of a run configuration (`cfg.task`, `cfg.data`), checked against its model.
+pub fn build_task(cfg: &RunConfig) -> Result<Box<dyn Task>> {
+    let task: Box<dyn Task> = match cfg.task {
+        TaskKind::Duplication => Box::new(duplication::Duplication::new(cfg.train.duplication.clone())),
+        TaskKind::Enwik8 => {
+            let path = cfg.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ENWIK8_PATH));
+            if !path.exists() {
+                bail!(
+                    "enwik8 not found at {}: download http://mattmahoney.net/dc/enwik8.zip and unzip it into data/, or pass --data FILE",
+                    path.display()
+                );
+            }
+            Box::new(text::TextData::load(&path, cfg.train.seq_len)?)
+        }
+        TaskKind::Text => {
+            let path: &Path = cfg.data.as_deref().context("--task text needs --data FILE")?;
+            Box::new(text::TextData::load(path, cfg.train.seq_len)?)
+        }
+    };
+    task.check_model(&cfg.model)?;
+    Ok(task)
+}
 
 /// One batch: the model reads `inputs` and is scored on `targets` where `weights` > 0.
 ///
@@ -41,4 +104,6 @@ pub trait Task {
     fn reports_bpc(&self) -> bool;
     /// Checks that the model can serve this task.
     fn check_model(&self, model: &crate::model::ModelConfig) -> Result<()>;
+    /// Non-overlapping windows over `split`, at most `max_bytes` of it, in batches.
+    fn split_batches(&self, split: Split, batch_size: i64, max_bytes: usize) -> Result<Vec<Batch>>;
 }

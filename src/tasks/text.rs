@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use tch::{Kind, Tensor};
 
-use super::{Batch, SamplerRng, Task};
+use super::{Batch, SamplerRng, Split, Task};
 use crate::model::ModelConfig;
 
 /// enwik8's standard split: 90M / 5M / 5M bytes of the 100M.
@@ -69,12 +69,13 @@ impl TextData {
         }
     }
 
-    /// The test split in non-overlapping windows, at most `max_bytes` of it, in batches.
-    pub fn test_batches(&self, batch_size: i64, max_bytes: usize) -> Vec<Batch> {
+    /// `bytes` in non-overlapping windows (each target scored once), at most `max_bytes`
+    /// of it, in batches.
+    fn windows_over(&self, bytes: &[u8], batch_size: i64, max_bytes: usize) -> Vec<Batch> {
         let window = self.seq_len as usize;
-        let usable = self.test.len().saturating_sub(1).min(max_bytes.max(window));
+        let usable = bytes.len().saturating_sub(1).min(max_bytes.max(window));
         let starts: Vec<usize> = (0..usable / window).map(|i| i * window).collect();
-        starts.chunks(batch_size as usize).map(|chunk| self.windows(&self.test, chunk)).collect()
+        starts.chunks(batch_size as usize).map(|chunk| self.windows(bytes, chunk)).collect()
     }
 }
 
@@ -102,6 +103,25 @@ impl Task for TextData {
 
     fn reports_bpc(&self) -> bool {
         true
+    }
+
+    fn split_batches(&self, split: Split, batch_size: i64, max_bytes: usize) -> Result<Vec<Batch>> {
+        Ok(match split {
+            Split::Train => self.windows_over(&self.train, batch_size, max_bytes),
+            Split::Valid => self.windows_over(&self.valid, batch_size, max_bytes),
+            Split::Test => self.windows_over(&self.test, batch_size, max_bytes),
+            Split::All => {
+                let mut left = max_bytes;
+                let mut batches = Vec::new();
+                for bytes in [&self.train, &self.valid, &self.test] {
+                    if left >= self.seq_len as usize {
+                        batches.extend(self.windows_over(bytes, batch_size, left));
+                        left = left.saturating_sub(bytes.len());
+                    }
+                }
+                batches
+            }
+        })
     }
 
     fn check_model(&self, model: &ModelConfig) -> Result<()> {

@@ -1,0 +1,173 @@
+//! `reformer eval`: score a checkpoint on held-out data without training, optionally with
+//! the hashing changed at evaluation time (paper Table 2: trained with k rounds, evaluated
+//! with j) or with LSH layers evaluated as dense shared-QK attention.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use serde_json::json;
+use tch::Device;
+
+use crate::checkpoint::load_model;
+use crate::evaluate::{evaluate, Score};
+use crate::model::block::Attention;
+use crate::model::ReformerLm;
+use crate::progress::Progress;
+use crate::tasks::{build_task, Batch, Split, TaskKind};
+
+/// What LSH layers compute at evaluation time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalAttention {
+    /// As trained (with `--n-hashes` rounds when given).
+    Lsh,
+    /// Dense attention with the same shared query/key and self-mask: LSH with one round
+    /// and one chunk covering the whole window.
+    Full,
+}
+
+pub struct EvalOptions {
+    pub checkpoint: PathBuf,
+    pub task: Option<TaskKind>,
+    pub data: Option<PathBuf>,
+    pub split: Split,
+    pub eval_bytes: usize,
+    pub seq_len: Option<i64>,
+    pub batch_size: Option<i64>,
+    pub n_hashes: Vec<i64>,
+    pub attention: EvalAttention,
+    pub training_windows: bool,
+    pub json: bool,
+    pub device: Device,
+}
+
+fn has_lsh(model: &ReformerLm) -> bool {
+    model.blocks.iter().any(|b| matches!(b.attention, Attention::Lsh(_)))
+}
+
+/// Scores `batches` one at a time with a progress bar; tokens/s over the whole pass.
+fn score(model: &ReformerLm, batches: &[Batch], device: Device, label: &str) -> (Score, f64) {
+    let started = Instant::now();
+    let mut progress = Progress::new(label, batches.len() as u64);
+    let (mut nll, mut correct, mut n) = (0.0, 0.0, 0.0);
+    for (i, batch) in batches.iter().enumerate() {
+        let s = evaluate(model, std::slice::from_ref(batch), device);
+        nll += s.loss * s.n_targets;
+        correct += s.accuracy * s.n_targets;
+        n += s.n_targets;
+        progress.update(i as u64 + 1, format!("{:.4} bits/byte", nll / n.max(1.0) / std::f64::consts::LN_2));
+    }
+    progress.finish();
+    let tokens: i64 = batches.iter().map(Batch::n_tokens).sum();
+    let loss = nll / n.max(1.0);
+    let score = Score { loss, bpc: loss / std::f64::consts::LN_2, accuracy: correct / n.max(1.0), n_targets: n };
+    (score, tokens as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+pub fn run(opts: EvalOptions) -> Result<()> {
+    let (_vs, mut model, mut cfg) = load_model(&opts.checkpoint, opts.device)?;
+    let trained_rounds = cfg.model.lsh.n_hashes;
+    if let Some(task) = opts.task {
+        cfg.task = task;
+    }
+    if opts.data.is_some() {
+        cfg.data = opts.data.clone();
+    }
+    if let Some(seq_len) = opts.seq_len {
+        if cfg.task == TaskKind::Duplication {
+            bail!("--seq-len does not apply to the duplication task: its length is 2·copy_len + 1");
+        }
+        if seq_len < 1 || seq_len > cfg.model.max_seq_len {
+            bail!("--seq-len {seq_len} is beyond the model's positional range 1..={}", cfg.model.max_seq_len);
+        }
+        cfg.train.seq_len = seq_len;
+    }
+    if let Some(batch_size) = opts.batch_size {
+        if batch_size < 1 {
+            bail!("--batch-size must be at least 1");
+        }
+        cfg.train.batch_size = batch_size;
+    }
+    if (!opts.n_hashes.is_empty() || opts.attention == EvalAttention::Full) && !has_lsh(&model) {
+        bail!("this model has no LSH layers: --n-hashes and --attention full change nothing");
+    }
+    if let Some(&bad) = opts.n_hashes.iter().find(|&&j| j < 1) {
+        bail!("--n-hashes {bad}: the number of hash rounds must be at least 1");
+    }
+    let task = build_task(&cfg)?;
+    let batches = if opts.training_windows {
+        task.valid_batches(cfg.train.batch_size, cfg.train.eval_batches)
+    } else {
+        task.split_batches(opts.split, cfg.train.batch_size, opts.eval_bytes)?
+    };
+    if batches.is_empty() {
+        bail!("the {:?} split is shorter than one window of {} tokens", opts.split, task.seq_len());
+    }
+    eprintln!(
+        "evaluating {:?} ({}) with seq_len {}, batch size {}, LSH layers as {:?}",
+        cfg.task,
+        if opts.training_windows {
+            "the training run's validation windows".to_string()
+        } else {
+            format!("{:?} split", opts.split)
+        },
+        task.seq_len(),
+        cfg.train.batch_size,
+        opts.attention
+    );
+
+    let settings: Vec<Option<i64>> = match opts.attention {
+        EvalAttention::Full => vec![None],
+        EvalAttention::Lsh if opts.n_hashes.is_empty() => vec![Some(trained_rounds)],
+        EvalAttention::Lsh => opts.n_hashes.iter().map(|&j| Some(j)).collect(),
+    };
+    let mut results = Vec::new();
+    for rounds in &settings {
+        let label = match rounds {
+            Some(j) => {
+                model.set_n_hashes(*j);
+                format!("eval ({j} rounds)")
+            }
+            None => {
+                model.use_dense_lsh(task.seq_len());
+                "eval (dense)".to_string()
+            }
+        };
+        let (s, tokens_per_sec) = score(&model, &batches, opts.device, &label);
+        results.push(json!({"n_hashes": rounds, "loss": s.loss, "bpc": s.bpc, "accuracy": s.accuracy,
+            "n_targets": s.n_targets, "tokens_per_sec": tokens_per_sec}));
+        let figure = if task.reports_bpc() {
+            format!("{:.4} bits per byte", s.bpc)
+        } else {
+            format!("second-copy accuracy {:.2}%", 100.0 * s.accuracy)
+        };
+        eprintln!("{label}: loss {:.4}, {figure}, {} targets, {tokens_per_sec:.0} tokens/s", s.loss, s.n_targets);
+    }
+    if settings.len() > 1 {
+        let row: Vec<String> = results
+            .iter()
+            .map(|r| {
+                let figure = if task.reports_bpc() {
+                    r["bpc"].as_f64().unwrap_or(f64::NAN)
+                } else {
+                    100.0 * r["accuracy"].as_f64().unwrap_or(f64::NAN)
+                };
+                format!("{}: {figure:.2}", r["n_hashes"])
+            })
+            .collect();
+        eprintln!("trained with {trained_rounds} rounds, evaluated with  {}", row.join("  "));
+    }
+    if opts.json {
+        println!(
+            "{}",
+            json!({
+                "checkpoint": opts.checkpoint.display().to_string(), "task": cfg.task,
+                "split": if opts.training_windows { json!("training-validation") } else { json!(opts.split) },
+                "seq_len": task.seq_len(), "batch_size": cfg.train.batch_size, "attention": opts.attention,
+                "trained_n_hashes": trained_rounds, "results": results,
+            })
+        );
+    }
+    Ok(())
+}

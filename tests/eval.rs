@@ -1,0 +1,135 @@
+//! `reformer eval` through the binary: it reproduces the training run's validation
+//! figure, changes only what it is asked to, and refuses unsafe overrides.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reformer-eval-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn reformer(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).output().expect("the binary runs");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("--json prints one object")
+}
+
+/// Trains a small [local, lsh] model for a few steps; returns the run folder.
+fn trained_run(dir: &Path, task: &[&str], vocab: i64) -> PathBuf {
+    let config = serde_json::json!({
+        "model": {
+            "vocab_size": vocab, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 64,
+            "positional": {"kind": "learned"}, "attention": ["local", "lsh"],
+            "lsh": {"n_hashes": 2, "chunk_len": 8}, "local": {"chunk_len": 8}
+        },
+        "train": {"seq_len": 32, "batch_size": 4, "steps": 4, "eval_every": 4, "eval_batches": 2,
+                  "duplication": {"n_symbols": 16, "copy_len": 15}}
+    });
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let run = dir.join("run");
+    let base = ["train", "--device", "cpu", "--config", path.to_str().unwrap(), "--out", run.to_str().unwrap()];
+    let out = reformer(&[&base[..], task].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run
+}
+
+/// The validation loss the training run logged last.
+fn logged_valid_loss(run: &Path) -> f64 {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["valid_loss"].as_f64())
+        .last()
+        .expect("a validation record")
+}
+
+fn eval(run: &Path, extra: &[&str]) -> Output {
+    let base = ["eval", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--json"];
+    reformer(&[&base[..], extra].concat())
+}
+
+fn text_file(dir: &Path) -> PathBuf {
+    let path = dir.join("text.txt");
+    let text: String = (0..400).map(|i| format!("line {i}: the quick brown fox jumps over the lazy dog.\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const SAME: f64 = 1e-6;
+
+#[test]
+fn eval_reproduces_the_logged_validation_and_reports_every_field() {
+    let dir = scratch("dup");
+    let run = trained_run(&dir, &[], 16);
+    let logged = logged_valid_loss(&run);
+    let result = json_of(&eval(&run, &["--training-windows"]));
+    let loss = result["results"][0]["loss"].as_f64().unwrap();
+    assert!((loss - logged).abs() <= SAME, "eval {loss} vs logged {logged}");
+    for key in ["checkpoint", "task", "split", "seq_len", "batch_size", "attention", "trained_n_hashes", "results"] {
+        assert!(result.get(key).is_some(), "missing {key}: {result}");
+    }
+    for key in ["n_hashes", "loss", "bpc", "accuracy", "n_targets", "tokens_per_sec"] {
+        assert!(result["results"][0].get(key).is_some(), "missing results.{key}: {result}");
+    }
+    // The training value of --n-hashes reproduces it; other values give other figures.
+    let rows = json_of(&eval(&run, &["--training-windows", "--n-hashes", "2,1,8"]));
+    let losses: Vec<f64> = (0..3).map(|i| rows["results"][i]["loss"].as_f64().unwrap()).collect();
+    assert!((losses[0] - logged).abs() <= SAME);
+    assert!((losses[1] - logged).abs() > SAME && (losses[2] - logged).abs() > SAME, "{losses:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn eval_of_a_text_run_scores_each_split() {
+    let dir = scratch("text");
+    let file = text_file(&dir);
+    let run = trained_run(&dir, &["--task", "text", "--data", file.to_str().unwrap()], 256);
+    let logged = logged_valid_loss(&run);
+    let same_windows = json_of(&eval(&run, &["--training-windows"]));
+    assert!((same_windows["results"][0]["loss"].as_f64().unwrap() - logged).abs() <= SAME);
+    for split in ["train", "valid", "test", "all"] {
+        let result = json_of(&eval(&run, &["--split", split, "--eval-bytes", "2000"]));
+        let n = result["results"][0]["n_targets"].as_f64().unwrap();
+        assert!(n > 0.0 && n <= 2000.0 + 32.0, "{split}: {n} targets");
+        assert!(result["results"][0]["bpc"].as_f64().unwrap().is_finite());
+    }
+    let dense = json_of(&eval(&run, &["--split", "valid", "--attention", "full"]));
+    assert!(dense["results"][0]["bpc"].as_f64().unwrap().is_finite());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unsafe_overrides_are_refused_with_one_line() {
+    let dir = scratch("errors");
+    let file = text_file(&dir);
+    let run = trained_run(&dir, &["--task", "text", "--data", file.to_str().unwrap()], 256);
+    let short = dir.join("short.txt");
+    std::fs::write(&short, b"far too short").unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--seq-len", "65"], "beyond the model's positional range"),
+        (&["--n-hashes", "0"], "at least 1"),
+        (&["--seq-len", "64", "--data", "/nonexistent/data"], "/nonexistent/data"),
+        (&["--data", short.to_str().unwrap()], "fewer than one window"),
+    ];
+    for (args, needle) in &cases {
+        let out = eval(&run, args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(needle), "{args:?}: {stderr}");
+    }
+    let out = eval(&dir.join("missing-run"), &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
