@@ -70,6 +70,9 @@ enum Command {
         /// Stop (and save) after this many minutes of training.
         #[arg(long, value_name = "MINUTES")]
         time_limit: Option<f64>,
+        /// Fetch enwik8 (enwik8.zip from the Hutter-prize page) when its file is missing.
+        #[arg(long)]
+        download: bool,
         /// Bytes of the test split scored at the end (LM tasks).
         #[arg(long, default_value_t = 1_000_000)]
         eval_bytes: usize,
@@ -211,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
             resume,
             steps,
             time_limit,
+            download,
             eval_bytes,
             precision,
             json,
@@ -218,6 +222,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let device = setup(&common)?;
             train::run(TrainOptions {
+                download,
                 task,
                 data,
                 preset,

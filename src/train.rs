@@ -16,7 +16,8 @@ use crate::model::{ForwardMode, ReformerLm};
 use crate::optimizer::{learning_rate, AdamW};
 use crate::progress::Progress;
 use crate::run_config::{NonFinitePolicy, RunConfig};
-use crate::tasks::{build_task, SamplerRng, Split, TaskKind};
+use crate::tasks::download::download_enwik8;
+use crate::tasks::{build_task, SamplerRng, Split, TaskKind, DEFAULT_ENWIK8_PATH};
 
 /// Hash rounds at which a duplication model is evaluated at the end (paper Table 2).
 pub const TABLE2_ROUNDS: [i64; 4] = [1, 2, 4, 8];
@@ -39,6 +40,8 @@ pub struct TrainOptions {
     pub steps: Option<i64>,
     pub time_limit_minutes: Option<f64>,
     pub eval_bytes: usize,
+    /// Fetch enwik8 when its file is missing.
+    pub download: bool,
     pub precision: Precision,
     pub json: bool,
     pub device: Device,
@@ -95,6 +98,13 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         }
         None => (None, resolve_config(&opts)?),
     };
+    if opts.download && cfg.task == TaskKind::Enwik8 {
+        let path = cfg.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ENWIK8_PATH));
+        if !path.exists() {
+            eprintln!("downloading enwik8 to {}", path.display());
+            download_enwik8(&path)?;
+        }
+    }
     // The data is checked before anything is written.
     let task = build_task(&cfg)?;
     let run_dir = match existing_run {

@@ -48,7 +48,7 @@ fn user_mistakes_give_one_clear_line() {
     assert_one_line_error(&["train", "--no-such-flag"], "--no-such-flag");
     assert_one_line_error(&["train", "--task", "text", "--data", "/nonexistent/file.txt"], "/nonexistent/file.txt");
     assert_one_line_error(&["train", "--task", "text"], "--data");
-    assert_one_line_error(&["train", "--task", "enwik8", "--data", "/nonexistent/enwik8"], "enwik8.zip");
+    assert_one_line_error(&["train", "--task", "enwik8", "--data", "/nonexistent/enwik8"], "--download");
     assert_one_line_error(&["train", "--preset", "no-such-preset"], "unknown preset 'no-such-preset'");
     assert_one_line_error(&["train", "--set", "model.d_modle=3"], "unknown setting 'd_modle'");
     assert_one_line_error(&["train", "--set", "model.n_heads=3"], "not divisible by n_heads");

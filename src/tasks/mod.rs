@@ -1,5 +1,6 @@
 //! Training data: the synthetic duplication task and byte-level text (enwik8 or any file).
 
+pub mod download;
 pub mod duplication;
 pub mod rng;
 pub mod text;
@@ -57,7 +58,7 @@ pub fn build_task(cfg: &RunConfig) -> Result<Box<dyn Task>> {
             let path = cfg.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ENWIK8_PATH));
             if !path.exists() {
                 bail!(
-                    "enwik8 not found at {}: download http://mattmahoney.net/dc/enwik8.zip and unzip it into data/, or pass --data FILE",
+                    "enwik8 not found at {}: add --download to fetch it, or pass --data FILE (see data/README.md)",
                     path.display()
                 );
             }
