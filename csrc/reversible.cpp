@@ -53,9 +53,8 @@ void write_error(const char* message, char* err, size_t err_len) {
 }
 
 struct Reversible : public torch::autograd::Function<Reversible> {
-  // `params` are inputs so that the outputs require grad whenever a parameter does. Their
-  // gradients are added to .grad by the Rust side during backward, block by block (a
-  // re-entrant backward), so the node returns none for them.
+  // `params` are inputs only so that the node has edges to their AccumulateGrad nodes:
+  // backward returns their gradients, which then reach .grad like any other.
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x1, const at::Tensor& x2,
                                at::TensorList params, c10::intrusive_ptr<RustStack> stack) {
     char err[kErrLen] = {0};

@@ -100,8 +100,8 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let qk = qk.constant_pad_nd(pad); // (B, H, Tp, Dh)
     let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
 
+    // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
     let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
-                                                                  // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
     let buckets = hash_buckets(&qk, rotations).masked_fill(&positions.ge(t), p.n_buckets); // (B, H, R, Tp)
 
     // Sort by (round, bucket, position): one key per (round, position), all distinct.

@@ -83,12 +83,13 @@ pub fn grad_enabled() -> bool {
 /// The two residual streams, each (B, T, D).
 type Streams = (Tensor, Tensor);
 
-/// What the autograd node holds for its lifetime: the blocks and the forward pass's
-/// mode. No activation is kept here.
+/// What the autograd node holds for its lifetime: the blocks, the forward pass's mode and
+/// the parameters whose gradients the node returns. No activation is kept here.
 struct Stack {
     /// Borrowed from the caller of `reversible_blocks` (see its safety note).
     blocks: *const [Block],
     mode: ForwardMode,
+    params: Vec<Tensor>,
 }
 
 impl Stack {
@@ -111,13 +112,12 @@ impl Stack {
         })
     }
 
-    /// Gradients of the stack's inputs from those of its outputs. Parameter gradients go
-    /// straight into each parameter's `.grad`, block by block, so that no second copy of
-    /// all of them exists at the end of the walk.
+    /// Gradients of the stack's inputs and parameters from those of its outputs.
     ///
     /// # Shapes
-    /// `y1`, `y2`, `dy1`, `dy2`: (B, T, D); returns (dx1, dx2), each (B, T, D).
-    fn backward(&self, y: Streams, dy: Streams) -> Result<Streams, TchError> {
+    /// `y1`, `y2`, `dy1`, `dy2`: (B, T, D); returns ((dx1, dx2), one gradient per param).
+    fn backward(&self, y: Streams, dy: Streams) -> Result<(Streams, Vec<Option<Tensor>>), TchError> {
+        let mut param_grads: Vec<Option<Tensor>> = self.params.iter().map(|_| None).collect();
         let (mut y1, mut y2) = (y.0.detach(), y.1.detach());
         let (mut dy1, mut dy2) = dy;
         for (i, block) in self.blocks().iter().enumerate().rev() {
@@ -127,27 +127,41 @@ impl Stack {
             let g = tch::with_grad(|| block.g(&y1_leaf, mode));
             let x2 = tch::no_grad(|| &y2 - &g);
             // Out of place: at the first block dy1 and dy2 are autograd's own buffers.
-            dy1 = vector_jacobian(&g, &dy2, &y1_leaf)? + &dy1;
+            dy1 = self.vector_jacobian(&g, &dy2, &y1_leaf, &mut param_grads)? + &dy1;
             // y1 = x1 + F(x2): rebuild x1; dL/dx2 gains F's share.
             let x2_leaf = x2.set_requires_grad(true);
             let f = tch::with_grad(|| block.f(&x2_leaf, mode));
             let x1 = tch::no_grad(|| &y1 - &f);
-            dy2 = vector_jacobian(&f, &dy1, &x2_leaf)? + &dy2;
+            dy2 = self.vector_jacobian(&f, &dy1, &x2_leaf, &mut param_grads)? + &dy2;
             (y1, y2) = (x1, x2_leaf.detach());
         }
-        Ok((dy1, dy2))
+        Ok(((dy1, dy2), param_grads))
     }
-}
 
-/// `grad_out`ᵀ · ∂`out`/∂`input`, returned; the same for every parameter that `out`
-/// depends on is added into that parameter's `.grad` (a re-entrant backward, as activation
-/// checkpointing does). `input` is a fresh leaf. Frees `out`'s graph.
-fn vector_jacobian(out: &Tensor, grad_out: &Tensor, input: &Tensor) -> Result<Tensor, TchError> {
-    // The gradient of sum(out · grad_out) with respect to `out` is `grad_out` exactly.
-    let surrogate = tch::with_grad(|| (out * grad_out).sum(out.kind()));
-    tch::with_grad(|| surrogate.f_backward())?;
-    let d_input = input.grad();
-    Ok(if d_input.defined() { d_input } else { input.zeros_like() })
+    /// `grad_out`ᵀ · ∂`out`/∂`input`, returned; the same for every parameter, added into
+    /// `param_grads`. Frees `out`'s graph.
+    fn vector_jacobian(
+        &self,
+        out: &Tensor,
+        grad_out: &Tensor,
+        input: &Tensor,
+        param_grads: &mut [Option<Tensor>],
+    ) -> Result<Tensor, TchError> {
+        // The gradient of sum(out · grad_out) with respect to `out` is `grad_out` exactly.
+        let surrogate = tch::with_grad(|| (out * grad_out).sum(out.kind()));
+        let inputs: Vec<&Tensor> = std::iter::once(input).chain(&self.params).collect();
+        let mut grads = Tensor::f_run_backward(&[surrogate], &inputs, false, false)?.into_iter();
+        let d_input = grads.next().filter(Tensor::defined).unwrap_or_else(|| input.zeros_like());
+        for (sum, grad) in param_grads.iter_mut().zip(grads) {
+            if grad.defined() {
+                *sum = Some(match sum.take() {
+                    Some(sum) => sum + grad,
+                    None => grad,
+                });
+            }
+        }
+        Ok(d_input)
+    }
 }
 
 /// The stack `blocks` run as y = blocks(x) under one autograd node that keeps only the
@@ -171,7 +185,7 @@ pub fn reversible_blocks(
 ) -> Result<(Tensor, Tensor), TchError> {
     let params = stack_parameters(blocks, x2, mode)?;
     let param_ptrs: Vec<*const C_tensor> = params.iter().map(Tensor::as_ptr).collect();
-    let stack = Box::into_raw(Box::new(Stack { blocks: blocks as *const [Block], mode }));
+    let stack = Box::into_raw(Box::new(Stack { blocks: blocks as *const [Block], mode, params }));
     let (mut y1, mut y2) = (std::ptr::null_mut(), std::ptr::null_mut());
     let mut err = [0 as c_char; ERROR_LEN];
     // SAFETY: every pointer is valid for the call; C++ owns `stack` from here on and
@@ -329,11 +343,10 @@ extern "C" fn backward_callback(
         // SAFETY: as in `forward_callback`; `grads` has room for 2 + params.len() pointers.
         let stack = unsafe { &*(stack as *const Stack) };
         let borrow = |t: *const C_tensor| unsafe { Tensor::clone_from_ptr(t.cast_mut()) };
-        let (dx1, dx2) = stack.backward((borrow(y1), borrow(y2)), (borrow(dy1), borrow(dy2)))?;
-        // The parameters' slots stay null: their gradients are already in `.grad`.
-        unsafe {
-            *grads = into_raw(dx1);
-            *grads.add(1) = into_raw(dx2);
+        let ((dx1, dx2), param_grads) = stack.backward((borrow(y1), borrow(y2)), (borrow(dy1), borrow(dy2)))?;
+        let outputs = [Some(dx1), Some(dx2)].into_iter().chain(param_grads);
+        for (slot, grad) in outputs.enumerate() {
+            unsafe { *grads.add(slot) = grad.map_or(std::ptr::null_mut(), into_raw) };
         }
         Ok(())
     })
