@@ -3,7 +3,7 @@
 use reformer::run_config::DuplicationConfig;
 use reformer::tasks::duplication::Duplication;
 use reformer::tasks::text::{split_points, TextData, ENWIK8_BYTES};
-use reformer::tasks::{SamplerRng, Task};
+use reformer::tasks::{SamplerRng, Split, Task};
 
 #[test]
 fn duplication_sequences_are_0_w_0_w() {
@@ -90,7 +90,7 @@ fn text_splits_are_disjoint_in_order_and_windows_come_from_their_split() {
     for batch in data.valid_batches(4, 2) {
         assert!(batch.inputs.eq(2).all().int64_value(&[]) == 1);
     }
-    let test = data.test_batches(2, usize::MAX);
+    let test = data.split_batches(Split::Test, 2, usize::MAX).unwrap();
     let n_windows: i64 = test.iter().map(|b| b.inputs.size()[0]).sum();
     assert_eq!(n_windows, ((data.test.len() - 1) / 16) as i64, "non-overlapping windows cover the test split");
     assert!(test.iter().all(|b| b.targets.eq(3).all().int64_value(&[]) == 1));
