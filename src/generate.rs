@@ -1,5 +1,7 @@
 //! `reformer generate`: sampling bytes from a trained checkpoint, streamed to stdout as
-//! they are produced. Each new token re-runs the forward pass over the context window.
+//! they are produced. By default the prompt runs through the model once and each new
+//! token goes through an incremental-decoding cache (`model::decoding`); `--no-cache`
+//! re-runs the forward pass over the context window for every token instead.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::load_model;
 use crate::evaluate::EVAL_SEED;
-use crate::model::ForwardMode;
+use crate::model::{Decoder, ForwardMode, ReformerLm};
 
 pub struct GenerateOptions {
     pub checkpoint: PathBuf,
@@ -21,6 +23,7 @@ pub struct GenerateOptions {
     pub top_k: Option<i64>,
     pub top_p: Option<f64>,
     pub greedy: bool,
+    pub no_cache: bool,
     pub num_samples: usize,
     pub json: bool,
     pub device: Device,
@@ -71,6 +74,42 @@ impl Utf8Stream {
     }
 }
 
+/// Next-token logits of one growing sequence: through the decoding cache, or (with
+/// `--no-cache`) by re-running the forward pass over the last `max_seq_len` tokens.
+struct NextLogits<'a> {
+    model: &'a ReformerLm,
+    use_cache: bool,
+    decoder: Option<Decoder<'a>>,
+    device: Device,
+}
+
+impl<'a> NextLogits<'a> {
+    /// The logits after the last token of `context`. Between calls `context` grows by
+    /// one token. When the cache is full it starts over from the last half of the window.
+    ///
+    /// # Shapes
+    /// returns (V)
+    fn after(&mut self, context: &[i64]) -> Result<Tensor> {
+        let max_len = self.model.cfg.max_seq_len as usize;
+        let mode = ForwardMode::eval(EVAL_SEED);
+        let tensor = |tokens: &[i64]| Tensor::from_slice(tokens).unsqueeze(0).to(self.device); // (1, T)
+        if !self.use_cache {
+            let window = &context[context.len().saturating_sub(max_len)..];
+            let logits = tch::no_grad(|| self.model.forward(&tensor(window), mode)); // (1, T, V)
+            return Ok(logits.get(0).get(-1));
+        }
+        match &mut self.decoder {
+            Some(decoder) if !decoder.is_full() => Ok(decoder.step(&tensor(&context[context.len() - 1..])).get(0)),
+            decoder => {
+                let keep = if decoder.is_none() { context.len().min(max_len) } else { (max_len / 2).max(1) };
+                let (fresh, logits) = Decoder::prefill(self.model, &tensor(&context[context.len() - keep..]), mode)?;
+                *decoder = Some(fresh);
+                Ok(logits.get(0))
+            }
+        }
+    }
+}
+
 pub fn run(opts: GenerateOptions) -> Result<()> {
     let (_vs, model, _) = load_model(&opts.checkpoint, opts.device)?;
     let max_len = model.cfg.max_seq_len;
@@ -89,26 +128,28 @@ pub fn run(opts: GenerateOptions) -> Result<()> {
         );
         prompt.drain(..prompt.len() - max_len as usize);
     }
+    if !opts.no_cache {
+        crate::model::decoding::check_decodable(&model.cfg)?;
+    }
     let mut samples = Vec::new();
-    let (mut total_tokens, mut total_secs, mut first_token_secs) = (0usize, 0.0, Vec::new());
+    let (mut total_tokens, mut total_secs, mut first_token_secs) = (0usize, 0.0, 0.0);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
     for sample_index in 0..opts.num_samples {
+        let mut next_logits =
+            NextLogits { model: &model, use_cache: !opts.no_cache, decoder: None, device: opts.device };
         let mut context = prompt.clone();
         let mut generated = Vec::new();
         let mut stream = Utf8Stream { pending: Vec::new() };
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
         let started = Instant::now();
         for i in 0..opts.max_new_tokens {
-            let start = context.len().saturating_sub(max_len as usize);
-            let input = Tensor::from_slice(&context[start..]).unsqueeze(0).to(opts.device); // (1, T)
-            let logits = tch::no_grad(|| model.forward(&input, ForwardMode::eval(EVAL_SEED)));
-            let last = logits.get(0).get(-1); // (V)
+            let last = next_logits.after(&context)?; // (V)
             if last.isfinite().all().int64_value(&[]) == 0 {
                 bail!("the model produced non-finite logits: the checkpoint's weights are damaged or diverged");
             }
             let next = sample(&last, &opts);
             if i == 0 {
-                first_token_secs.push(started.elapsed().as_secs_f64());
+                first_token_secs += started.elapsed().as_secs_f64();
             }
             context.push(next);
             generated.push(next as u8);
@@ -127,15 +168,32 @@ pub fn run(opts: GenerateOptions) -> Result<()> {
             writeln!(out, "---")?;
         }
     }
+    let n_samples = opts.num_samples.max(1) as f64;
     let tokens_per_sec = total_tokens as f64 / total_secs.max(1e-9);
-    let ttft = first_token_secs.iter().sum::<f64>() / first_token_secs.len().max(1) as f64;
+    let ttft = first_token_secs / n_samples;
+    // Tokens after the first, over the time after the first: the per-token decoding rate.
+    let later_tokens = total_tokens.saturating_sub(opts.num_samples);
+    let decode_tokens_per_sec = later_tokens as f64 / (total_secs - first_token_secs).max(1e-9);
     if opts.json {
         println!(
             "{}",
-            json!({"samples": samples, "tokens_per_sec": tokens_per_sec, "time_to_first_token_secs": ttft, "new_tokens": total_tokens})
+            json!({
+                "samples": samples,
+                "cache": !opts.no_cache,
+                "prompt_tokens": prompt.len(),
+                "new_tokens": total_tokens,
+                "tokens_per_sec": tokens_per_sec,
+                "decode_tokens_per_sec": decode_tokens_per_sec,
+                "time_to_first_token_secs": ttft,
+            })
         );
     } else {
-        eprintln!("{total_tokens} tokens at {tokens_per_sec:.1} tokens/s; first token after {:.3}s", ttft);
+        eprintln!(
+            "{total_tokens} tokens at {tokens_per_sec:.1} tokens/s ({decode_tokens_per_sec:.1} tokens/s after the first); \
+             first token after {ttft:.3}s ({} prompt tokens, {})",
+            prompt.len(),
+            if opts.no_cache { "no cache" } else { "cached" }
+        );
     }
     Ok(())
 }

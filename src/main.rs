@@ -111,6 +111,13 @@ enum Command {
         /// Always take the most likely byte.
         #[arg(long)]
         greedy: bool,
+        /// Re-run the forward pass over the whole context for every token instead of
+        /// decoding through the cache. The cache gives the same tokens for full, local
+        /// and strict-causal LSH attention; for LSH layers trained with the paper's rule
+        /// (attend within the query's chunk of the bucket-sorted sequence and one back)
+        /// it applies the strict rule, an approximation: use --no-cache for the exact model.
+        #[arg(long)]
+        no_cache: bool,
         /// Independent samples to draw.
         #[arg(long, default_value_t = 1)]
         num_samples: usize,
@@ -248,6 +255,7 @@ fn run(cli: Cli) -> Result<()> {
             top_k,
             top_p,
             greedy,
+            no_cache,
             num_samples,
             json,
             common,
@@ -275,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
                 top_k,
                 top_p,
                 greedy,
+                no_cache,
                 num_samples,
                 json,
                 device,

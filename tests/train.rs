@@ -1,5 +1,6 @@
 //! Training end to end through the binary: exact resume, checkpoints that survive a
-//! kill at any instant, a non-finite loss that stops the run, sampling a checkpoint.
+//! kill at any instant, a non-finite loss that stops the run, sampling a checkpoint with
+//! and without the decoding cache.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -168,8 +169,33 @@ fn a_trained_checkpoint_generates_and_reports_json() {
     assert_success(&out);
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["new_tokens"], 5);
+    assert_eq!(result["cache"], true);
     let out = reformer(&["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--prompt", "ab"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside this model's 16-symbol vocabulary"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cached_and_uncached_greedy_sampling_agree_and_run_past_the_window() {
+    let dir = scratch("generate-cache");
+    let config = tiny_config(&dir, 3, 3);
+    let run = dir.join("run");
+    assert_success(&train(&config, &run, &["--set", "model.lsh.strict_causal=true"]));
+    let sample = |n: &str, extra: &[&str]| {
+        let out = generate(&run, n, &[&["--greedy", "--prompt", "\u{1}\u{2}\u{3}"], extra].concat());
+        assert_success(&out);
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (result["samples"][0].as_str().unwrap().to_string(), result)
+    };
+    // 3 prompt tokens + 61 new ones fill the 64-token window exactly.
+    let (cached, result) = sample("61", &[]);
+    let (uncached, plain) = sample("61", &["--no-cache"]);
+    assert_eq!(cached, uncached, "greedy tokens differ between the cache and the full forward pass");
+    assert_eq!((result["cache"].as_bool(), plain["cache"].as_bool()), (Some(true), Some(false)));
+    // Past the window the cache starts over from the last half of it.
+    let (long, result) = sample("150", &[]);
+    assert_eq!(result["new_tokens"], 150);
+    assert!(long.starts_with(&cached));
     let _ = std::fs::remove_dir_all(&dir);
 }

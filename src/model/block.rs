@@ -68,7 +68,18 @@ impl Block {
     /// # Shapes
     /// `x2`: (B, T, D); returns (B, T, D).
     pub fn f(&self, x2: &Tensor, mode: ForwardMode) -> Tensor {
-        let out = self.attention.forward(&x2.apply(&self.attention_norm), mode.child(ATTENTION_TAG));
+        self.f_with(x2, mode, |attention, x, mode| attention.forward(x, mode))
+    }
+
+    /// F with the attention call supplied by the caller (incremental decoding passes its
+    /// cached attention): `attend(attention, normalised input, attention's mode)`.
+    fn f_with(
+        &self,
+        x2: &Tensor,
+        mode: ForwardMode,
+        attend: impl FnOnce(&Attention, &Tensor, ForwardMode) -> Tensor,
+    ) -> Tensor {
+        let out = attend(&self.attention, &x2.apply(&self.attention_norm), mode.child(ATTENTION_TAG));
         seeded_random::dropout(&out, self.dropout_hidden, mode.child(ATTENTION_DROPOUT_TAG).seed, mode.train)
     }
 
@@ -86,7 +97,21 @@ impl Block {
     /// # Shapes
     /// `x1`, `x2`: (B, T, D); returns (y1, y2), each (B, T, D).
     pub fn forward(&self, x1: &Tensor, x2: &Tensor, mode: ForwardMode) -> (Tensor, Tensor) {
-        let y1 = x1 + self.f(x2, mode);
+        self.forward_with(x1, x2, mode, |attention, x, mode| attention.forward(x, mode))
+    }
+
+    /// The block with F's attention call supplied by the caller (see `f_with`).
+    ///
+    /// # Shapes
+    /// `x1`, `x2`: (B, T, D); returns (y1, y2), each (B, T, D).
+    pub fn forward_with(
+        &self,
+        x1: &Tensor,
+        x2: &Tensor,
+        mode: ForwardMode,
+        attend: impl FnOnce(&Attention, &Tensor, ForwardMode) -> Tensor,
+    ) -> (Tensor, Tensor) {
+        let y1 = x1 + self.f_with(x2, mode, attend);
         let y2 = x2 + self.g(&y1, mode);
         (y1, y2)
     }

@@ -76,9 +76,17 @@ impl ReformerLm {
     /// # Shapes
     /// `tokens`: (B, T) int64; returns (B, T, D).
     pub fn embed(&self, tokens: &Tensor, mode: ForwardMode) -> Tensor {
+        self.embed_at(tokens, 0, mode)
+    }
+
+    /// The embedded input of tokens at positions `start..start + T`.
+    ///
+    /// # Shapes
+    /// `tokens`: (B, T) int64; returns (B, T, D).
+    pub fn embed_at(&self, tokens: &Tensor, start: i64, mode: ForwardMode) -> Tensor {
         let t = tokens.size()[1];
         let x = tokens.apply(&self.embedding); // (B, T, D)
-        let x = match self.positional.forward(t) {
+        let x = match self.positional.range(start, t) {
             Some(positions) => x + positions, // (T, D) broadcast over B
             None => x,
         };
@@ -109,13 +117,27 @@ impl ReformerLm {
     /// `tokens`: (B, T); returns (B, T, 2D).
     pub fn hidden(&self, tokens: &Tensor, mode: ForwardMode) -> Tensor {
         let (y1, y2) = self.run_blocks(&self.embed(tokens, mode), mode);
-        Tensor::cat(&[y1, y2], -1).apply(&self.final_norm) // (B, T, 2D)
+        self.join_streams(&y1, &y2)
+    }
+
+    /// The two streams the last block leaves, joined and normalised.
+    ///
+    /// # Shapes
+    /// `y1`, `y2`: (B, T, D); returns (B, T, 2D).
+    pub fn join_streams(&self, y1: &Tensor, y2: &Tensor) -> Tensor {
+        Tensor::cat(&[y1, y2], -1).apply(&self.final_norm)
+    }
+
+    /// # Shapes
+    /// `hidden`: (B, T, 2D); returns (B, T, V).
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.apply(&self.head)
     }
 
     /// # Shapes
     /// `tokens`: (B, T); returns (B, T, V).
     pub fn forward(&self, tokens: &Tensor, mode: ForwardMode) -> Tensor {
-        self.hidden(tokens, mode).apply(&self.head)
+        self.logits(&self.hidden(tokens, mode))
     }
 
     /// Mean cross-entropy of `targets` given `tokens`, each target weighted (a weight of
@@ -140,7 +162,7 @@ impl ReformerLm {
         let mut correct = Tensor::zeros([], (Kind::Float, targets.device()));
         for start in (0..t).step_by(chunk_len as usize) {
             let len = chunk_len.min(t - start);
-            let logits = hidden.narrow(1, start, len).apply(&self.head); // (B, C, V)
+            let logits = self.logits(&hidden.narrow(1, start, len)); // (B, C, V)
             let target = targets.narrow(1, start, len); // (B, C)
             let weight = weights.narrow(1, start, len); // (B, C)
             let log_probs = logits.log_softmax(-1, Kind::Float); // (B, C, V)

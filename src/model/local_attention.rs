@@ -6,6 +6,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::chunking::{look_around, padding_to_chunks};
 use super::config::ModelConfig;
+use super::kv_cache::KvCache;
 use super::qkv::QkvProjection;
 use super::seeded_random::ForwardMode;
 use super::softmax_attention::softmax_attention;
@@ -35,8 +36,33 @@ impl LocalAttention {
     /// # Shapes
     /// `x`: (B, T, D); returns (B, T, D).
     pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
-        let [q, k, v] = self.projection.heads(x); // (B, H, T, Dh)
-        let out = self.attend(&q, &k, &v, mode); // (B, H, T, Dh)
+        self.prefill(x, mode, None).0
+    }
+
+    /// The layer over a whole prompt, and when `capacity` is given a decoding cache of
+    /// its keys and values with room for that many positions.
+    ///
+    /// # Shapes
+    /// `x`: (B, P, D); returns (B, P, D).
+    pub fn prefill(&self, x: &Tensor, mode: ForwardMode, capacity: Option<i64>) -> (Tensor, Option<KvCache>) {
+        let [q, k, v] = self.projection.heads(x); // (B, H, P, Dh)
+        let out = self.attend(&q, &k, &v, mode); // (B, H, P, Dh)
+        let cache = capacity.map(|capacity| KvCache::new(&k, &v, capacity));
+        (self.projection.output(&out), cache)
+    }
+
+    /// The layer for one new token of a causal model: it sees its own chunk up to itself
+    /// and `n_chunks_before` whole chunks before, as in the full pass.
+    ///
+    /// # Shapes
+    /// `x`: (B, 1, D); returns (B, 1, D).
+    pub fn step(&self, x: &Tensor, cache: &mut KvCache, mode: ForwardMode) -> Tensor {
+        let [q, k, v] = self.projection.heads(x); // (B, H, 1, Dh)
+        let position = cache.len();
+        cache.push(&k, &v);
+        let first_visible = ((position / self.chunk_len - self.n_chunks_before) * self.chunk_len).max(0);
+        let (k, v) = cache.since(first_visible); // (B, H, W', Dh)
+        let out = softmax_attention(&q, &k, &v, None, false, self.dropout, mode); // (B, H, 1, Dh)
         self.projection.output(&out)
     }
 

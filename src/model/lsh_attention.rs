@@ -140,15 +140,22 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let probs = seeded_random::dropout(&probs, p.dropout, mode.child(DROPOUT_TAG).seed, mode.train);
     let s_out = probs.matmul(&sv); // (B, H, R, NC, C, Dh)
 
-    // Undo the sort, then weigh each round by its share of the total probability mass.
+    // Undo the sort, then combine the rounds.
     let out = gather_rows(&s_out.view([b, h, r * t_pad, dh]), &undo_sort).view([b, h, r, t_pad, dh]); // (B, H, R, Tp, Dh)
     let lse = lse.view([b, h, r * t_pad]).gather(2, &undo_sort, false).view([b, h, r, t_pad, 1]); // (B, H, R, Tp, 1)
-    let out = if r == 1 {
-        out.squeeze_dim(2)
-    } else {
-        (out * lse.softmax(2, lse.kind())).sum_dim_intlist(2, false, None::<Kind>)
-    };
-    out.narrow(2, 0, t) // (B, H, T, Dh)
+    combine_rounds(&out, &lse).narrow(2, 0, t) // (B, H, T, Dh)
+}
+
+/// The rounds' outputs, each weighed by its share of the total probability mass
+/// (softmax over the rounds' log-sum-exps).
+///
+/// # Shapes
+/// `out`: (B, H, R, N, Dh); `lse`: (B, H, R, N, 1); returns (B, H, N, Dh).
+pub fn combine_rounds(out: &Tensor, lse: &Tensor) -> Tensor {
+    if out.size()[2] == 1 {
+        return out.squeeze_dim(2);
+    }
+    (out * lse.softmax(2, lse.kind())).sum_dim_intlist(2, false, None::<Kind>)
 }
 
 /// Strict causality: a key is visible only in the query's own bucket and among the
@@ -176,7 +183,7 @@ fn strict_causal_hidden(buckets: &Tensor, sticker: &Tensor, p: &LshParams, shape
 ///
 /// # Shapes
 /// `x`: (B, H, N, Dh); `index`: (B, H, M) int64; returns (B, H, M, Dh).
-fn gather_rows(x: &Tensor, index: &Tensor) -> Tensor {
+pub fn gather_rows(x: &Tensor, index: &Tensor) -> Tensor {
     let (b, h, n, dh) = x.size4().unwrap();
     let m = index.size()[2];
     let row_offset = Tensor::arange(b * h, (Kind::Int64, x.device())).view([b, h, 1]) * n; // (B, H, 1)
@@ -192,7 +199,7 @@ fn gather_rows(x: &Tensor, index: &Tensor) -> Tensor {
 ///
 /// # Shapes
 /// `logits`: (..., W); returns (..., W) and (..., 1).
-fn softmax_and_logsumexp(logits: &Tensor) -> (Tensor, Tensor) {
+pub fn softmax_and_logsumexp(logits: &Tensor) -> (Tensor, Tensor) {
     let probs = logits.softmax(-1, logits.kind());
     let max_logit = logits.amax([-1], true);
     let max_prob = probs.amax([-1], true);
@@ -235,11 +242,34 @@ impl LshAttention {
     /// # Shapes
     /// `x`: (B, T, D); returns (B, T, D).
     pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
-        let qk = split_heads(&x.apply(&self.qk), self.n_heads, self.d_head); // (B, H, T, Dh)
-        let v = split_heads(&x.apply(&self.v), self.n_heads, self.d_head); // (B, H, T, Dh)
-        let rotations = random_rotations(mode.child(ROTATIONS_TAG).seed, self.d_head, &self.params, x.device());
-        let out = lsh_attend(&qk, &v, &rotations, &self.params, mode); // (B, H, T, Dh)
-        merge_heads(&out).apply(&self.out)
+        let (qk, v) = self.project(x); // (B, H, T, Dh) each
+        let out = lsh_attend(&qk, &v, &self.rotations(mode, x.device()), &self.params, mode); // (B, H, T, Dh)
+        self.output(&out)
+    }
+
+    /// The shared query/key and the values, split into heads.
+    ///
+    /// # Shapes
+    /// `x`: (B, T, D); returns two (B, H, T, Dh).
+    pub fn project(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let qk = split_heads(&x.apply(&self.qk), self.n_heads, self.d_head);
+        let v = split_heads(&x.apply(&self.v), self.n_heads, self.d_head);
+        (qk, v)
+    }
+
+    /// This layer's random rotations for a forward pass in `mode` (the layer's attention
+    /// mode): the same for every call with the same mode, whatever the length.
+    ///
+    /// # Shapes
+    /// returns (Dh, R, NB/2)
+    pub fn rotations(&self, mode: ForwardMode, device: tch::Device) -> Tensor {
+        random_rotations(mode.child(ROTATIONS_TAG).seed, self.d_head, &self.params, device)
+    }
+
+    /// # Shapes
+    /// `heads`: (B, H, T, Dh); returns (B, T, D).
+    pub fn output(&self, heads: &Tensor) -> Tensor {
+        merge_heads(heads).apply(&self.out)
     }
 }
 

@@ -10,11 +10,14 @@
 pub mod block;
 pub mod chunking;
 pub mod config;
+pub mod decoding;
 pub mod feed_forward;
 pub mod full_attention;
+pub mod kv_cache;
 pub mod lm;
 pub mod local_attention;
 pub mod lsh_attention;
+pub mod lsh_decoding;
 pub mod positional;
 pub mod qkv;
 pub mod reversible;
@@ -22,5 +25,6 @@ pub mod seeded_random;
 pub mod softmax_attention;
 
 pub use config::{AttentionKind, ModelConfig, PositionalConfig};
+pub use decoding::Decoder;
 pub use lm::{LossStats, ReformerLm};
 pub use seeded_random::ForwardMode;

@@ -40,22 +40,26 @@ impl PositionalEmbedding {
         }
     }
 
-    /// The embeddings of positions 0..len, or None when the model has none.
+    /// The embeddings of positions `start..start + len`, or None when the model has none.
     ///
     /// # Shapes
     /// returns (len, D)
-    pub fn forward(&self, len: i64) -> Option<Tensor> {
+    pub fn range(&self, start: i64, len: i64) -> Option<Tensor> {
         match self {
             Self::Axial { rows, cols } => {
                 let (a1, d1) = rows.size2().unwrap();
                 let (a2, d2) = cols.size2().unwrap();
-                let rows = rows.unsqueeze(1).expand([a1, a2, d1], false); // (A1, A2, d1)
-                let cols = cols.unsqueeze(0).expand([a1, a2, d2], false); // (A1, A2, d2)
-                let n_rows = (len + a2 - 1) / a2; // only the rows that positions < len use
-                let table = Tensor::cat(&[rows.narrow(0, 0, n_rows), cols.narrow(0, 0, n_rows)], -1); // (n_rows, A2, D)
-                Some(table.view([n_rows * a2, d1 + d2]).narrow(0, 0, len)) // (len, D)
+                // Only the rows that positions start..start+len use.
+                let first_row = start / a2;
+                let n_rows = (start + len + a2 - 1) / a2 - first_row;
+                let rows = rows.narrow(0, first_row, n_rows).unsqueeze(1).expand([n_rows, a2, d1], false); // (n_rows, A2, d1)
+                let cols = cols.unsqueeze(0).expand([n_rows, a2, d2], false); // (n_rows, A2, d2)
+                debug_assert!(first_row + n_rows <= a1);
+                let table = Tensor::cat(&[rows, cols], -1); // (n_rows, A2, D)
+                Some(table.view([n_rows * a2, d1 + d2]).narrow(0, start - first_row * a2, len))
+                // (len, D)
             }
-            Self::Learned { table } => Some(table.narrow(0, 0, len)),
+            Self::Learned { table } => Some(table.narrow(0, start, len)),
             Self::None => None,
         }
     }
