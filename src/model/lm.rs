@@ -167,9 +167,9 @@ impl ReformerLm {
             let weight = weights.narrow(1, start, len); // (B, C)
             let log_probs = logits.log_softmax(-1, Kind::Float); // (B, C, V)
             let nll = -log_probs.gather(-1, &target.unsqueeze(-1), false).squeeze_dim(-1); // (B, C)
-            nll_sum = nll_sum + (nll * &weight).sum(Kind::Float);
+            nll_sum += (nll * &weight).sum(Kind::Float);
             let hits = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&target).to_kind(Kind::Float) * &weight);
-            correct = correct + hits.sum(Kind::Float);
+            correct += hits.sum(Kind::Float);
         }
         let weight = weights.sum(Kind::Float).double_value(&[]);
         LossStats { loss: nll_sum / weight.max(1.0), correct: correct.double_value(&[]), weight }
