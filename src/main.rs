@@ -173,15 +173,25 @@ enum Command {
         /// Timed steps per case (after warm-up); the median is reported.
         #[arg(long, default_value_t = 3)]
         steps: usize,
-        /// Smaller sizes, for a run of a few minutes on a CPU.
-        #[arg(long)]
+        /// Smaller sizes, for a run of a few minutes on a CPU (the default on a CPU).
+        #[arg(long, conflicts_with = "full")]
         quick: bool,
+        /// The full sizes even on a CPU (the default on a GPU).
+        #[arg(long)]
+        full: bool,
         /// Sequence lengths of the attention suite, comma-separated (e.g. 1024,4096,65536).
         #[arg(long, value_delimiter = ',')]
         lengths: Option<Vec<i64>>,
         /// Write every raw number and the machine to this JSON file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Draw the figure (time per token over length, memory over depth) to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Tabulate (and with --plot draw) earlier --json reports, comma-separated, instead
+        /// of measuring.
+        #[arg(long, value_delimiter = ',')]
+        from: Vec<PathBuf>,
         /// Run one case given as JSON and print its result (used by the suites, which
         /// run each case in a fresh process).
         #[arg(long, hide = true)]
@@ -319,9 +329,10 @@ fn run(cli: Cli) -> Result<()> {
                 device,
             })
         }
-        Command::Bench { suite, steps, quick, lengths, json, case, common } => {
+        Command::Bench { suite, steps, quick, full, lengths, json, plot, from, case, common } => {
             let device = setup(&common)?;
-            bench::run(BenchOptions { suite, steps, quick, lengths, json, case, device, threads: common.threads })
+            let quick = quick || (!full && device == tch::Device::Cpu);
+            bench::run(BenchOptions { suite, steps, quick, lengths, json, plot, from, case, device, threads: common.threads })
         }
     }
 }

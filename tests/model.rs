@@ -239,3 +239,15 @@ fn changing_hash_rounds_changes_only_lsh_layers() {
     assert!(!before[1].equal(&after[1]), "LSH attention did not change");
     assert!(before[2].equal(&after[2]), "full attention changed");
 }
+
+#[test]
+fn dropout_over_rows_is_that_rows_share_of_the_whole_mask() {
+    use reformer::model::seeded_random::{dropout, dropout_rows};
+    let x = Tensor::ones([3, 10, 4, 5], (Kind::Float, Device::Cpu));
+    let whole = dropout(&x, 0.3, 99, true);
+    for (start, len) in [(0, 10), (0, 4), (4, 4), (8, 2), (7, 1)] {
+        let rows = dropout_rows(&x.narrow(1, start, len), 0.3, 99, true, start, 10);
+        assert!(rows.equal(&whole.narrow(1, start, len)), "rows {start}..{}", start + len);
+    }
+    assert!(dropout_rows(&x, 0.3, 99, false, 0, 10).equal(&x));
+}

@@ -40,7 +40,7 @@ fn machine_epsilon(kind: Kind) -> f64 {
     }
 }
 
-fn config(n_layers: i64, reversible: bool) -> ModelConfig {
+fn config(n_layers: i64, reversible: bool, ff_chunk_len: Option<i64>) -> ModelConfig {
     let cfg = ModelConfig {
         vocab_size: 32,
         d_model: 32,
@@ -56,6 +56,7 @@ fn config(n_layers: i64, reversible: bool) -> ModelConfig {
         lsh: LshConfig { chunk_len: 16, ..Default::default() },
         local: LocalConfig { chunk_len: 16, ..Default::default() },
         reversible,
+        ff_chunk_len,
         ..Default::default()
     };
     cfg.validate().unwrap();
@@ -71,11 +72,16 @@ struct Pair {
 }
 
 fn pair(n_layers: i64, kind: Kind) -> Pair {
+    pair_with(n_layers, kind, None)
+}
+
+/// The pair with the feed-forward chunked `ff_chunk_len` positions at a time.
+fn pair_with(n_layers: i64, kind: Kind, ff_chunk_len: Option<i64>) -> Pair {
     tch::manual_seed(WEIGHT_SEED);
     let mut plain_vs = nn::VarStore::new(Device::Cpu);
-    let plain = ReformerLm::new(plain_vs.root(), &config(n_layers, false));
+    let plain = ReformerLm::new(plain_vs.root(), &config(n_layers, false, ff_chunk_len));
     let mut reversible_vs = nn::VarStore::new(Device::Cpu);
-    let reversible = ReformerLm::new(reversible_vs.root(), &config(n_layers, true));
+    let reversible = ReformerLm::new(reversible_vs.root(), &config(n_layers, true, ff_chunk_len));
     if kind == Kind::Double {
         plain_vs.double();
         reversible_vs.double();
@@ -111,7 +117,11 @@ fn grads(vs: &nn::VarStore) -> HashMap<String, Tensor> {
 /// Every parameter's gradient, and the gradient with respect to the stack's input, agree
 /// between the reversible node and ordinary autograd.
 fn check_gradients(n_layers: i64, kind: Kind) {
-    let Pair { plain_vs, plain, reversible_vs, reversible } = pair(n_layers, kind);
+    check_gradients_with(n_layers, kind, None);
+}
+
+fn check_gradients_with(n_layers: i64, kind: Kind, ff_chunk_len: Option<i64>) {
+    let Pair { plain_vs, plain, reversible_vs, reversible } = pair_with(n_layers, kind, ff_chunk_len);
     let (tokens, targets) = batch(plain.cfg.vocab_size);
     let mode = ForwardMode::train(FORWARD_SEED);
 
@@ -152,6 +162,18 @@ fn gradients_match_autograd_one_layer_f32() {
 #[test]
 fn gradients_match_autograd_six_layers_f32() {
     check_gradients(6, Kind::Float);
+}
+
+/// The reversible backward replays a chunked feed-forward one chunk at a time (dropout
+/// on, and a last chunk shorter than the others).
+#[test]
+fn gradients_match_autograd_with_chunked_feed_forward_f32() {
+    check_gradients_with(3, Kind::Float, Some(24));
+}
+
+#[test]
+fn gradients_match_autograd_with_chunked_feed_forward_f64() {
+    check_gradients_with(3, Kind::Double, Some(24));
 }
 
 #[test]

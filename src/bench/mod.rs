@@ -2,6 +2,8 @@
 //! and of whole training steps, each case in a fresh child process for clean memory.
 
 pub mod case;
+pub mod memory_model;
+pub mod plot;
 pub mod precision;
 pub mod steady;
 
@@ -24,6 +26,8 @@ pub enum Suite {
     Steps,
     /// Training steps at 2, 6, 12 and 24 layers, reversible against ordinary residuals.
     Depth,
+    /// Chunked against unchunked feed-forward at long lengths (reversible layers).
+    Ff,
     /// How exactly the reversible backward rebuilds each block's inputs (float32, bfloat16).
     Precision,
     /// Resident memory over 3000 reversible training steps (a leak shows as growth).
@@ -38,10 +42,16 @@ pub struct BenchOptions {
     /// Sequence lengths of the attention suite, replacing the defaults.
     pub lengths: Option<Vec<i64>>,
     pub json: Option<PathBuf>,
+    /// Where to draw the SVG figure (time per token over length, memory over depth).
+    pub plot: Option<PathBuf>,
+    /// Earlier JSON reports to tabulate and plot instead of measuring.
+    pub from: Vec<PathBuf>,
     pub case: Option<String>,
     pub device: Device,
     pub threads: Option<usize>,
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// The fp32 matmul rate of this device (a 2048² GEMM, median of 5), in FLOP/s.
 pub fn matmul_flops(device: Device) -> f64 {
@@ -111,36 +121,62 @@ fn step_cases(steps: usize) -> Vec<Case> {
         .collect()
 }
 
-/// The depth suite: T = 4096, D 256, 4 heads, d_ff 1024, LSH; reversible or not.
-fn depth_cases(steps: usize) -> Vec<Case> {
+/// The depth suite: D 256, 4 heads, d_ff 1024, LSH, at `seq_len` (a power of 4, for the
+/// axial positions); reversible or not.
+fn depth_cases(seq_len: i64, steps: usize) -> Vec<Case> {
+    let side = (seq_len as f64).sqrt().round() as i64; // (side, side) axial positions
     let mut cases = Vec::new();
     for n_layers in [2, 6, 12, 24] {
         for reversible in [true, false] {
             let model = ModelConfig {
                 n_layers,
-                max_seq_len: 4096,
-                positional: PositionalConfig::Axial { shape: [64, 64], dims: [128, 128] },
+                max_seq_len: seq_len,
+                positional: PositionalConfig::Axial { shape: [side, side], dims: [128, 128] },
                 attention: vec![AttentionKind::Lsh],
                 reversible,
                 ..Default::default()
             };
             let label = if reversible { "rev" } else { "plain" };
-            cases.push(Case {
-                suite: "depth".into(),
-                label: label.into(),
-                kind: CaseKind::Step,
-                model,
-                batch_size: 1,
-                seq_len: 4096,
-                steps,
-            });
+            cases.push(Case { suite: "depth".into(), label: label.into(), kind: CaseKind::Step, model, batch_size: 1, seq_len, steps });
+        }
+    }
+    cases
+}
+
+/// Positions per feed-forward chunk in the ff suite.
+const FF_CHUNK_LEN: i64 = 1024;
+
+/// The ff suite: training steps of 2 reversible layers of local attention (cheap, so that
+/// the feed-forward dominates), D 256, d_ff 2048, the loss computed 1024 positions at a
+/// time; the feed-forward whole or `FF_CHUNK_LEN` positions at a time.
+fn ff_cases(lengths: &[i64], steps: usize) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for &seq_len in lengths {
+        for ff_chunk_len in [None, Some(FF_CHUNK_LEN)] {
+            let model = ModelConfig {
+                n_layers: 2,
+                d_ff: 2048,
+                max_seq_len: seq_len,
+                positional: PositionalConfig::None,
+                attention: vec![AttentionKind::Local],
+                reversible: true,
+                ff_chunk_len,
+                loss_chunk_len: Some(1024),
+                ..Default::default()
+            };
+            let label = if ff_chunk_len.is_some() { "ff-chunked" } else { "ff-whole" };
+            cases.push(Case { suite: "ff".into(), label: label.into(), kind: CaseKind::Step, model, batch_size: 1, seq_len, steps });
         }
     }
     cases
 }
 
 fn cases(opts: &BenchOptions) -> Vec<Case> {
-    let default_lengths: &[i64] = if opts.quick { &[1024, 4096, 16384] } else { &[1024, 2048, 4096, 8192, 16384] };
+    let default_lengths: &[i64] = match (opts.quick, opts.device) {
+        (true, _) => &[1024, 4096, 16384],
+        (false, Device::Cuda(_)) => &[1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072],
+        (false, _) => &[1024, 2048, 4096, 8192, 16384],
+    };
     let lengths = opts.lengths.as_deref().unwrap_or(default_lengths);
     let mut cases = Vec::new();
     if matches!(opts.suite, Suite::Attention | Suite::All) {
@@ -157,7 +193,11 @@ fn cases(opts: &BenchOptions) -> Vec<Case> {
         cases.extend(step_cases(opts.steps));
     }
     if matches!(opts.suite, Suite::Depth | Suite::All) {
-        cases.extend(depth_cases(opts.steps));
+        cases.extend(depth_cases(if opts.quick { 1024 } else { 4096 }, opts.steps));
+    }
+    if matches!(opts.suite, Suite::Ff | Suite::All) {
+        let ff_lengths: &[i64] = if opts.quick { &[16384] } else { &[4096, 16384, 65536] };
+        cases.extend(ff_cases(ff_lengths, opts.steps));
     }
     cases
 }
@@ -196,6 +236,9 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         println!("{}", serde_json::to_string(&run_case(&case, opts.device)?)?);
         return Ok(());
     }
+    if !opts.from.is_empty() {
+        return report_from(&opts);
+    }
     if opts.suite == Suite::Precision {
         return run_precision(&opts);
     }
@@ -211,8 +254,22 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     let cases = cases(&opts);
     let mut progress = crate::progress::Progress::new("bench", cases.len() as u64);
     let mut rows = Vec::new();
+    let available = if opts.device == Device::Cpu { memory_model::available_bytes() } else { None };
     for (i, case) in cases.iter().enumerate() {
-        let (status, m) = run_in_child(case, &opts)?;
+        let predicted = memory_model::predicted_bytes(case);
+        let (status, m) = match available {
+            Some(available) if predicted > available => {
+                eprintln!(
+                    "  {} at T={}: skipped: predicted {:.1} GiB, {:.1} GiB available",
+                    case.label,
+                    case.seq_len,
+                    predicted / GIB,
+                    available / GIB
+                );
+                ("skipped".to_string(), Measurement::default())
+            }
+            _ => run_in_child(case, &opts)?,
+        };
         let flops = case.flops_per_token();
         let utilization = if status == "ok" { flops * m.tokens_per_sec / peak } else { 0.0 };
         rows.push(json!({
@@ -221,7 +278,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             "n_layers": if case.kind == CaseKind::Layer { 1 } else { case.model.n_layers }, "reversible": case.model.reversible,
             "ff_chunked": case.model.ff_chunk_len.is_some(), "status": status,
             "ms_per_step": m.ms_per_step, "us_per_token": m.us_per_token, "tokens_per_sec": m.tokens_per_sec,
-            "peak_bytes": m.peak_bytes, "flops_per_token": flops, "utilization": utilization, "step_ms": m.step_ms,
+            "peak_bytes": m.peak_bytes, "predicted_bytes": predicted, "flops_per_token": flops, "utilization": utilization, "step_ms": m.step_ms,
         }));
         progress.update(i as u64 + 1, format!("{} T={}", case.label, case.seq_len));
     }
@@ -230,10 +287,32 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     if opts.suite == Suite::All {
         run_precision(&opts)?;
     }
+    if let Some(path) = &opts.plot {
+        plot::write_svg(&rows, path)?;
+        eprintln!("wrote {}", path.display());
+    }
     if let Some(path) = &opts.json {
         let report = json!({"machine": machine(opts.device), "matmul_flops": peak, "cases": rows});
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The table and figure of earlier JSON reports, merged.
+fn report_from(opts: &BenchOptions) -> Result<()> {
+    let mut rows = Vec::new();
+    for path in &opts.from {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read bench report {}", path.display()))?;
+        let report: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a bench JSON report", path.display()))?;
+        let cases = report["cases"].as_array().with_context(|| format!("{} has no \"cases\" array", path.display()))?;
+        rows.extend(cases.iter().cloned());
+    }
+    print_table(&rows);
+    if let Some(path) = &opts.plot {
+        plot::write_svg(&rows, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -261,24 +340,26 @@ fn run_precision(opts: &BenchOptions) -> Result<()> {
 
 fn print_table(rows: &[serde_json::Value]) {
     println!(
-        "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10} {:>9} {:>11} {:>10} {:>6}",
-        "suite", "case", "T", "batch", "layers", "ms/step", "us/token", "tokens/s", "peak MiB", "util"
+        "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10} {:>9} {:>11} {:>10} {:>10} {:>6}",
+        "suite", "case", "T", "batch", "layers", "ms/step", "us/token", "tokens/s", "peak MiB", "pred. MiB", "util"
     );
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         if r["status"] != "ok" {
             println!(
-                "{:<10} {:<12} {:>7} {:>6} {:>10}",
+                "{:<10} {:<12} {:>7} {:>6} {:>7} {:>42} {:>10.0}",
                 r["suite"].as_str().unwrap_or(""),
                 r["label"].as_str().unwrap_or(""),
                 r["seq_len"].as_i64().unwrap_or(0),
                 r["batch_size"].as_i64().unwrap_or(0),
-                r["status"].as_str().unwrap_or("")
+                r["n_layers"].as_i64().unwrap_or(0),
+                r["status"].as_str().unwrap_or(""),
+                f("predicted_bytes") / (1 << 20) as f64
             );
             continue;
         }
         println!(
-            "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>5.1}%",
+            "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>10.0} {:>5.1}%",
             r["suite"].as_str().unwrap_or(""),
             r["label"].as_str().unwrap_or(""),
             r["seq_len"].as_i64().unwrap_or(0),
@@ -288,6 +369,7 @@ fn print_table(rows: &[serde_json::Value]) {
             f("us_per_token"),
             f("tokens_per_sec"),
             f("peak_bytes") / (1 << 20) as f64,
+            f("predicted_bytes") / (1 << 20) as f64,
             100.0 * f("utilization")
         );
     }

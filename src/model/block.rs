@@ -92,6 +92,24 @@ impl Block {
         seeded_random::dropout(&out, self.dropout_hidden, mode.child(FEED_FORWARD_DROPOUT_TAG).seed, mode.train)
     }
 
+    /// Rows `start..start + L` of G over a `total_len`-token sequence, given only those
+    /// rows; exact because G is position-wise (its dropout masks are the whole pass's).
+    /// The rows must form one chunk of `g_chunk_len(total_len)`, or be the whole sequence
+    /// when that is None.
+    ///
+    /// # Shapes
+    /// `y1_rows`: (B, L, D); returns (B, L, D).
+    pub fn g_rows(&self, y1_rows: &Tensor, mode: ForwardMode, start: i64, total_len: i64) -> Tensor {
+        let out = self.ff.forward_rows(&y1_rows.apply(&self.ff_norm), mode.child(FEED_FORWARD_TAG), start);
+        let seed = mode.child(FEED_FORWARD_DROPOUT_TAG).seed;
+        seeded_random::dropout_rows(&out, self.dropout_hidden, seed, mode.train, start, total_len)
+    }
+
+    /// Positions per feed-forward chunk over `len` positions, when chunked.
+    pub fn g_chunk_len(&self, len: i64) -> Option<i64> {
+        self.ff.chunk_len_for(len)
+    }
+
     /// y1 = x1 + F(x2), y2 = x2 + G(y1).
     ///
     /// # Shapes

@@ -42,6 +42,31 @@ impl FeedForward {
         }
     }
 
+    /// The rows `start..start + L` of `forward` over a longer sequence, given only those
+    /// rows, where `start` begins a chunk and L ≤ `chunk_len` (the whole sequence when
+    /// the feed-forward is not chunked).
+    ///
+    /// # Shapes
+    /// `rows`: (B, L, D); returns (B, L, D).
+    pub fn forward_rows(&self, rows: &Tensor, mode: ForwardMode, start: i64) -> Tensor {
+        let chunk = match self.chunk_len {
+            Some(chunk_len) => {
+                assert!(start % chunk_len == 0 && rows.size()[1] <= chunk_len, "rows must form one chunk");
+                start / chunk_len
+            }
+            None => {
+                assert_eq!(start, 0, "an unchunked feed-forward runs over the whole sequence");
+                0
+            }
+        };
+        self.forward_chunk(rows, mode.child(chunk as u64))
+    }
+
+    /// Positions per chunk when the feed-forward over `len` positions is chunked.
+    pub fn chunk_len_for(&self, len: i64) -> Option<i64> {
+        self.chunk_len.filter(|&chunk_len| chunk_len < len)
+    }
+
     /// # Shapes
     /// `x`: (B, C, D); returns (B, C, D).
     fn forward_chunk(&self, x: &Tensor, mode: ForwardMode) -> Tensor {

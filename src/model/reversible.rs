@@ -122,12 +122,24 @@ impl Stack {
         let (mut dy1, mut dy2) = dy;
         for (i, block) in self.blocks().iter().enumerate().rev() {
             let mode = self.mode.child(i as u64);
-            // y2 = x2 + G(y1): rebuild x2; dL/dy1 gains G's share.
-            let y1_leaf = y1.detach().set_requires_grad(true);
-            let g = tch::with_grad(|| block.g(&y1_leaf, mode));
-            let x2 = tch::no_grad(|| &y2 - &g);
+            // y2 = x2 + G(y1): rebuild x2; dL/dy1 gains G's share. G is position-wise, so
+            // with a chunked feed-forward it is replayed one chunk at a time and only one
+            // chunk's (C, d_ff) activations exist at once.
+            let t = y1.size()[1];
+            let chunk_len = block.g_chunk_len(t).unwrap_or(t);
+            let (mut x2_rows, mut dy1_rows) = (Vec::new(), Vec::new());
+            for start in (0..t).step_by(chunk_len as usize) {
+                let len = chunk_len.min(t - start);
+                let y1_leaf = y1.narrow(1, start, len).detach().set_requires_grad(true); // (B, L, D)
+                let g = tch::with_grad(|| block.g_rows(&y1_leaf, mode, start, t)); // (B, L, D)
+                x2_rows.push(tch::no_grad(|| y2.narrow(1, start, len) - &g));
+                dy1_rows.push(self.vector_jacobian(&g, &dy2.narrow(1, start, len), &y1_leaf, &mut param_grads)?);
+            }
+            let x2 = Tensor::cat(&x2_rows, 1); // (B, T, D)
+            drop(x2_rows);
             // Out of place: at the first block dy1 and dy2 are autograd's own buffers.
-            dy1 = self.vector_jacobian(&g, &dy2, &y1_leaf, &mut param_grads)? + &dy1;
+            dy1 = Tensor::cat(&dy1_rows, 1) + &dy1;
+            drop(dy1_rows);
             // y1 = x1 + F(x2): rebuild x1; dL/dx2 gains F's share.
             let x2_leaf = x2.set_requires_grad(true);
             let f = tch::with_grad(|| block.f(&x2_leaf, mode));

@@ -38,18 +38,26 @@ fn hash32(x: &Tensor) -> Tensor {
 /// `n` 32-bit random integers (as int64) for counters 0..n under `seed`.
 fn random_bits(seed: u64, n: i64, device: Device) -> Tensor {
     assert!(n < (1 << 32), "seeded_random: {n} elements exceed the 2^32 counter range");
+    random_bits_at(seed, &Tensor::arange(n, (Kind::Int64, device)))
+}
+
+/// 32-bit random integers (as int64) for the given counters under `seed`.
+fn random_bits_at(seed: u64, counters: &Tensor) -> Tensor {
     let key = splitmix64(seed);
     let key_lo = (key & 0xFFFF_FFFF) as i64;
     let key_hi = (key >> 32) as i64;
-    let counters = Tensor::arange(n, (Kind::Int64, device));
     hash32(&hash32(&counters.bitwise_xor(key_lo)).bitwise_xor(key_hi))
+}
+
+/// Uniforms in [0, 1) on a 2^-24 grid from random bits.
+fn bits_to_uniform(bits: &Tensor) -> Tensor {
+    bits.bitwise_right_shift_tensor_scalar(32 - UNIFORM_BITS).to_kind(Kind::Float) / (1i64 << UNIFORM_BITS) as f64
 }
 
 /// Uniform float32 samples in [0, 1).
 pub fn uniform(seed: u64, shape: &[i64], device: Device) -> Tensor {
     let n: i64 = shape.iter().product();
-    let top = random_bits(seed, n, device).bitwise_right_shift_tensor_scalar(32 - UNIFORM_BITS);
-    (top.to_kind(Kind::Float) / (1i64 << UNIFORM_BITS) as f64).view(shape)
+    bits_to_uniform(&random_bits(seed, n, device)).view(shape)
 }
 
 /// Standard normal float32 samples (Box-Muller on two independent uniform streams).
@@ -68,6 +76,30 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64, train: bool) -> Tensor {
     }
     let keep = uniform(seed, &x.size(), x.device()).ge(p);
     x * keep.to_kind(x.kind()) / (1.0 - p)
+}
+
+/// `dropout` over rows `start..start + L` of a (B, `total_len`, ...) tensor, given only
+/// those rows: the mask is exactly that rows' share of `dropout`'s mask over the whole
+/// tensor (each element's counter is its index in the whole), so a position-wise branch
+/// can be evaluated a slice of positions at a time.
+///
+/// # Shapes
+/// `rows`: (B, L, ...) with L ≤ total_len − start; returns the same shape.
+pub fn dropout_rows(rows: &Tensor, p: f64, seed: u64, train: bool, start: i64, total_len: i64) -> Tensor {
+    if !train || p == 0.0 {
+        return rows.shallow_clone();
+    }
+    let shape = rows.size();
+    let (b, len) = (shape[0], shape[1]);
+    let row_width: i64 = shape[2..].iter().product();
+    assert!(b * total_len * row_width < (1 << 32), "seeded_random: the tensor exceeds the 2^32 counter range");
+    let device = rows.device();
+    let batch = Tensor::arange(b, (Kind::Int64, device)).view([b, 1, 1]) * (total_len * row_width); // (B, 1, 1)
+    let row = (Tensor::arange(len, (Kind::Int64, device)) + start).view([1, len, 1]) * row_width; // (1, L, 1)
+    let within = Tensor::arange(row_width, (Kind::Int64, device)).view([1, 1, row_width]); // (1, 1, W)
+    let counters = batch + row + within; // (B, L, W)
+    let keep = bits_to_uniform(&random_bits_at(seed, &counters)).view(shape.as_slice()).ge(p);
+    rows * keep.to_kind(rows.kind()) / (1.0 - p)
 }
 
 /// The randomness of one forward pass: whether dropout is on, and the seed from which

@@ -1,0 +1,118 @@
+//! A predicted peak memory for a bench case, from its shapes alone, so that a case that
+//! cannot fit is reported instead of allocated. The estimate is meant to err high; the
+//! per-token constants were read off measured peaks on CPU (float32, `docs/bench-cpu.md`
+//! compares predicted and measured) and are documented term by term below.
+
+use crate::model::{AttentionKind, ModelConfig, PositionalConfig};
+
+use super::case::{Case, CaseKind};
+
+const FLOAT_BYTES: f64 = 4.0;
+/// Bytes per parameter in a training step: weight, gradient and AdamW's two moments.
+const STEP_BYTES_PER_PARAMETER: f64 = 4.0 * FLOAT_BYTES;
+/// Bytes per parameter of a lone layer's forward + backward: weight and gradient.
+const LAYER_BYTES_PER_PARAMETER: f64 = 2.0 * FLOAT_BYTES;
+/// Floats per token per (head · key) that one LSH round keeps for backward (logits,
+/// probabilities, masks, sorted and neighbour-gathered keys and values), and the peak
+/// while that layer runs backward (gradients of the same tensors on top).
+const LSH_KEPT_PER_KEY: f64 = 8.0;
+const LSH_PEAK_PER_KEY: f64 = 13.0;
+/// The same for local attention's (head · window key) tensors.
+const LOCAL_KEPT_PER_KEY: f64 = 4.0;
+const LOCAL_PEAK_PER_KEY: f64 = 7.0;
+/// Full attention without dropout runs fused (nothing T²); with dropout in training the
+/// explicit path keeps logits, probabilities and mask (T² per head) and doubles them
+/// in backward.
+const EXPLICIT_KEPT_PER_KEY: f64 = 3.0;
+const EXPLICIT_PEAK_PER_KEY: f64 = 6.0;
+/// Floats per token per model width kept by one block outside attention's core (norms,
+/// projections, residual sums) and per feed-forward width (up projection, activation,
+/// its input).
+const BLOCK_KEPT_PER_WIDTH: f64 = 12.0;
+const BLOCK_KEPT_PER_FF_WIDTH: f64 = 3.0;
+/// (B, T, D) tensors alive around the stack: embedding, the two streams, their gradients.
+const STREAM_TENSORS: f64 = 6.0;
+/// (B, T_chunk, V) tensors of the loss: logits, log-probabilities, their gradient.
+const LOSS_TENSORS: f64 = 3.0;
+
+/// Parameters of the model `cfg` (of one attention layer for `CaseKind::Layer`).
+pub fn parameters(cfg: &ModelConfig, kind: CaseKind) -> f64 {
+    let (d, inner, d_ff, vocab) = (cfg.d_model, cfg.n_heads * cfg.d_head(), cfg.d_ff, cfg.vocab_size);
+    let attention = |kind: AttentionKind| -> i64 {
+        let input_matrices = if kind == AttentionKind::Lsh { 2 } else { 3 };
+        input_matrices * d * inner + inner * d + d
+    };
+    if kind == CaseKind::Layer {
+        return attention(cfg.attention[0]) as f64;
+    }
+    let block = |kind: AttentionKind| 4 * d + attention(kind) + d * d_ff + d_ff + d_ff * d + d;
+    let positional = match &cfg.positional {
+        PositionalConfig::Axial { shape, dims } => shape[0] * dims[0] + shape[1] * dims[1],
+        PositionalConfig::Learned => cfg.max_seq_len * d,
+        PositionalConfig::None => 0,
+    };
+    let blocks: i64 = (0..cfg.n_layers).map(|i| block(cfg.attention_of_layer(i))).sum();
+    (vocab * d + positional + blocks + 4 * d + 2 * d * vocab + vocab) as f64
+}
+
+/// Floats per token that a layer of `kind` keeps for backward, and its peak in backward.
+fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train: bool) -> (f64, f64) {
+    let heads = cfg.n_heads as f64;
+    match kind {
+        AttentionKind::Lsh => {
+            let window = (1 + cfg.lsh.n_chunks_before + cfg.lsh.n_chunks_after) * cfg.lsh.chunk_len;
+            let keys = heads * (cfg.lsh.n_hashes * window) as f64;
+            (LSH_KEPT_PER_KEY * keys, LSH_PEAK_PER_KEY * keys)
+        }
+        AttentionKind::Local => {
+            let keys = heads * ((1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) * cfg.local.chunk_len) as f64;
+            (LOCAL_KEPT_PER_KEY * keys, LOCAL_PEAK_PER_KEY * keys)
+        }
+        AttentionKind::Full if train && cfg.dropout_attention > 0.0 => {
+            let keys = heads * seq_len as f64;
+            (EXPLICIT_KEPT_PER_KEY * keys, EXPLICIT_PEAK_PER_KEY * keys)
+        }
+        AttentionKind::Full => (0.0, 0.0),
+    }
+}
+
+/// Predicted peak bytes of `case`: parameters (with gradients, and AdamW's moments for a
+/// training step) + per token: what every layer keeps for backward (one layer's worth
+/// under reversible layers, which keep none between blocks) + the largest layer's
+/// backward peak + the residual streams + the loss's logits per loss chunk.
+pub fn predicted_bytes(case: &Case) -> f64 {
+    let cfg = &case.model;
+    let tokens = (case.batch_size * case.seq_len) as f64;
+    let (d, d_ff) = (cfg.d_model as f64, cfg.d_ff as f64);
+    match case.kind {
+        CaseKind::Layer => {
+            let (kept, peak) = attention_floats(cfg, case.attention(), case.seq_len, true);
+            let around = BLOCK_KEPT_PER_WIDTH * d;
+            parameters(cfg, case.kind) * LAYER_BYTES_PER_PARAMETER + tokens * FLOAT_BYTES * (kept + peak + around)
+        }
+        CaseKind::Step => {
+            let layers: Vec<(f64, f64)> = (0..cfg.n_layers)
+                .map(|i| {
+                    let (kept, peak) = attention_floats(cfg, cfg.attention_of_layer(i), case.seq_len, true);
+                    (kept + BLOCK_KEPT_PER_WIDTH * d + BLOCK_KEPT_PER_FF_WIDTH * d_ff, peak)
+                })
+                .collect();
+            let kept_total: f64 = layers.iter().map(|l| l.0).sum();
+            let kept_max = layers.iter().map(|l| l.0).fold(0.0, f64::max);
+            let peak_max = layers.iter().map(|l| l.1).fold(0.0, f64::max);
+            let kept = if cfg.reversible { kept_max } else { kept_total };
+            let loss_len = cfg.loss_chunk_len.unwrap_or(case.seq_len).min(case.seq_len) as f64;
+            let loss = LOSS_TENSORS * case.batch_size as f64 * loss_len * cfg.vocab_size as f64;
+            parameters(cfg, case.kind) * STEP_BYTES_PER_PARAMETER
+                + FLOAT_BYTES * (tokens * (kept + peak_max + STREAM_TENSORS * d) + loss)
+        }
+    }
+}
+
+/// Memory this machine can still give a process, in bytes (CPU: `MemAvailable`).
+pub fn available_bytes() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}

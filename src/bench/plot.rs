@@ -1,0 +1,114 @@
+//! The bench report's figure, after the paper's Figure 5: time per token against
+//! sequence length for each attention kind (attention suite), and peak memory against
+//! depth with reversible and ordinary residual layers (depth suite), as an SVG.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use serde_json::Value;
+
+const SIZE: (u32, u32) = (1200, 480);
+const MIB: f64 = (1 << 20) as f64;
+
+/// One line of a panel: its name and (x, y) points in x order.
+type Series = BTreeMap<String, Vec<(f64, f64)>>;
+
+/// Points of the cases of `suite` that ran, grouped by case label.
+fn series(cases: &[Value], suite: &str, x: impl Fn(&Value) -> f64, y: impl Fn(&Value) -> f64) -> Series {
+    let mut lines = Series::new();
+    for case in cases.iter().filter(|c| c["suite"] == suite && c["status"] == "ok") {
+        let label = case["label"].as_str().unwrap_or("?").to_string();
+        lines.entry(label).or_default().push((x(case), y(case)));
+    }
+    for points in lines.values_mut() {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    lines
+}
+
+fn bounds(lines: &Series) -> ((f64, f64), (f64, f64)) {
+    let points = lines.values().flatten();
+    let (mut x, mut y) = ((f64::MAX, f64::MIN), (f64::MAX, f64::MIN));
+    for &(px, py) in points {
+        x = (x.0.min(px), x.1.max(px));
+        y = (y.0.min(py), y.1.max(py));
+    }
+    (x, y)
+}
+
+/// Writes the two panels for the cases of a bench report (its JSON `cases` array).
+pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
+    let err = |e: &dyn std::fmt::Debug| anyhow!("cannot draw {}: {e:?}", path.display());
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((1, 2));
+
+    let time = series(cases, "attention", |c| c["seq_len"].as_f64().unwrap_or(0.0), |c| c["us_per_token"].as_f64().unwrap_or(0.0));
+    if time.is_empty() {
+        empty_panel(&panels[0], "time per token: no attention cases in this report").map_err(|e| err(&e))?;
+    } else {
+        let ((x0, x1), (y0, y1)) = bounds(&time);
+        let mut chart = ChartBuilder::on(&panels[0])
+            .caption("One attention layer, forward + backward", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x0 * 0.8..x1 * 1.25).log_scale(), (y0 * 0.8..y1 * 1.25).log_scale())
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("sequence length (tokens)")
+            .y_desc("µs per token")
+            .x_label_formatter(&|x| format!("{:.0}", x))
+            .draw()
+            .map_err(|e| err(&e))?;
+        draw_lines(&mut chart, &time).map_err(|e| err(&e))?;
+    }
+
+    let memory = series(cases, "depth", |c| c["n_layers"].as_f64().unwrap_or(0.0), |c| c["peak_bytes"].as_f64().unwrap_or(0.0) / MIB);
+    if memory.is_empty() {
+        empty_panel(&panels[1], "memory: no depth cases in this report").map_err(|e| err(&e))?;
+    } else {
+        let ((_, x1), (_, y1)) = bounds(&memory);
+        let mut chart = ChartBuilder::on(&panels[1])
+            .caption("Training step: peak memory against depth", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x1 * 1.1, 0.0..y1 * 1.1)
+            .map_err(|e| err(&e))?;
+        chart.configure_mesh().x_desc("layers").y_desc("peak MiB").draw().map_err(|e| err(&e))?;
+        draw_lines(&mut chart, &memory).map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Each series as a line with markers, and a legend.
+fn draw_lines<'a, DB, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, lines: &Series) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, (label, points)) in lines.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+}
+
+fn empty_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, text: &str) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    area.draw_text(text, &("sans-serif", 16).into_text_style(area), (40, SIZE.1 as i32 / 2))
+}
