@@ -7,6 +7,11 @@ use tch::{nn, Kind, Tensor};
 
 use crate::run_config::{Schedule, TrainConfig};
 
+extern "C" {
+    /// From the C++ bridge (`csrc/reversible.cpp`).
+    fn reformer_clear_grad(tensor: *const torch_sys::C_tensor);
+}
+
 pub struct AdamW {
     /// Trainable parameters by checkpoint name, sorted by name.
     params: Vec<(String, Tensor)>,
@@ -37,12 +42,13 @@ impl AdamW {
         }
     }
 
+    /// Drops every gradient. The next backward then hands each gradient over instead of
+    /// adding it into a zeroed buffer (where the incoming gradients and the buffers,
+    /// 4 bytes per parameter each, would be alive together at the end of backward).
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            let mut grad = p.grad();
-            if grad.defined() {
-                let _ = grad.zero_();
-            }
+        for (_, p) in &self.params {
+            // SAFETY: `p` is a live tensor; the call only resets its gradient field.
+            unsafe { reformer_clear_grad(p.as_ptr()) };
         }
     }
 
