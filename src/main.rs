@@ -332,7 +332,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { suite, steps, quick, full, lengths, json, plot, from, case, common } => {
             let device = setup(&common)?;
             let quick = quick || (!full && device == tch::Device::Cpu);
-            bench::run(BenchOptions { suite, steps, quick, lengths, json, plot, from, case, device, threads: common.threads })
+            bench::run(BenchOptions {
+                suite,
+                steps,
+                quick,
+                lengths,
+                json,
+                plot,
+                from,
+                case,
+                device,
+                threads: common.threads,
+            })
         }
     }
 }

@@ -209,17 +209,8 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         }
         if state.step % train.eval_every == 0 || state.step == train.steps {
             let score = evaluate(&model, &valid_batches, opts.device);
-            let is_best = state.best_valid_loss.is_none_or(|best| score.loss < best);
-            if is_best {
-                state.best_valid_loss = Some(score.loss);
-            }
-            run_dir.log_metrics(&json!({"step": state.step, "valid_loss": score.loss, "valid_bpc": score.bpc,
-                "valid_accuracy": score.accuracy, "elapsed": state.elapsed_secs}))?;
-            progress.println(&format!(
-                "step {}: validation {}",
-                state.step,
-                describe_score(&score, task.reports_bpc())
-            ));
+            let (is_best, line) = record_validation(&score, &mut state, &run_dir, task.reports_bpc())?;
+            progress.println(&line);
             run_dir.save(&vs, &optimizer.state(), &state, is_best, train.keep_last)?;
             last_saved = state.step;
             last_valid = Some(score);
@@ -227,7 +218,18 @@ pub fn run(opts: TrainOptions) -> Result<()> {
     }
     progress.finish();
     if last_saved != state.step {
-        run_dir.save(&vs, &optimizer.state(), &state, false, train.keep_last)?;
+        if STOP_REQUESTED.load(Ordering::SeqCst) {
+            // Interrupted: save at once (a second Ctrl-C may follow), validate after.
+            run_dir.save(&vs, &optimizer.state(), &state, false, train.keep_last)?;
+        } else {
+            // The time limit: this checkpoint is validated, and may be the best.
+            let score = evaluate(&model, &valid_batches, opts.device);
+            let (is_best, line) = record_validation(&score, &mut state, &run_dir, task.reports_bpc())?;
+            eprintln!("{line}");
+            run_dir.save(&vs, &optimizer.state(), &state, is_best, train.keep_last)?;
+            last_valid = Some(score);
+        }
+        last_saved = state.step;
     }
     let valid = match last_valid {
         Some(score) if last_saved == state.step => score,
@@ -253,6 +255,18 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         println!("{summary}");
     }
     Ok(())
+}
+
+/// Logs a validation score of step `state.step` and updates the best loss; returns
+/// whether this score is the best so far, and the line to print.
+fn record_validation(score: &Score, state: &mut TrainState, run_dir: &RunDir, bpc: bool) -> Result<(bool, String)> {
+    let is_best = state.best_valid_loss.is_none_or(|best| score.loss < best);
+    if is_best {
+        state.best_valid_loss = Some(score.loss);
+    }
+    run_dir.log_metrics(&json!({"step": state.step, "valid_loss": score.loss, "valid_bpc": score.bpc,
+        "valid_accuracy": score.accuracy, "elapsed": state.elapsed_secs}))?;
+    Ok((is_best, format!("step {}: validation {}", state.step, describe_score(score, bpc))))
 }
 
 /// Fault injection for tests of the non-finite guard: `REFORMER_INJECT_NAN_AT_STEP=N`

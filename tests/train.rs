@@ -199,3 +199,17 @@ fn cached_and_uncached_greedy_sampling_agree_and_run_past_the_window() {
     assert!(long.starts_with(&cached));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_run_stopped_by_its_time_limit_validates_and_can_mark_its_last_checkpoint_best() {
+    let dir = scratch("time-limit");
+    let config = tiny_config(&dir, 1_000_000, 1_000_000);
+    let run = dir.join("run");
+    let out = train(&config, &run, &["--time-limit", "0.05"]);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("time limit reached"));
+    let read = |name: &str| std::fs::read_to_string(run.join(name)).unwrap();
+    assert_eq!(read("best"), read("latest"), "the only validated checkpoint is the best");
+    assert!(metrics(&run).iter().any(|m| m.get("valid_loss").is_some()), "the stop's validation is logged");
+    let _ = std::fs::remove_dir_all(&dir);
+}

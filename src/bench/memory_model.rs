@@ -65,7 +65,8 @@ fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train:
             (LSH_KEPT_PER_KEY * keys, LSH_PEAK_PER_KEY * keys)
         }
         AttentionKind::Local => {
-            let keys = heads * ((1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) * cfg.local.chunk_len) as f64;
+            let keys =
+                heads * ((1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) * cfg.local.chunk_len) as f64;
             (LOCAL_KEPT_PER_KEY * keys, LOCAL_PEAK_PER_KEY * keys)
         }
         AttentionKind::Full if train && cfg.dropout_attention > 0.0 => {

@@ -137,7 +137,15 @@ fn depth_cases(seq_len: i64, steps: usize) -> Vec<Case> {
                 ..Default::default()
             };
             let label = if reversible { "rev" } else { "plain" };
-            cases.push(Case { suite: "depth".into(), label: label.into(), kind: CaseKind::Step, model, batch_size: 1, seq_len, steps });
+            cases.push(Case {
+                suite: "depth".into(),
+                label: label.into(),
+                kind: CaseKind::Step,
+                model,
+                batch_size: 1,
+                seq_len,
+                steps,
+            });
         }
     }
     cases
@@ -165,7 +173,15 @@ fn ff_cases(lengths: &[i64], steps: usize) -> Vec<Case> {
                 ..Default::default()
             };
             let label = if ff_chunk_len.is_some() { "ff-chunked" } else { "ff-whole" };
-            cases.push(Case { suite: "ff".into(), label: label.into(), kind: CaseKind::Step, model, batch_size: 1, seq_len, steps });
+            cases.push(Case {
+                suite: "ff".into(),
+                label: label.into(),
+                kind: CaseKind::Step,
+                model,
+                batch_size: 1,
+                seq_len,
+                steps,
+            });
         }
     }
     cases
@@ -304,7 +320,8 @@ pub fn run(opts: BenchOptions) -> Result<()> {
 fn report_from(opts: &BenchOptions) -> Result<()> {
     let mut rows = Vec::new();
     for path in &opts.from {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read bench report {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read bench report {}", path.display()))?;
         let report: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{} is not a bench JSON report", path.display()))?;
         let cases = report["cases"].as_array().with_context(|| format!("{} has no \"cases\" array", path.display()))?;

@@ -45,7 +45,12 @@ pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let panels = root.split_evenly((1, 2));
 
-    let time = series(cases, "attention", |c| c["seq_len"].as_f64().unwrap_or(0.0), |c| c["us_per_token"].as_f64().unwrap_or(0.0));
+    let time = series(
+        cases,
+        "attention",
+        |c| c["seq_len"].as_f64().unwrap_or(0.0),
+        |c| c["us_per_token"].as_f64().unwrap_or(0.0),
+    );
     if time.is_empty() {
         empty_panel(&panels[0], "time per token: no attention cases in this report").map_err(|e| err(&e))?;
     } else {
@@ -67,7 +72,12 @@ pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
         draw_lines(&mut chart, &time).map_err(|e| err(&e))?;
     }
 
-    let memory = series(cases, "depth", |c| c["n_layers"].as_f64().unwrap_or(0.0), |c| c["peak_bytes"].as_f64().unwrap_or(0.0) / MIB);
+    let memory = series(
+        cases,
+        "depth",
+        |c| c["n_layers"].as_f64().unwrap_or(0.0),
+        |c| c["peak_bytes"].as_f64().unwrap_or(0.0) / MIB,
+    );
     if memory.is_empty() {
         empty_panel(&panels[1], "memory: no depth cases in this report").map_err(|e| err(&e))?;
     } else {
@@ -87,7 +97,10 @@ pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
 }
 
 /// Each series as a line with markers, and a legend.
-fn draw_lines<'a, DB, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, lines: &Series) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+fn draw_lines<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    lines: &Series,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
 where
     DB: DrawingBackend + 'a,
     X: Ranged<ValueType = f64>,
@@ -109,6 +122,9 @@ where
         .draw()
 }
 
-fn empty_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, text: &str) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+fn empty_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    text: &str,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     area.draw_text(text, &("sans-serif", 16).into_text_style(area), (40, SIZE.1 as i32 / 2))
 }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The CUDA side of the project on a machine with an NVIDIA GPU, using a `reformer` binary
+# built elsewhere against the same libtorch (2.11.0+cu130); no Rust toolchain needed.
+#
+#   scripts/gpu-check.sh [BINARY] [OUT_DIR]
+#
+# TORCH_LIB (default: the lib folder of the first PyTorch 2.11 found under
+# /opt/torch/.venv or by python3) is put on LD_LIBRARY_PATH. Writes into OUT_DIR
+# (default gpu-check-<time>): a log per check, bench JSON reports and the SVG figure.
+# Exits non-zero at the first failing check.
+set -euo pipefail
+binary=${1:-$(dirname "$0")/../target/release/reformer}
+out=${2:-gpu-check-$(date +%s)}
+mkdir -p "$out"
+
+if [[ -z "${TORCH_LIB:-}" ]]; then
+    for python in /opt/torch/.venv/bin/python python3; do
+        if lib=$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null); then
+            TORCH_LIB=$lib
+            break
+        fi
+    done
+fi
+export LD_LIBRARY_PATH="${TORCH_LIB:?set TORCH_LIB to the lib folder of PyTorch 2.11.0+cu130}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+step() { echo "== $1"; }
+run() { local name=$1; shift; "$@" > "$out/$name.log" 2>&1 || { echo "FAILED: $*"; tail -20 "$out/$name.log"; exit 1; }; }
+
+step "versions"
+"$binary" --version | tee "$out/version.log"
+grep -q "cuda available: true" "$out/version.log" || { echo "CUDA is not available to the binary"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.log" || true
+
+step "training on CUDA: duplication preset, 200 steps, float32 and bfloat16; exact resume"
+run train-f32 "$binary" train --device cuda --steps 200 --out "$out/dup-f32" --json
+run train-bf16 "$binary" train --device cuda --steps 200 --precision bf16 --out "$out/dup-bf16" --json
+run train-resume-a "$binary" train --device cuda --steps 20 --out "$out/resume" --set train.eval_every=10
+run train-resume-b "$binary" train --device cuda --resume "$out/resume" --steps 40
+tail -1 "$out/train-f32.log" "$out/train-bf16.log"
+
+step "generation on CUDA: cached and uncached greedy continuations"
+prompt=$(printf '\001\002\003\004')
+run generate-cached "$binary" generate --device cuda --checkpoint "$out/dup-f32" --prompt "$prompt" --greedy --max-new-tokens 100 --json
+run generate-uncached "$binary" generate --device cuda --checkpoint "$out/dup-f32" --prompt "$prompt" --greedy --max-new-tokens 100 --json --no-cache
+tail -1 "$out/generate-cached.log" "$out/generate-uncached.log"
+
+step "bench at GPU sizes: attention to 128K, depth at 4096, feed-forward chunking"
+run bench "$binary" bench --device cuda --full --suite all --json "$out/bench-cuda.json" --plot "$out/bench-cuda.svg"
+cat "$out/bench.log"
+echo "all checks passed; results in $out"
