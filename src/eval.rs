@@ -25,6 +25,9 @@ pub enum EvalAttention {
     /// Dense attention with the same shared query/key and self-mask: LSH with one round
     /// and one chunk covering the whole window.
     Full,
+    /// The strict causal rule (what `generate`'s decoding cache computes for LSH
+    /// layers), with `--n-hashes` rounds when given.
+    Strict,
 }
 
 pub struct EvalOptions {
@@ -89,8 +92,12 @@ pub fn run(opts: EvalOptions) -> Result<()> {
         }
         cfg.train.batch_size = batch_size;
     }
-    if (!opts.n_hashes.is_empty() || opts.attention == EvalAttention::Full) && !has_lsh(&model) {
-        bail!("this model has no LSH layers: --n-hashes and --attention full change nothing");
+    if (!opts.n_hashes.is_empty() || opts.attention != EvalAttention::Lsh) && !has_lsh(&model) {
+        bail!("this model has no LSH layers: --n-hashes and --attention full|strict change nothing");
+    }
+    if opts.attention == EvalAttention::Strict {
+        crate::model::decoding::check_decodable(&cfg.model)?;
+        model.set_strict_causal(true);
     }
     if let Some(&bad) = opts.n_hashes.iter().find(|&&j| j < 1) {
         bail!("--n-hashes {bad}: the number of hash rounds must be at least 1");
@@ -119,8 +126,8 @@ pub fn run(opts: EvalOptions) -> Result<()> {
 
     let settings: Vec<Option<i64>> = match opts.attention {
         EvalAttention::Full => vec![None],
-        EvalAttention::Lsh if opts.n_hashes.is_empty() => vec![Some(trained_rounds)],
-        EvalAttention::Lsh => opts.n_hashes.iter().map(|&j| Some(j)).collect(),
+        EvalAttention::Lsh | EvalAttention::Strict if opts.n_hashes.is_empty() => vec![Some(trained_rounds)],
+        EvalAttention::Lsh | EvalAttention::Strict => opts.n_hashes.iter().map(|&j| Some(j)).collect(),
     };
     let mut results = Vec::new();
     for rounds in &settings {

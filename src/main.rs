@@ -153,7 +153,8 @@ enum Command {
         /// Hash rounds of the LSH layers, one evaluation each: --n-hashes 1,2,4,8.
         #[arg(long, value_delimiter = ',')]
         n_hashes: Vec<i64>,
-        /// lsh (as trained), or full: LSH layers as dense shared-QK attention.
+        /// lsh (as trained); full: LSH layers as dense shared-QK attention; strict: LSH
+        /// layers under the strict causal rule (what generate's cache computes).
         #[arg(long, value_enum, default_value = "lsh")]
         attention: EvalAttention,
         /// Score exactly the validation windows the training run logged (ignores --split).

@@ -57,6 +57,15 @@ impl ReformerLm {
         }
     }
 
+    /// Switches LSH layers to the strict causal rule (`lsh.strict_causal`) or back.
+    pub fn set_strict_causal(&mut self, strict: bool) {
+        for block in &mut self.blocks {
+            if let super::block::Attention::Lsh(lsh) = &mut block.attention {
+                lsh.params.strict_causal = strict;
+            }
+        }
+    }
+
     /// Evaluates LSH layers as dense attention with their shared query/key and self-mask:
     /// one round and one chunk covering `seq_len` tokens (LSH's exact special case).
     pub fn use_dense_lsh(&mut self, seq_len: i64) {
