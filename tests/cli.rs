@@ -67,3 +67,28 @@ fn short_text_file_is_refused_with_its_size() {
     assert_one_line_error(&["train", "--task", "text", "--data", file.to_str().unwrap()], "fewer than one window");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_reports_cases_predicted_not_to_fit_and_goes_on() {
+    let dir = std::env::temp_dir().join(format!("reformer-cli-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    // 2^22 tokens: every attention kind's prediction is tens of GiB or more.
+    let out = reformer(&["bench", "--suite", "attention", "--lengths", "4194304", "--device", "cpu", "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 6, "LSH with 1, 2, 4, 8 rounds, local, full");
+    for case in cases {
+        assert_eq!(case["status"], "skipped", "{case}");
+        assert!(case["predicted_bytes"].as_f64().unwrap() > 16.0 * (1u64 << 30) as f64, "{case}");
+    }
+    for key in ["device", "threads", "libtorch", "cuda_available", "git_commit"] {
+        assert!(report["machine"].get(key).is_some(), "machine lacks {key}");
+    }
+    let plot = dir.join("figure.svg");
+    let out = reformer(&["bench", "--from", json.to_str().unwrap(), "--plot", plot.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

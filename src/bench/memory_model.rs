@@ -34,6 +34,9 @@ const BLOCK_KEPT_PER_FF_WIDTH: f64 = 3.0;
 const STREAM_TENSORS: f64 = 6.0;
 /// (B, T_chunk, V) tensors of the loss: logits, log-probabilities, their gradient.
 const LOSS_TENSORS: f64 = 3.0;
+/// Working memory of any case whatever its size (libtorch's thread pools and kernel
+/// workspaces): what a one-layer case at T = 1024 measures beyond its tensors.
+const CASE_OVERHEAD_BYTES: f64 = 32.0 * 1024.0 * 1024.0;
 
 /// Parameters of the model `cfg` (of one attention layer for `CaseKind::Layer`).
 pub fn parameters(cfg: &ModelConfig, kind: CaseKind) -> f64 {
@@ -77,8 +80,8 @@ fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train:
     }
 }
 
-/// Predicted peak bytes of `case`: parameters (with gradients, and AdamW's moments for a
-/// training step) + per token: what every layer keeps for backward (one layer's worth
+/// Predicted peak bytes of `case`: a fixed working overhead + parameters (with
+/// gradients, and AdamW's moments for a training step) + per token: what every layer keeps for backward (one layer's worth
 /// under reversible layers, which keep none between blocks) + the largest layer's
 /// backward peak + the residual streams + the loss's logits per loss chunk.
 pub fn predicted_bytes(case: &Case) -> f64 {
@@ -89,7 +92,9 @@ pub fn predicted_bytes(case: &Case) -> f64 {
         CaseKind::Layer => {
             let (kept, peak) = attention_floats(cfg, case.attention(), case.seq_len, true);
             let around = BLOCK_KEPT_PER_WIDTH * d;
-            parameters(cfg, case.kind) * LAYER_BYTES_PER_PARAMETER + tokens * FLOAT_BYTES * (kept + peak + around)
+            CASE_OVERHEAD_BYTES
+                + parameters(cfg, case.kind) * LAYER_BYTES_PER_PARAMETER
+                + tokens * FLOAT_BYTES * (kept + peak + around)
         }
         CaseKind::Step => {
             let layers: Vec<(f64, f64)> = (0..cfg.n_layers)
@@ -104,7 +109,8 @@ pub fn predicted_bytes(case: &Case) -> f64 {
             let kept = if cfg.reversible { kept_max } else { kept_total };
             let loss_len = cfg.loss_chunk_len.unwrap_or(case.seq_len).min(case.seq_len) as f64;
             let loss = LOSS_TENSORS * case.batch_size as f64 * loss_len * cfg.vocab_size as f64;
-            parameters(cfg, case.kind) * STEP_BYTES_PER_PARAMETER
+            CASE_OVERHEAD_BYTES
+                + parameters(cfg, case.kind) * STEP_BYTES_PER_PARAMETER
                 + FLOAT_BYTES * (tokens * (kept + peak_max + STREAM_TENSORS * d) + loss)
         }
     }
