@@ -66,7 +66,10 @@ pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
             .configure_mesh()
             .x_desc("sequence length (tokens)")
             .y_desc("µs per token")
+            .x_labels(12)
+            .y_labels(12)
             .x_label_formatter(&|x| format!("{:.0}", x))
+            .y_label_formatter(&|y| format!("{:.0}", y))
             .draw()
             .map_err(|e| err(&e))?;
         draw_lines(&mut chart, &time).map_err(|e| err(&e))?;
@@ -89,7 +92,14 @@ pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
             .y_label_area_size(60)
             .build_cartesian_2d(0.0..x1 * 1.1, 0.0..y1 * 1.1)
             .map_err(|e| err(&e))?;
-        chart.configure_mesh().x_desc("layers").y_desc("peak MiB").draw().map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("layers")
+            .y_desc("peak MiB")
+            .x_label_formatter(&|x| format!("{:.0}", x))
+            .y_label_formatter(&|y| format!("{:.0}", y))
+            .draw()
+            .map_err(|e| err(&e))?;
         draw_lines(&mut chart, &memory).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))?;
