@@ -74,7 +74,17 @@ fn bench_reports_cases_predicted_not_to_fit_and_goes_on() {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
     // 2^22 tokens: every attention kind's prediction is tens of GiB or more.
-    let out = reformer(&["bench", "--suite", "attention", "--lengths", "4194304", "--device", "cpu", "--json", json.to_str().unwrap()]);
+    let out = reformer(&[
+        "bench",
+        "--suite",
+        "attention",
+        "--lengths",
+        "4194304",
+        "--device",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let cases = report["cases"].as_array().unwrap();
