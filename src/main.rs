@@ -180,6 +180,10 @@ enum Command {
         /// The full sizes even on a CPU (the default on a GPU).
         #[arg(long)]
         full: bool,
+        /// Measure one training step of a shipped preset's model (and of the same model
+        /// with full attention) instead of the suites: duplication, enwik8-cpu, enwik8-paper.
+        #[arg(long)]
+        preset: Option<String>,
         /// Sequence lengths of the attention suite, comma-separated (e.g. 1024,4096,65536).
         #[arg(long, value_delimiter = ',')]
         lengths: Option<Vec<i64>>,
@@ -330,7 +334,7 @@ fn run(cli: Cli) -> Result<()> {
                 device,
             })
         }
-        Command::Bench { suite, steps, quick, full, lengths, json, plot, from, case, common } => {
+        Command::Bench { suite, steps, quick, full, lengths, preset, json, plot, from, case, common } => {
             let device = setup(&common)?;
             let quick = quick || (!full && device == tch::Device::Cpu);
             bench::run(BenchOptions {
@@ -338,6 +342,7 @@ fn run(cli: Cli) -> Result<()> {
                 steps,
                 quick,
                 lengths,
+                preset,
                 json,
                 plot,
                 from,

@@ -16,6 +16,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::{AttentionKind, ModelConfig, PositionalConfig};
+use crate::run_config::RunConfig;
 use case::{run_case, Case, CaseKind, Measurement};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -41,6 +42,8 @@ pub struct BenchOptions {
     pub quick: bool,
     /// Sequence lengths of the attention suite, replacing the defaults.
     pub lengths: Option<Vec<i64>>,
+    /// A shipped preset whose training step is measured instead of the suites.
+    pub preset: Option<String>,
     pub json: Option<PathBuf>,
     /// Where to draw the SVG figure (time per token over length, memory over depth).
     pub plot: Option<PathBuf>,
@@ -187,6 +190,30 @@ fn ff_cases(lengths: &[i64], steps: usize) -> Vec<Case> {
     cases
 }
 
+/// One training step of a preset's model at its training length (or each of `lengths`)
+/// and batch, and of the same model with full attention in every layer.
+fn preset_cases(name: &str, lengths: Option<&[i64]>, steps: usize) -> Result<Vec<Case>> {
+    let preset = RunConfig::preset(name)?;
+    let trained_len = [preset.train.seq_len.min(preset.model.max_seq_len)];
+    let full = ModelConfig { attention: vec![AttentionKind::Full], ..preset.model.clone() };
+    let mut cases = Vec::new();
+    for &seq_len in lengths.unwrap_or(&trained_len) {
+        for (label, model) in [(name.to_string(), &preset.model), (format!("{name}-full"), &full)] {
+            let model = model.clone();
+            cases.push(Case {
+                suite: "preset".into(),
+                label,
+                kind: CaseKind::Step,
+                model,
+                batch_size: preset.train.batch_size,
+                seq_len,
+                steps,
+            });
+        }
+    }
+    Ok(cases)
+}
+
 fn cases(opts: &BenchOptions) -> Vec<Case> {
     let default_lengths: &[i64] = match (opts.quick, opts.device) {
         (true, _) => &[1024, 4096, 16384],
@@ -267,7 +294,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     }
     let peak = matmul_flops(opts.device);
     eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(opts.device), peak / 1e9);
-    let cases = cases(&opts);
+    let cases = match &opts.preset {
+        Some(name) => preset_cases(name, opts.lengths.as_deref(), opts.steps)?,
+        None => cases(&opts),
+    };
     let mut progress = crate::progress::Progress::new("bench", cases.len() as u64);
     let mut rows = Vec::new();
     let available = if opts.device == Device::Cpu { memory_model::available_bytes() } else { None };
@@ -300,7 +330,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     }
     progress.finish();
     print_table(&rows);
-    if opts.suite == Suite::All {
+    if opts.suite == Suite::All && opts.preset.is_none() {
         run_precision(&opts)?;
     }
     if let Some(path) = &opts.plot {
