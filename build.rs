@@ -1,6 +1,7 @@
 //! Embeds libtorch's library folder as an rpath so that the binary and the test
 //! executables run without `LD_LIBRARY_PATH`, and compiles the custom autograd node of
-//! the reversible block stack (`csrc/reversible.cpp`) against libtorch's headers.
+//! the reversible block stack (`csrc/reversible.cpp`) and the few libtorch calls tch does
+//! not bind (`csrc/libtorch_calls.cpp`) against libtorch's headers.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/reversible.cpp")
+        .file("csrc/libtorch_calls.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
@@ -31,6 +33,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/reversible.cpp");
+    println!("cargo:rerun-if-changed=csrc/libtorch_calls.cpp");
 }
 
 /// The version of the libtorch in use: `torch/version.py` of a PyTorch wheel, or the

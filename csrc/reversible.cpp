@@ -140,9 +140,4 @@ size_t reversible_leaves(const at::Tensor* root, at::Tensor** out, size_t cap) {
 }
 
 int reversible_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
-
-// Drops a tensor's gradient (PyTorch's zero_grad(set_to_none=True)): the next backward
-// then hands its gradient over to the tensor instead of adding it into a zeroed buffer,
-// so that the two never exist side by side.
-void reformer_clear_grad(const at::Tensor* tensor) { tensor->mutable_grad().reset(); }
 }

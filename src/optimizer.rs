@@ -8,7 +8,7 @@ use tch::{nn, Kind, Tensor};
 use crate::run_config::{Schedule, TrainConfig};
 
 extern "C" {
-    /// From the C++ bridge (`csrc/reversible.cpp`).
+    /// From `csrc/libtorch_calls.cpp`.
     fn reformer_clear_grad(tensor: *const torch_sys::C_tensor);
 }
 

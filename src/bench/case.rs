@@ -40,8 +40,9 @@ pub struct Measurement {
     pub ms_per_step: f64,
     pub us_per_token: f64,
     pub tokens_per_sec: f64,
-    /// Peak resident memory above the process's baseline after libtorch started (CPU),
-    /// in bytes.
+    /// Peak memory in bytes: on CPU the peak resident memory above the process's
+    /// baseline after libtorch started; on CUDA the caching allocator's peak of allocated
+    /// bytes (reset when the case starts).
     pub peak_bytes: i64,
     /// Every timed step, in milliseconds.
     pub step_ms: Vec<f64>,
@@ -116,6 +117,9 @@ pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
     case.model.validate().context("bench case has an invalid model")?;
     let _ = Tensor::ones([8, 8], (Kind::Float, device)).matmul(&Tensor::ones([8, 8], (Kind::Float, device)));
     let baseline = process_memory("VmRSS:");
+    if let Device::Cuda(index) = device {
+        crate::device::reset_cuda_peak(index)?;
+    }
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let mut step: Box<dyn FnMut(usize)> = match case.kind {
@@ -160,7 +164,10 @@ pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
         ms_per_step: ms,
         us_per_token: ms * 1e3 / tokens,
         tokens_per_sec: tokens / (ms / 1e3),
-        peak_bytes: process_memory("VmHWM:") - baseline,
+        peak_bytes: match device {
+            Device::Cuda(index) => crate::device::cuda_peak_allocated(index)?,
+            _ => process_memory("VmHWM:") - baseline,
+        },
         step_ms,
     })
 }

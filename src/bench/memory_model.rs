@@ -116,7 +116,8 @@ pub fn predicted_bytes(case: &Case) -> f64 {
     }
 }
 
-/// Memory this machine can still give a process, in bytes (CPU: `MemAvailable`).
+/// Memory this machine can still give a process on the CPU, in bytes (`MemAvailable`);
+/// on CUDA the bench asks the driver for the device's free memory instead.
 pub fn available_bytes() -> Option<f64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;

@@ -300,7 +300,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     };
     let mut progress = crate::progress::Progress::new("bench", cases.len() as u64);
     let mut rows = Vec::new();
-    let available = if opts.device == Device::Cpu { memory_model::available_bytes() } else { None };
+    let available = match opts.device {
+        Device::Cuda(index) => crate::device::cuda_free_bytes(index).ok().map(|free| free as f64),
+        _ => memory_model::available_bytes(),
+    };
     for (i, case) in cases.iter().enumerate() {
         let predicted = memory_model::predicted_bytes(case);
         let (status, m) = match available {
