@@ -49,6 +49,18 @@ pub struct Measurement {
 }
 
 impl Case {
+    /// Whole training steps of `model` on batches of `batch_size` × `seq_len` tokens.
+    pub fn step(
+        suite: &str,
+        label: impl Into<String>,
+        model: ModelConfig,
+        batch_size: i64,
+        seq_len: i64,
+        steps: usize,
+    ) -> Self {
+        Self { suite: suite.into(), label: label.into(), kind: CaseKind::Step, model, batch_size, seq_len, steps }
+    }
+
     pub fn attention(&self) -> AttentionKind {
         self.model.attention[0]
     }

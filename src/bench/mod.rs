@@ -110,7 +110,7 @@ fn step_cases(steps: usize) -> Vec<Case> {
         model.lsh.n_hashes = n_hashes;
         model.lsh.chunk_len = 64;
         let label = format!("{label}{}", if reversible { "" } else { "-plain" });
-        Case { suite: "steps".into(), label, kind: CaseKind::Step, model, batch_size, seq_len, steps }
+        Case::step("steps", label, model, batch_size, seq_len, steps)
     };
     [true, false]
         .into_iter()
@@ -140,15 +140,7 @@ fn depth_cases(seq_len: i64, steps: usize) -> Vec<Case> {
                 ..Default::default()
             };
             let label = if reversible { "rev" } else { "plain" };
-            cases.push(Case {
-                suite: "depth".into(),
-                label: label.into(),
-                kind: CaseKind::Step,
-                model,
-                batch_size: 1,
-                seq_len,
-                steps,
-            });
+            cases.push(Case::step("depth", label, model, 1, seq_len, steps));
         }
     }
     cases
@@ -176,15 +168,7 @@ fn ff_cases(lengths: &[i64], steps: usize) -> Vec<Case> {
                 ..Default::default()
             };
             let label = if ff_chunk_len.is_some() { "ff-chunked" } else { "ff-whole" };
-            cases.push(Case {
-                suite: "ff".into(),
-                label: label.into(),
-                kind: CaseKind::Step,
-                model,
-                batch_size: 1,
-                seq_len,
-                steps,
-            });
+            cases.push(Case::step("ff", label, model, 1, seq_len, steps));
         }
     }
     cases
@@ -199,16 +183,7 @@ fn preset_cases(name: &str, lengths: Option<&[i64]>, steps: usize) -> Result<Vec
     let mut cases = Vec::new();
     for &seq_len in lengths.unwrap_or(&trained_len) {
         for (label, model) in [(name.to_string(), &preset.model), (format!("{name}-full"), &full)] {
-            let model = model.clone();
-            cases.push(Case {
-                suite: "preset".into(),
-                label,
-                kind: CaseKind::Step,
-                model,
-                batch_size: preset.train.batch_size,
-                seq_len,
-                steps,
-            });
+            cases.push(Case::step("preset", label, model.clone(), preset.train.batch_size, seq_len, steps));
         }
     }
     Ok(cases)
