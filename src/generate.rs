@@ -95,8 +95,10 @@ impl<'a> NextLogits<'a> {
         let tensor = |tokens: &[i64]| Tensor::from_slice(tokens).unsqueeze(0).to(self.device); // (1, T)
         if !self.use_cache {
             let window = &context[context.len().saturating_sub(max_len)..];
-            let logits = tch::no_grad(|| self.model.forward(&tensor(window), mode)); // (1, T, V)
-            return Ok(logits.get(0).get(-1));
+            // Only the last position's logits are needed.
+            let hidden = tch::no_grad(|| self.model.hidden(&tensor(window), mode)); // (1, T, 2D)
+            return Ok(tch::no_grad(|| self.model.logits(&hidden.get(0).get(-1))));
+            // (V)
         }
         match &mut self.decoder {
             Some(decoder) if !decoder.is_full() => Ok(decoder.step(&tensor(&context[context.len() - 1..])).get(0)),

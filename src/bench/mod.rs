@@ -311,14 +311,20 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     if opts.suite == Suite::All && opts.preset.is_none() {
         run_precision(&opts)?;
     }
-    if let Some(path) = &opts.plot {
-        plot::write_svg(&rows, path)?;
-        eprintln!("wrote {}", path.display());
-    }
+    write_plot(&rows, &opts)?;
     if let Some(path) = &opts.json {
         let report = json!({"machine": machine(opts.device), "matmul_flops": peak, "cases": rows});
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The figure of `rows` when `--plot` asks for one.
+fn write_plot(rows: &[serde_json::Value], opts: &BenchOptions) -> Result<()> {
+    if let Some(path) = &opts.plot {
+        plot::write_svg(rows, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -336,10 +342,7 @@ fn report_from(opts: &BenchOptions) -> Result<()> {
         rows.extend(cases.iter().cloned());
     }
     print_table(&rows);
-    if let Some(path) = &opts.plot {
-        plot::write_svg(&rows, path)?;
-        eprintln!("wrote {}", path.display());
-    }
+    write_plot(&rows, opts)?;
     Ok(())
 }
 

@@ -74,7 +74,8 @@ impl<'a> Decoder<'a> {
                 });
                 layers.push(layer.expect("the block ran its attention"));
             }
-            let logits = model.logits(&model.join_streams(&streams.0, &streams.1).select(1, len - 1)); // (B, V)
+            let last = |stream: &Tensor| stream.narrow(1, len - 1, 1); // (B, 1, D)
+            let logits = model.logits(&model.join_streams(&last(&streams.0), &last(&streams.1))).squeeze_dim(1); // (B, V)
             Ok((Self { model, layers, mode, len }, logits))
         })
     }
