@@ -1,6 +1,6 @@
 //! Embeds libtorch's library folder as an rpath so that the binary and the test
-//! executables run without `LD_LIBRARY_PATH`, and compiles the custom autograd node of
-//! the reversible block stack (`csrc/reversible.cpp`) and the few libtorch calls tch does
+//! executables run without `LD_LIBRARY_PATH`, and compiles the custom autograd nodes of
+//! the reversible block stack and of checkpointing (`csrc/reversible.cpp`, `csrc/checkpoint.cpp`) and the few libtorch calls tch does
 //! not bind (`csrc/libtorch_calls.cpp`) against libtorch's headers.
 
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/reversible.cpp")
+        .file("csrc/checkpoint.cpp")
         .file("csrc/libtorch_calls.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
@@ -33,6 +34,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/reversible.cpp");
+    println!("cargo:rerun-if-changed=csrc/checkpoint.cpp");
     println!("cargo:rerun-if-changed=csrc/libtorch_calls.cpp");
 }
 

@@ -180,8 +180,9 @@ enum Command {
         /// The full sizes even on a CPU (the default on a GPU).
         #[arg(long)]
         full: bool,
-        /// Measure one training step of a shipped preset's model (and of the same model
-        /// with full attention) instead of the suites: duplication, enwik8-cpu, enwik8-paper.
+        /// Measure training steps of a shipped preset's model (and of the same model with
+        /// full attention) instead of the suites, the first step timed (no warm-up):
+        /// duplication, enwik8-cpu, enwik8-paper.
         #[arg(long)]
         preset: Option<String>,
         /// Sequence lengths of the attention suite, comma-separated (e.g. 1024,4096,65536).

@@ -20,6 +20,7 @@ fn params(n_hashes: i64, n_buckets: i64, chunk_len: i64, causal: bool, strict: b
         causal,
         strict_causal: strict,
         dropout: 0.0,
+        sliced: false,
     }
 }
 

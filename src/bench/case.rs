@@ -13,7 +13,7 @@ use crate::optimizer::AdamW;
 use crate::run_config::TrainConfig;
 
 /// Warm-up steps before timing (the first steps pay for allocation and kernel choice).
-const WARMUP_STEPS: usize = 1;
+pub const WARMUP_STEPS: usize = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,6 +33,8 @@ pub struct Case {
     pub batch_size: i64,
     pub seq_len: i64,
     pub steps: usize,
+    /// Untimed steps first (allocation, kernel choice).
+    pub warmup_steps: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -58,7 +60,14 @@ impl Case {
         seq_len: i64,
         steps: usize,
     ) -> Self {
-        Self { suite: suite.into(), label: label.into(), kind: CaseKind::Step, model, batch_size, seq_len, steps }
+        let (suite, label) = (suite.into(), label.into());
+        Self { suite, label, kind: CaseKind::Step, model, batch_size, seq_len, steps, warmup_steps: WARMUP_STEPS }
+    }
+
+    /// The case with its first step timed: for steps so long (a preset's model at its
+    /// training length) that a warm-up would double the run for little change.
+    pub fn without_warmup(self) -> Self {
+        Self { warmup_steps: 0, ..self }
     }
 
     pub fn attention(&self) -> AttentionKind {
@@ -160,13 +169,13 @@ pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
         }
     };
     let mut step_ms = Vec::new();
-    for i in 0..WARMUP_STEPS + case.steps {
+    for i in 0..case.warmup_steps + case.steps {
         let started = Instant::now();
         step(i);
         if let Device::Cuda(index) = device {
             tch::Cuda::synchronize(index as i64);
         }
-        if i >= WARMUP_STEPS {
+        if i >= case.warmup_steps {
             step_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
     }

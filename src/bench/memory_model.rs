@@ -58,19 +58,35 @@ pub fn parameters(cfg: &ModelConfig, kind: CaseKind) -> f64 {
     (vocab * d + positional + blocks + 4 * d + 2 * d * vocab + vocab) as f64
 }
 
+/// Floats per token per (head · round · head width) that sliced LSH attention keeps
+/// across its slices: each round's output and log-sum-exp, and their weighted copies
+/// when the rounds are combined.
+const SLICED_ROUND_OUTPUT_COPIES: f64 = 2.0;
+
 /// Floats per token that a layer of `kind` keeps for backward, and its peak in backward.
+/// With sliced attention only one slice's (head · round for LSH, head for local)
+/// attention tensors exist at once, kept and peak together, beside the rounds' outputs.
 fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train: bool) -> (f64, f64) {
     let heads = cfg.n_heads as f64;
     match kind {
         AttentionKind::Lsh => {
-            let window = (1 + cfg.lsh.n_chunks_before + cfg.lsh.n_chunks_after) * cfg.lsh.chunk_len;
-            let keys = heads * (cfg.lsh.n_hashes * window) as f64;
-            (LSH_KEPT_PER_KEY * keys, LSH_PEAK_PER_KEY * keys)
+            let window = ((1 + cfg.lsh.n_chunks_before + cfg.lsh.n_chunks_after) * cfg.lsh.chunk_len) as f64;
+            let rounds = cfg.lsh.n_hashes as f64;
+            if cfg.sliced_attention {
+                let outputs = SLICED_ROUND_OUTPUT_COPIES * heads * rounds * (cfg.d_head() + 1) as f64;
+                (outputs, (LSH_KEPT_PER_KEY + LSH_PEAK_PER_KEY) * window + outputs)
+            } else {
+                let keys = heads * rounds * window;
+                (LSH_KEPT_PER_KEY * keys, LSH_PEAK_PER_KEY * keys)
+            }
         }
         AttentionKind::Local => {
-            let keys =
-                heads * ((1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) * cfg.local.chunk_len) as f64;
-            (LOCAL_KEPT_PER_KEY * keys, LOCAL_PEAK_PER_KEY * keys)
+            let window = ((1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) * cfg.local.chunk_len) as f64;
+            if cfg.sliced_attention {
+                (0.0, (LOCAL_KEPT_PER_KEY + LOCAL_PEAK_PER_KEY) * window)
+            } else {
+                (LOCAL_KEPT_PER_KEY * heads * window, LOCAL_PEAK_PER_KEY * heads * window)
+            }
         }
         AttentionKind::Full if train && cfg.dropout_attention > 0.0 => {
             let keys = heads * seq_len as f64;

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model::{AttentionKind, ModelConfig, PositionalConfig};
 use crate::run_config::RunConfig;
-use case::{run_case, Case, CaseKind, Measurement};
+use case::{run_case, Case, CaseKind, Measurement, WARMUP_STEPS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
@@ -89,7 +89,7 @@ fn attention_case(kind: AttentionKind, n_hashes: i64, seq_len: i64, steps: usize
         AttentionKind::Lsh => format!("lsh-{n_hashes}"),
         other => format!("{other:?}").to_lowercase(),
     };
-    Case { suite: "attention".into(), label, kind: CaseKind::Layer, model, batch_size: 1, seq_len, steps }
+    Case { suite: "attention".into(), label, kind: CaseKind::Layer, model, batch_size: 1, seq_len, steps, warmup_steps: WARMUP_STEPS }
 }
 
 /// The three training-step configurations compared with other implementations, each
@@ -174,8 +174,9 @@ fn ff_cases(lengths: &[i64], steps: usize) -> Vec<Case> {
     cases
 }
 
-/// One training step of a preset's model at its training length (or each of `lengths`)
-/// and batch, and of the same model with full attention in every layer.
+/// Training steps of a preset's model at its training length (or each of `lengths`) and
+/// batch, and of the same model with full attention in every layer; the first step is
+/// timed (no warm-up).
 fn preset_cases(name: &str, lengths: Option<&[i64]>, steps: usize) -> Result<Vec<Case>> {
     let preset = RunConfig::preset(name)?;
     let trained_len = [preset.train.seq_len.min(preset.model.max_seq_len)];
@@ -183,7 +184,8 @@ fn preset_cases(name: &str, lengths: Option<&[i64]>, steps: usize) -> Result<Vec
     let mut cases = Vec::new();
     for &seq_len in lengths.unwrap_or(&trained_len) {
         for (label, model) in [(name.to_string(), &preset.model), (format!("{name}-full"), &full)] {
-            cases.push(Case::step("preset", label, model.clone(), preset.train.batch_size, seq_len, steps));
+            let case = Case::step("preset", label, model.clone(), preset.train.batch_size, seq_len, steps);
+            cases.push(case.without_warmup());
         }
     }
     Ok(cases)

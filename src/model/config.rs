@@ -120,6 +120,11 @@ pub struct ModelConfig {
     pub local: LocalConfig,
     /// Run the block stack through the memory-saving reversible backward (default true).
     pub reversible: bool,
+    /// Attention one slice at a time under activation checkpointing: LSH one (head,
+    /// round), local attention one head. Only one slice's attention tensors exist at
+    /// once, in the forward and in the backward, at the price of computing each slice's
+    /// forward once more (default false).
+    pub sliced_attention: bool,
 }
 
 impl Default for ModelConfig {
@@ -143,6 +148,7 @@ impl Default for ModelConfig {
             lsh: LshConfig::default(),
             local: LocalConfig::default(),
             reversible: true,
+            sliced_attention: false,
         }
     }
 }

@@ -34,7 +34,7 @@ impl FullAttention {
     /// `x`: (B, P, D); returns (B, P, D).
     pub fn prefill(&self, x: &Tensor, mode: ForwardMode, capacity: Option<i64>) -> (Tensor, Option<KvCache>) {
         let [q, k, v] = self.projection.heads(x); // (B, H, P, Dh)
-        let out = softmax_attention(&q, &k, &v, None, self.causal, self.dropout, mode); // (B, H, P, Dh)
+        let out = softmax_attention(&q, &k, &v, None, self.causal, self.dropout, mode, None); // (B, H, P, Dh)
         let cache = capacity.map(|capacity| KvCache::new(&k, &v, capacity));
         (self.projection.output(&out), cache)
     }
@@ -47,7 +47,7 @@ impl FullAttention {
         let [q, k, v] = self.projection.heads(x); // (B, H, 1, Dh)
         cache.push(&k, &v);
         let (k, v) = cache.since(0); // (B, H, T, Dh)
-        let out = softmax_attention(&q, &k, &v, None, false, self.dropout, mode); // (B, H, 1, Dh)
+        let out = softmax_attention(&q, &k, &v, None, false, self.dropout, mode, None); // (B, H, 1, Dh)
         self.projection.output(&out)
     }
 }

@@ -4,6 +4,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+use super::autograd_bridge;
 use super::block::Block;
 use super::config::ModelConfig;
 use super::positional::PositionalEmbedding;
@@ -109,7 +110,7 @@ impl ReformerLm {
     /// # Shapes
     /// `x`: (B, T, D); returns (y1, y2), each (B, T, D).
     pub fn run_blocks(&self, x: &Tensor, mode: ForwardMode) -> (Tensor, Tensor) {
-        if self.cfg.reversible && reversible::grad_enabled() {
+        if self.cfg.reversible && autograd_bridge::grad_enabled() {
             return reversible::reversible_blocks(&self.blocks, x, x, mode)
                 .unwrap_or_else(|e| panic!("reversible block stack: {e}"));
         }

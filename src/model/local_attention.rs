@@ -4,32 +4,34 @@
 
 use tch::{nn, Kind, Tensor};
 
+use super::checkpoint::checkpoint;
 use super::chunking::{look_around, padding_to_chunks};
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::qkv::QkvProjection;
 use super::seeded_random::ForwardMode;
+use super::seeded_random::MaskShare;
 use super::softmax_attention::softmax_attention;
 
 #[derive(Debug)]
 pub struct LocalAttention {
     projection: QkvProjection,
-    chunk_len: i64,
-    n_chunks_before: i64,
-    n_chunks_after: i64,
-    causal: bool,
-    dropout: f64,
+    window: Window,
+    sliced: bool,
 }
 
 impl LocalAttention {
     pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
         Self {
             projection: QkvProjection::new(&vs, cfg),
-            chunk_len: cfg.local.chunk_len,
-            n_chunks_before: cfg.local.n_chunks_before,
-            n_chunks_after: cfg.local.n_chunks_after,
-            causal: cfg.causal,
-            dropout: cfg.dropout_attention,
+            window: Window {
+                chunk_len: cfg.local.chunk_len,
+                n_chunks_before: cfg.local.n_chunks_before,
+                n_chunks_after: cfg.local.n_chunks_after,
+                causal: cfg.causal,
+                dropout: cfg.dropout_attention,
+            },
+            sliced: cfg.sliced_attention,
         }
     }
 
@@ -60,24 +62,61 @@ impl LocalAttention {
         let [q, k, v] = self.projection.heads(x); // (B, H, 1, Dh)
         let position = cache.len();
         cache.push(&k, &v);
-        let first_visible = ((position / self.chunk_len - self.n_chunks_before) * self.chunk_len).max(0);
+        let Window { chunk_len, n_chunks_before, dropout, .. } = self.window;
+        let first_visible = ((position / chunk_len - n_chunks_before) * chunk_len).max(0);
         let (k, v) = cache.since(first_visible); // (B, H, W', Dh)
-        let out = softmax_attention(&q, &k, &v, None, false, self.dropout, mode); // (B, H, 1, Dh)
+        let out = softmax_attention(&q, &k, &v, None, false, dropout, mode, None); // (B, H, 1, Dh)
         self.projection.output(&out)
     }
 
+    /// All heads at once, or with `sliced` one head at a time under activation
+    /// checkpointing (the same result: a slice's dropout mask is its share of the whole's).
+    ///
     /// # Shapes
     /// `q`, `k`, `v`: (B, H, T, Dh); returns (B, H, T, Dh).
     pub fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mode: ForwardMode) -> Tensor {
+        let n_heads = q.size()[1];
+        if !self.sliced {
+            return self.window.attend(q, k, v, mode, 0, n_heads);
+        }
+        let heads: Vec<Tensor> = (0..n_heads)
+            .map(|head| {
+                let inputs = [q, k, v].map(|x| x.narrow(1, head, 1)); // 3 × (B, 1, T, Dh)
+                let window = self.window.clone();
+                let attend = move |x: &[Tensor]| vec![window.attend(&x[0], &x[1], &x[2], mode, head, n_heads)];
+                checkpoint(&inputs, 1, attend).unwrap_or_else(|e| panic!("{e}")).remove(0)
+                // (B, 1, T, Dh)
+            })
+            .collect();
+        Tensor::cat(&heads, 1)
+    }
+}
+
+/// The shape of local attention's window, and the attention over it.
+#[derive(Clone, Debug)]
+struct Window {
+    chunk_len: i64,
+    n_chunks_before: i64,
+    n_chunks_after: i64,
+    causal: bool,
+    dropout: f64,
+}
+
+impl Window {
+    /// Heads `first_head..first_head + h` of `n_heads`.
+    ///
+    /// # Shapes
+    /// `q`, `k`, `v`: (B, h, T, Dh); returns (B, h, T, Dh).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mode: ForwardMode, first_head: i64, n_heads: i64) -> Tensor {
         let (b, h, t, dh) = q.size4().unwrap();
         let c = self.chunk_len;
         let t_pad = t + padding_to_chunks(t, c);
         let n_chunks = t_pad / c;
-        let chunked = |x: &Tensor| x.constant_pad_nd([0, 0, 0, t_pad - t]).reshape([b * h, n_chunks, c, dh]); // (B*H, NC, C, Dh)
+        let chunked = |x: &Tensor| x.constant_pad_nd([0, 0, 0, t_pad - t]).reshape([b * h, n_chunks, c, dh]); // (B*h, NC, C, Dh)
         let (before, after) = (self.n_chunks_before, self.n_chunks_after);
         let q = chunked(q);
-        let k = look_around(&chunked(k), 1, before, after, 0.0); // (B*H, NC, W, Dh)
-        let v = look_around(&chunked(v), 1, before, after, 0.0); // (B*H, NC, W, Dh)
+        let k = look_around(&chunked(k), 1, before, after, 0.0); // (B*h, NC, W, Dh)
+        let v = look_around(&chunked(v), 1, before, after, 0.0); // (B*h, NC, W, Dh)
 
         let q_pos = Tensor::arange(t_pad, (Kind::Int64, q.device())).view([n_chunks, c]); // (NC, C)
         let k_pos = look_around(&q_pos, 0, before, after, -1.0).unsqueeze(1); // (NC, 1, W)
@@ -86,8 +125,15 @@ impl LocalAttention {
         if self.causal {
             visible = visible.logical_and(&k_pos.le_tensor(&q_pos)); // (NC, C, W)
         }
-        let visible = visible.expand([n_chunks, c, (before + 1 + after) * c], false);
-        let out = softmax_attention(&q, &k, &v, Some(&visible), false, self.dropout, mode); // (B*H, NC, C, Dh)
+        let window = (before + 1 + after) * c;
+        let visible = visible.expand([n_chunks, c, window], false);
+        // The dropout mask of heads first_head.. is their share of all heads' mask.
+        let share = MaskShare {
+            view: vec![b, h, n_chunks, c, window],
+            whole: vec![b, n_heads, n_chunks, c, window],
+            offset: vec![0, first_head, 0, 0, 0],
+        };
+        let out = softmax_attention(&q, &k, &v, Some(&visible), false, self.dropout, mode, Some(&share)); // (B*h, NC, C, Dh)
         out.view([b, h, t_pad, dh]).narrow(2, 0, t)
     }
 }

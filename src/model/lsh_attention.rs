@@ -4,6 +4,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+use super::checkpoint::checkpoint;
 use super::chunking::{look_around, padding_to_chunks};
 use super::config::ModelConfig;
 use super::seeded_random::{self, ForwardMode};
@@ -30,6 +31,8 @@ pub struct LshParams {
     pub causal: bool,
     pub strict_causal: bool,
     pub dropout: f64,
+    /// One (head, round) at a time under activation checkpointing (see `lsh_attend`).
+    pub sliced: bool,
 }
 
 impl LshParams {
@@ -43,6 +46,7 @@ impl LshParams {
             causal: cfg.causal,
             strict_causal: cfg.lsh.strict_causal,
             dropout: cfg.dropout_attention,
+            sliced: cfg.sliced_attention,
         }
     }
 }
@@ -86,64 +90,129 @@ pub fn hash_buckets(qk: &Tensor, rotations: &Tensor) -> Tensor {
     })
 }
 
-/// Batched LSH attention over all rounds, chunks, heads and the batch at once.
+/// LSH attention over all rounds, chunks, heads and the batch: at once, or with
+/// `p.sliced` one (head, round) at a time under activation checkpointing, so that the
+/// (heads × rounds × positions × window) tensors of one slice exist at a time in the
+/// forward and in the backward. Both give the same result (the slices' dropout masks
+/// are their share of the whole's).
 ///
 /// # Shapes
 /// `qk`, `v`: (B, H, T, Dh); `rotations`: (Dh, R, NB/2); returns (B, H, T, Dh).
 pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mode: ForwardMode) -> Tensor {
-    let (b, h, t, dh) = qk.size4().unwrap();
-    let device = qk.device();
-    let (r, c) = (p.n_hashes, p.chunk_len);
-    let t_pad = t + padding_to_chunks(t, c);
-    let n_chunks = t_pad / c; // chunks per round
-    let pad = [0, 0, 0, t_pad - t];
+    let (_, h, t, _) = qk.size4().unwrap();
+    let r = p.n_hashes;
+    let pad = [0, 0, 0, padding_to_chunks(t, p.chunk_len)];
     let qk = qk.constant_pad_nd(pad); // (B, H, Tp, Dh)
     let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
+    if !p.sliced {
+        let (out, lse) = attend_rounds(&qk, &v, rotations, p, t, mode, Slice::whole(h, r));
+        return combine_rounds(&out, &lse).narrow(2, 0, t);
+    }
+    let heads: Vec<Tensor> = (0..h)
+        .map(|head| {
+            let inputs = [qk.narrow(1, head, 1), v.narrow(1, head, 1)]; // 2 × (B, 1, Tp, Dh)
+            let (outs, lses): (Vec<Tensor>, Vec<Tensor>) = (0..r)
+                .map(|round| {
+                    let rotations = rotations.narrow(1, round, 1); // (Dh, 1, NB/2)
+                    let (p, slice) = (p.clone(), Slice { head, round, n_heads: h, n_rounds: r });
+                    let attend = move |x: &[Tensor]| {
+                        let (out, lse) = attend_rounds(&x[0], &x[1], &rotations, &p, t, mode, slice);
+                        vec![out, lse] // (B, 1, 1, Tp, Dh), (B, 1, 1, Tp, 1)
+                    };
+                    let mut outputs = checkpoint(&inputs, 2, attend).unwrap_or_else(|e| panic!("{e}")).into_iter();
+                    (outputs.next().unwrap(), outputs.next().unwrap())
+                })
+                .unzip();
+            combine_rounds(&Tensor::cat(&outs, 2), &Tensor::cat(&lses, 2)) // (B, 1, Tp, Dh)
+        })
+        .collect();
+    Tensor::cat(&heads, 1).narrow(2, 0, t) // (B, H, T, Dh)
+}
+
+/// Where the heads and rounds given to `attend_rounds` start among all of them (for the
+/// slice's share of the dropout mask).
+#[derive(Clone, Copy, Debug)]
+struct Slice {
+    head: i64,
+    round: i64,
+    n_heads: i64,
+    n_rounds: i64,
+}
+
+impl Slice {
+    fn whole(n_heads: i64, n_rounds: i64) -> Self {
+        Self { head: 0, round: 0, n_heads, n_rounds }
+    }
+}
+
+/// LSH attention of each given head in each given round, before the rounds are
+/// combined: hash, sort by bucket, attend within chunks, undo the sort. Positions from
+/// `t` on are padding.
+///
+/// # Shapes
+/// `qk`, `v`: (B, h, Tp, Dh); `rotations`: (Dh, r, NB/2); returns the outputs
+/// (B, h, r, Tp, Dh) and their log-sum-exps (B, h, r, Tp, 1).
+fn attend_rounds(
+    qk: &Tensor,
+    v: &Tensor,
+    rotations: &Tensor,
+    p: &LshParams,
+    t: i64,
+    mode: ForwardMode,
+    slice: Slice,
+) -> (Tensor, Tensor) {
+    let (b, h, t_pad, dh) = qk.size4().unwrap();
+    let device = qk.device();
+    let (r, c) = (rotations.size()[1], p.chunk_len);
+    let n_chunks = t_pad / c; // chunks per round
 
     // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
     let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
-    let buckets = hash_buckets(&qk, rotations).masked_fill(&positions.ge(t), p.n_buckets); // (B, H, R, Tp)
+    let buckets = hash_buckets(qk, rotations).masked_fill(&positions.ge(t), p.n_buckets); // (B, h, r, Tp)
 
     // Sort by (round, bucket, position): one key per (round, position), all distinct.
     let round_offset = Tensor::arange(r, (Kind::Int64, device)).view([r, 1]) * ((p.n_buckets + 1) * t_pad);
-    let sort_keys = (&buckets * t_pad + &positions + round_offset).view([b, h, r * t_pad]); // (B, H, R*Tp)
-    let sticker = sort_keys.argsort_stable(true, -1, false); // (B, H, R*Tp): slot -> round*Tp + position
-    let undo_sort = sticker.argsort_stable(true, -1, false); // (B, H, R*Tp): round*Tp + position -> slot
-    let s_pos = sticker.remainder(t_pad); // (B, H, R*Tp) original position of each slot
-    let sqk = gather_rows(&qk, &s_pos); // (B, H, R*Tp, Dh)
-    let sv = gather_rows(&v, &s_pos); // (B, H, R*Tp, Dh)
+    let sort_keys = (&buckets * t_pad + &positions + round_offset).view([b, h, r * t_pad]); // (B, h, r*Tp)
+    let sticker = sort_keys.argsort_stable(true, -1, false); // (B, h, r*Tp): slot -> round*Tp + position
+    let undo_sort = sticker.argsort_stable(true, -1, false); // (B, h, r*Tp): round*Tp + position -> slot
+    let s_pos = sticker.remainder(t_pad); // (B, h, r*Tp) original position of each slot
+    let sqk = gather_rows(qk, &s_pos); // (B, h, r*Tp, Dh)
+    let sv = gather_rows(v, &s_pos); // (B, h, r*Tp, Dh)
 
     // Chunks of the sorted sequence, each round on its own.
     let chunked = [b, h, r, n_chunks, c, dh];
-    let sq = sqk.view(chunked) * (dh as f64).powf(-0.5); // (B, H, R, NC, C, Dh)
-    let sk = normalize(&sqk).view(chunked); // (B, H, R, NC, C, Dh) unit-length keys
+    let sq = sqk.view(chunked) * (dh as f64).powf(-0.5); // (B, h, r, NC, C, Dh)
+    let sk = normalize(&sqk).view(chunked); // (B, h, r, NC, C, Dh) unit-length keys
     let sv = sv.view(chunked);
     let (before, after) = (p.n_chunks_before, p.n_chunks_after);
-    let sk = look_around(&sk, 3, before, after, 0.0); // (B, H, R, NC, W, Dh), W = (before+1+after)·C
-    let sv = look_around(&sv, 3, before, after, 0.0); // (B, H, R, NC, W, Dh)
-    let logits = sq.matmul(&sk.transpose(-1, -2)); // (B, H, R, NC, C, W)
+    let sk = look_around(&sk, 3, before, after, 0.0); // (B, h, r, NC, W, Dh), W = (before+1+after)·C
+    let sv = look_around(&sv, 3, before, after, 0.0); // (B, h, r, NC, W, Dh)
+    let logits = sq.matmul(&sk.transpose(-1, -2)); // (B, h, r, NC, C, W)
 
     // Masks on original positions; -1 marks a neighbour chunk outside the round.
     let q_pos = s_pos.view([b, h, r, n_chunks, c]);
-    let k_pos = look_around(&q_pos, 3, before, after, -1.0).unsqueeze(-2); // (B, H, R, NC, 1, W)
-    let q_pos = q_pos.unsqueeze(-1); // (B, H, R, NC, C, 1)
-    let mut hidden = k_pos.lt(0).logical_or(&k_pos.ge(t)); // (B, H, R, NC, 1, W)
+    let k_pos = look_around(&q_pos, 3, before, after, -1.0).unsqueeze(-2); // (B, h, r, NC, 1, W)
+    let q_pos = q_pos.unsqueeze(-1); // (B, h, r, NC, C, 1)
+    let mut hidden = k_pos.lt(0).logical_or(&k_pos.ge(t)); // (B, h, r, NC, 1, W)
     if p.causal {
-        hidden = hidden.logical_or(&k_pos.gt_tensor(&q_pos)); // (B, H, R, NC, C, W)
+        hidden = hidden.logical_or(&k_pos.gt_tensor(&q_pos)); // (B, h, r, NC, C, W)
     }
     if p.strict_causal {
         hidden = hidden.logical_or(&strict_causal_hidden(&buckets, &sticker, p, [b, h, r, n_chunks, c]));
     }
     let logits = logits.masked_fill(&k_pos.eq_tensor(&q_pos), SELF_LOGIT).masked_fill(&hidden, MASKED_LOGIT);
 
-    let (probs, lse) = softmax_and_logsumexp(&logits); // (B, H, R, NC, C, W), (B, H, R, NC, C, 1)
-    let probs = seeded_random::dropout(&probs, p.dropout, mode.child(DROPOUT_TAG).seed, mode.train);
-    let s_out = probs.matmul(&sv); // (B, H, R, NC, C, Dh)
+    let (probs, lse) = softmax_and_logsumexp(&logits); // (B, h, r, NC, C, W), (B, h, r, NC, C, 1)
+    let whole = [b, slice.n_heads, slice.n_rounds, n_chunks, c, logits.size()[5]];
+    let offset = [0, slice.head, slice.round, 0, 0, 0];
+    let seed = mode.child(DROPOUT_TAG).seed;
+    let probs = seeded_random::dropout_block(&probs, p.dropout, seed, mode.train, &whole, &offset);
+    let s_out = probs.matmul(&sv); // (B, h, r, NC, C, Dh)
 
-    // Undo the sort, then combine the rounds.
-    let out = gather_rows(&s_out.view([b, h, r * t_pad, dh]), &undo_sort).view([b, h, r, t_pad, dh]); // (B, H, R, Tp, Dh)
-    let lse = lse.view([b, h, r * t_pad]).gather(2, &undo_sort, false).view([b, h, r, t_pad, 1]); // (B, H, R, Tp, 1)
-    combine_rounds(&out, &lse).narrow(2, 0, t) // (B, H, T, Dh)
+    // Undo the sort.
+    let out = gather_rows(&s_out.view([b, h, r * t_pad, dh]), &undo_sort).view([b, h, r, t_pad, dh]); // (B, h, r, Tp, Dh)
+    let lse = lse.view([b, h, r * t_pad]).gather(2, &undo_sort, false).view([b, h, r, t_pad, 1]); // (B, h, r, Tp, 1)
+    (out, lse)
 }
 
 /// The rounds' outputs, each weighed by its share of the total probability mass

@@ -7,7 +7,9 @@
 //! attends to ((before + 1 + after)·C).
 //! Tensors in bucket-sorted order carry an `s` prefix (`sqk`, `sv`, `s_pos`).
 
+pub mod autograd_bridge;
 pub mod block;
+pub mod checkpoint;
 pub mod chunking;
 pub mod config;
 pub mod decoding;

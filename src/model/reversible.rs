@@ -11,18 +11,15 @@
 //! functions below. Tensors cross as `at::Tensor*` (tch's `C_tensor`): borrowed with
 //! `Tensor::clone_from_ptr`, handed over with `into_raw`.
 
-use std::any::Any;
-use std::ffi::{c_char, c_int, c_void, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ffi::{c_char, c_int, c_void};
+use std::panic::catch_unwind;
 
 use tch::{TchError, Tensor};
 use torch_sys::C_tensor;
 
+use super::autograd_bridge::{catch_panic, error_from, guarded, into_raw, ERROR_LEN};
 use super::block::Block;
 use super::seeded_random::ForwardMode;
-
-/// Room for an error message coming back from C++.
-const ERROR_LEN: usize = 4096;
 
 /// (stack, x1, x2, &y1, &y2, err, err_len) -> 0 or an error code.
 type ForwardFn = extern "C" fn(
@@ -72,12 +69,6 @@ extern "C" {
     ) -> c_int;
     /// The leaves `root`'s graph reaches; fills at most `cap`, returns the count.
     fn reversible_leaves(root: *const C_tensor, out: *mut *mut C_tensor, cap: usize) -> usize;
-    fn reversible_grad_enabled() -> c_int;
-}
-
-/// Whether libtorch records operations for autograd on this thread.
-pub fn grad_enabled() -> bool {
-    unsafe { reversible_grad_enabled() != 0 }
 }
 
 /// The two residual streams, each (B, T, D).
@@ -217,8 +208,7 @@ pub fn reversible_blocks(
         )
     };
     if rc != 0 {
-        // SAFETY: C++ wrote a NUL-terminated message into `err`.
-        return Err(TchError::Torch(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned()));
+        return Err(error_from(&err));
     }
     // SAFETY: on success C++ handed over two new tensors.
     Ok(unsafe { (Tensor::from_ptr(y1), Tensor::from_ptr(y2)) })
@@ -275,46 +265,6 @@ pub fn reconstruct_inputs(blocks: &[Block], y1: &Tensor, y2: &Tensor, mode: Forw
         inputs.reverse();
         inputs
     })
-}
-
-/// Hands a tensor over to C++, which then owns it.
-fn into_raw(mut tensor: Tensor) -> *mut C_tensor {
-    let ptr = tensor.as_mut_ptr();
-    std::mem::forget(tensor);
-    ptr
-}
-
-/// Runs `body`, turning a panic (tch's way of reporting a libtorch error) into an Err.
-fn catch_panic<T>(body: impl FnOnce() -> Result<T, TchError>) -> Result<T, TchError> {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| Err(TchError::Torch(panic_message(payload.as_ref()))))
-}
-
-/// Runs a callback body so that neither a panic nor an error crosses into C++: either
-/// becomes a non-zero return with the message in `err`.
-fn guarded(err: *mut c_char, err_len: usize, body: impl FnOnce() -> Result<(), TchError>) -> c_int {
-    let message = match catch_panic(body) {
-        Ok(()) => return 0,
-        Err(TchError::Torch(message)) => message,
-        Err(e) => e.to_string(),
-    };
-    if err_len > 0 {
-        let bytes = &message.as_bytes()[..message.len().min(err_len - 1)];
-        // SAFETY: C++ passed a buffer of `err_len` bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr().cast(), err, bytes.len());
-            *err.add(bytes.len()) = 0;
-        }
-    }
-    1
-}
-
-/// A panic's message, without the C++ backtrace that libtorch appends to its errors.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    let text = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-    let text = text.unwrap_or("(no message)");
-    // tch panics with the error's Debug form, where the newline before it is escaped.
-    let text = text.split("Exception raised from").next().unwrap_or(text).trim_end_matches("\\n").trim_end();
-    format!("panic in the reversible stack: {text}")
 }
 
 extern "C" fn forward_callback(

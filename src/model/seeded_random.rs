@@ -79,27 +79,65 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64, train: bool) -> Tensor {
 }
 
 /// `dropout` over rows `start..start + L` of a (B, `total_len`, ...) tensor, given only
-/// those rows: the mask is exactly that rows' share of `dropout`'s mask over the whole
-/// tensor (each element's counter is its index in the whole), so a position-wise branch
-/// can be evaluated a slice of positions at a time.
+/// those rows: the mask is exactly those rows' share of `dropout`'s mask over the whole
+/// tensor, so a position-wise branch can be evaluated a slice of positions at a time.
 ///
 /// # Shapes
 /// `rows`: (B, L, ...) with L ≤ total_len − start; returns the same shape.
 pub fn dropout_rows(rows: &Tensor, p: f64, seed: u64, train: bool, start: i64, total_len: i64) -> Tensor {
+    let mut whole = rows.size();
+    whole[1] = total_len;
+    let mut offset = vec![0; whole.len()];
+    offset[1] = start;
+    dropout_block(rows, p, seed, train, &whole, &offset)
+}
+
+/// `dropout` over the block of a tensor of shape `whole` that starts at `offset` (one
+/// index per dimension), given only that block: each element's counter is its row-major
+/// index in the whole, so the mask is exactly the block's share of `dropout`'s mask over
+/// the whole tensor, and a computation can be carried out a slice (of positions, heads,
+/// hash rounds) at a time.
+///
+/// # Shapes
+/// `block`: one size per dimension of `whole`, each ≤ whole − offset; returns the same.
+pub fn dropout_block(block: &Tensor, p: f64, seed: u64, train: bool, whole: &[i64], offset: &[i64]) -> Tensor {
     if !train || p == 0.0 {
-        return rows.shallow_clone();
+        return block.shallow_clone();
     }
-    let shape = rows.size();
-    let (b, len) = (shape[0], shape[1]);
-    let row_width: i64 = shape[2..].iter().product();
-    assert!(b * total_len * row_width < (1 << 32), "seeded_random: the tensor exceeds the 2^32 counter range");
-    let device = rows.device();
-    let batch = Tensor::arange(b, (Kind::Int64, device)).view([b, 1, 1]) * (total_len * row_width); // (B, 1, 1)
-    let row = (Tensor::arange(len, (Kind::Int64, device)) + start).view([1, len, 1]) * row_width; // (1, L, 1)
-    let within = Tensor::arange(row_width, (Kind::Int64, device)).view([1, 1, row_width]); // (1, 1, W)
-    let counters = batch + row + within; // (B, L, W)
-    let keep = bits_to_uniform(&random_bits_at(seed, &counters)).view(shape.as_slice()).ge(p);
-    rows * keep.to_kind(rows.kind()) / (1.0 - p)
+    let shape = block.size();
+    assert!(
+        shape.len() == whole.len() && offset.len() == whole.len(),
+        "dropout_block: one size and offset per dimension"
+    );
+    assert!(whole.iter().product::<i64>() < (1 << 32), "seeded_random: {whole:?} exceeds the 2^32 counter range");
+    let device = block.device();
+    let rank = shape.len();
+    let mut counters = Tensor::zeros([1], (Kind::Int64, device));
+    let mut stride = 1;
+    for dim in (0..rank).rev() {
+        let mut view = vec![1; rank];
+        view[dim] = shape[dim];
+        let index = (Tensor::arange(shape[dim], (Kind::Int64, device)) + offset[dim]) * stride; // (1, .., S_dim, .., 1)
+        counters = counters + index.view(view.as_slice()); // broadcasts to the block's shape
+        stride *= whole[dim];
+    }
+    let keep = bits_to_uniform(&random_bits_at(seed, &counters)).ge(p);
+    block * keep.to_kind(block.kind()) / (1.0 - p)
+}
+
+/// Where a tensor sits in a larger one, for its share of that one's dropout mask: viewed
+/// as `view`, it is the block of a tensor of shape `whole` that starts at `offset`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaskShare {
+    pub view: Vec<i64>,
+    pub whole: Vec<i64>,
+    pub offset: Vec<i64>,
+}
+
+/// `dropout` of `x` as its `share` of a larger tensor's (see `dropout_block`).
+pub fn dropout_share(x: &Tensor, p: f64, seed: u64, train: bool, share: &MaskShare) -> Tensor {
+    let block = x.view(share.view.as_slice());
+    dropout_block(&block, p, seed, train, &share.whole, &share.offset).view(x.size().as_slice())
 }
 
 /// The randomness of one forward pass: whether dropout is on, and the seed from which

@@ -5,7 +5,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::seeded_random::{self, ForwardMode};
+use super::seeded_random::{self, ForwardMode, MaskShare};
 
 /// Softmax attention with an optional mask of visible keys, or causal (query i sees
 /// keys 0..=i, for L = S) without a materialised mask, so that SDPA's fused kernel keeps
@@ -13,7 +13,9 @@ use super::seeded_random::{self, ForwardMode};
 ///
 /// # Shapes
 /// `q`: (N, M, L, Dh); `k`, `v`: (N, M, S, Dh); `visible`: broadcastable to (N, M, L, S),
-/// true where a query may see a key; returns (N, M, L, Dh).
+/// true where a query may see a key; returns (N, M, L, Dh). With `share`, the dropout
+/// mask over the (N, M, L, S) probabilities is their share of a larger one's.
+#[allow(clippy::too_many_arguments)]
 pub fn softmax_attention(
     q: &Tensor,
     k: &Tensor,
@@ -22,6 +24,7 @@ pub fn softmax_attention(
     causal: bool,
     dropout: f64,
     mode: ForwardMode,
+    share: Option<&MaskShare>,
 ) -> Tensor {
     if mode.train && dropout > 0.0 {
         let causal_mask = causal.then(|| causal_visibility(q.size()[2], q.device())); // (L, L)
@@ -30,7 +33,7 @@ pub fn softmax_attention(
             (Some(v), None) => Some(v.shallow_clone()),
             (None, c) => c.as_ref().map(Tensor::shallow_clone),
         };
-        return explicit_attention(q, k, v, visible.as_ref(), dropout, mode);
+        return explicit_attention(q, k, v, visible.as_ref(), dropout, mode, share);
     }
     Tensor::scaled_dot_product_attention(q, k, v, visible, 0.0, causal, None, false)
 }
@@ -43,6 +46,7 @@ pub fn explicit_attention(
     visible: Option<&Tensor>,
     dropout: f64,
     mode: ForwardMode,
+    share: Option<&MaskShare>,
 ) -> Tensor {
     let d_head = q.size()[3] as f64;
     let logits = q.matmul(&k.transpose(-1, -2)) / d_head.sqrt(); // (N, M, L, S)
@@ -51,7 +55,11 @@ pub fn explicit_attention(
         None => logits,
     };
     let probs = logits.softmax(-1, Kind::Float).to_kind(q.kind());
-    seeded_random::dropout(&probs, dropout, mode.seed, mode.train).matmul(v)
+    let probs = match share {
+        Some(share) => seeded_random::dropout_share(&probs, dropout, mode.seed, mode.train, share),
+        None => seeded_random::dropout(&probs, dropout, mode.seed, mode.train),
+    };
+    probs.matmul(v)
 }
 
 /// Lower-triangular visibility: query i sees keys 0..=i.
