@@ -1,7 +1,9 @@
 //! Embeds libtorch's library folder as an rpath so that the binary and the test
-//! executables run without `LD_LIBRARY_PATH`, and compiles the custom autograd nodes of
-//! the reversible block stack and of checkpointing (`csrc/reversible.cpp`, `csrc/checkpoint.cpp`) and the few libtorch calls tch does
-//! not bind (`csrc/libtorch_calls.cpp`) against libtorch's headers.
+//! executables run without `LD_LIBRARY_PATH`, and compiles against libtorch's headers
+//! what tch does not bind: the custom autograd nodes of the reversible block stack and of
+//! checkpointing (`csrc/reversible.cpp`, `csrc/checkpoint.cpp`), c10d process groups
+//! (`csrc/distributed.cpp`, which also needs Gloo's headers at `.gloo`) and a few single
+//! calls (`csrc/libtorch_calls.cpp`).
 
 use std::path::PathBuf;
 
@@ -14,13 +16,21 @@ fn main() {
     }
 
     let include = PathBuf::from(&lib).join("..").join("include");
+    let gloo = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join(".gloo");
+    if !gloo.join("gloo/context.h").exists() {
+        panic!("Gloo's headers are missing at {}: run `make setup` (scripts/setup-libtorch.sh)", gloo.display());
+    }
     cc::Build::new()
         .cpp(true)
         .file("csrc/reversible.cpp")
         .file("csrc/checkpoint.cpp")
         .file("csrc/libtorch_calls.cpp")
+        .file("csrc/distributed.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
+        .include(&gloo)
+        // libtorch's c10d headers declare the Gloo backend only under this flag.
+        .define("USE_C10D_GLOO", None)
         .flag("-std=c++17")
         // The PyTorch wheels are built with the C++11 ABI.
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
@@ -36,6 +46,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/reversible.cpp");
     println!("cargo:rerun-if-changed=csrc/checkpoint.cpp");
     println!("cargo:rerun-if-changed=csrc/libtorch_calls.cpp");
+    println!("cargo:rerun-if-changed=csrc/distributed.cpp");
 }
 
 /// The version of the libtorch in use: `torch/version.py` of a PyTorch wheel, or the

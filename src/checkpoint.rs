@@ -74,6 +74,12 @@ impl RunDir {
         Ok(Self { path: path.to_path_buf() })
     }
 
+    /// The run directory at `path`, made (or to be made) by another process: for a
+    /// worker that reads it but never writes.
+    pub fn unwritten(path: &Path) -> Self {
+        Self { path: path.to_path_buf() }
+    }
+
     /// Opens an existing run directory and reads its configuration.
     pub fn open(path: &Path) -> Result<(Self, RunConfig)> {
         let config_path = path.join("config.json");

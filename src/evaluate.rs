@@ -1,8 +1,10 @@
 //! Scoring a model on fixed batches: mean loss, bits per byte, accuracy.
 
+use anyhow::Result;
 use serde::Serialize;
 use tch::Device;
 
+use crate::distributed::ProcessGroup;
 use crate::model::{ForwardMode, ReformerLm};
 use crate::tasks::Batch;
 
@@ -23,6 +25,21 @@ pub struct Score {
 
 /// Averages over all scored targets of `batches`, without gradients or dropout.
 pub fn evaluate(model: &ReformerLm, batches: &[Batch], device: Device) -> Score {
+    Score::from_totals(totals(model, batches.iter(), device))
+}
+
+/// `evaluate` with the batches dealt out over the ranks of `group` (rank r scores
+/// batches r, r + W, r + 2W, ...) and the totals summed: every rank gets the score of
+/// all batches. Without a group, `evaluate`.
+pub fn evaluate_shared(model: &ReformerLm, batches: &[Batch], device: Device, group: Option<&ProcessGroup>) -> Result<Score> {
+    let Some(group) = group else { return Ok(evaluate(model, batches, device)) };
+    let mine = batches.iter().skip(group.rank as usize).step_by(group.world_size as usize);
+    let sums = group.sum_f64(&totals(model, mine, device))?;
+    Ok(Score::from_totals([sums[0], sums[1], sums[2]]))
+}
+
+/// Summed negative log-likelihood (nats), correct predictions and scored targets.
+fn totals<'a>(model: &ReformerLm, batches: impl Iterator<Item = &'a Batch>, device: Device) -> [f64; 3] {
     let (mut nll, mut correct, mut weight) = (0.0, 0.0, 0.0);
     tch::no_grad(|| {
         for batch in batches {
@@ -33,6 +50,12 @@ pub fn evaluate(model: &ReformerLm, batches: &[Batch], device: Device) -> Score 
             weight += stats.weight;
         }
     });
-    let loss = nll / weight.max(1.0);
-    Score { loss, bpc: loss / std::f64::consts::LN_2, accuracy: correct / weight.max(1.0), n_targets: weight }
+    [nll, correct, weight]
+}
+
+impl Score {
+    fn from_totals([nll, correct, weight]: [f64; 3]) -> Self {
+        let loss = nll / weight.max(1.0);
+        Self { loss, bpc: loss / std::f64::consts::LN_2, accuracy: correct / weight.max(1.0), n_targets: weight }
+    }
 }

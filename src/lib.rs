@@ -4,6 +4,7 @@ pub mod allocator;
 pub mod bench;
 pub mod checkpoint;
 pub mod device;
+pub mod distributed;
 pub mod eval;
 pub mod evaluate;
 pub mod generate;

@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use reformer::bench::{self, BenchOptions, Suite};
 use reformer::device::{parse_device, set_threads};
+use reformer::distributed::{self, Backend};
 use reformer::eval::{self, EvalAttention, EvalOptions};
 use reformer::generate::{self, GenerateOptions};
 use reformer::tasks::{Split, TaskKind};
@@ -82,6 +84,17 @@ enum Command {
         /// Print a final summary object as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Data-parallel training on N local worker processes (rank 0 writes). Workers
+        /// started by torchrun or a cluster launcher (RANK, WORLD_SIZE, MASTER_ADDR,
+        /// MASTER_PORT set) join their group without it.
+        #[arg(long, value_name = "N")]
+        nproc: Option<i64>,
+        /// The c10d backend between workers: gloo or nccl (default: nccl on CUDA, gloo on CPU).
+        #[arg(long, value_enum)]
+        dist_backend: Option<Backend>,
+        /// Seconds a worker waits for the others at a collective before failing.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+        dist_timeout: f64,
         #[command(flatten)]
         common: Common,
     },
@@ -213,6 +226,17 @@ fn print_version() {
     println!("cuda available: {} ({} device(s))", tch::Cuda::is_available(), tch::Cuda::device_count());
 }
 
+/// Several workers on one machine (LOCAL_WORLD_SIZE > 1) split its cores between them
+/// unless --threads says otherwise.
+fn share_cores_among_local_workers(common: &Common) -> Result<()> {
+    let Some(launch) = distributed::LaunchEnv::from_env()? else { return Ok(()) };
+    if common.threads.is_none() && launch.local_world_size > 1 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        set_threads(Some((cores / launch.local_world_size as usize).max(1)))?;
+    }
+    Ok(())
+}
+
 fn setup(common: &Common) -> Result<tch::Device> {
     set_threads(common.threads)?;
     parse_device(&common.device)
@@ -241,9 +265,27 @@ fn run(cli: Cli) -> Result<()> {
             eval_bytes,
             precision,
             json,
+            nproc,
+            dist_backend,
+            dist_timeout,
             common,
         } => {
+            if !(dist_timeout > 0.0) {
+                anyhow::bail!("--dist-timeout must be positive, not {dist_timeout}");
+            }
+            let dist_timeout = Duration::from_secs_f64(dist_timeout);
+            if let Some(n) = nproc {
+                if n < 1 {
+                    anyhow::bail!("--nproc must be at least 1, not {n}");
+                }
+                if std::env::var_os("WORLD_SIZE").is_some() {
+                    anyhow::bail!("--nproc starts its own workers: do not combine it with a launcher (WORLD_SIZE is set)");
+                }
+                let args: Vec<String> = std::env::args().skip(1).collect();
+                return distributed::spawn_local(n, &distributed::args_without_nproc(&args), dist_timeout);
+            }
             let device = setup(&common)?;
+            share_cores_among_local_workers(&common)?;
             train::run(TrainOptions {
                 download,
                 task,
@@ -260,6 +302,8 @@ fn run(cli: Cli) -> Result<()> {
                 json,
                 device,
                 seed: common.seed,
+                dist_backend,
+                dist_timeout,
             })
         }
         Command::Generate {

@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 const PLAIN_LINE_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct Progress {
+    /// Nothing is printed (a worker other than rank 0).
+    silent: bool,
     bar: Option<ProgressBar>,
     label: String,
     total: u64,
@@ -32,11 +34,38 @@ impl Progress {
             bar
         });
         let now = Instant::now();
-        Self { bar, label: label.to_string(), total, position: 0, message: String::new(), started: now, last_line: now }
+        Self {
+            silent: false,
+            bar,
+            label: label.to_string(),
+            total,
+            position: 0,
+            message: String::new(),
+            started: now,
+            last_line: now,
+        }
+    }
+
+    /// Progress that prints nothing.
+    pub fn silent() -> Self {
+        let now = Instant::now();
+        Self {
+            silent: true,
+            bar: None,
+            label: String::new(),
+            total: 0,
+            position: 0,
+            message: String::new(),
+            started: now,
+            last_line: now,
+        }
     }
 
     /// Moves to `position` with a status message.
     pub fn update(&mut self, position: u64, message: String) {
+        if self.silent {
+            return;
+        }
         self.position = position;
         match &self.bar {
             Some(bar) => {
@@ -54,6 +83,9 @@ impl Progress {
 
     /// Prints a line above the bar (or as a plain line).
     pub fn println(&self, line: &str) {
+        if self.silent {
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
@@ -61,6 +93,9 @@ impl Progress {
     }
 
     pub fn finish(mut self) {
+        if self.silent {
+            return;
+        }
         match self.bar.take() {
             Some(bar) => bar.finish(),
             None => self.print_line(),

@@ -3,14 +3,15 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tch::{nn, Device};
 
 use crate::checkpoint::{load_train_state, load_weights, RunDir, TrainState};
-use crate::evaluate::{evaluate, Score};
+use crate::distributed::{self, Backend, LaunchEnv, ProcessGroup};
+use crate::evaluate::{evaluate, evaluate_shared, Score};
 use crate::model::seeded_random::derive_seed;
 use crate::model::{ForwardMode, ReformerLm};
 use crate::optimizer::{learning_rate, AdamW};
@@ -46,6 +47,11 @@ pub struct TrainOptions {
     pub json: bool,
     pub device: Device,
     pub seed: u64,
+    /// The c10d backend when launched as one of several workers (default: NCCL on CUDA,
+    /// Gloo on the CPU).
+    pub dist_backend: Option<Backend>,
+    /// How long a collective may wait for the other workers.
+    pub dist_timeout: Duration,
 }
 
 /// Set by the first Ctrl-C / SIGTERM: finish the step, save, stop.
@@ -83,9 +89,13 @@ fn default_out(task: TaskKind) -> PathBuf {
     PathBuf::from("checkpoints").join(format!("{name}-{secs}"))
 }
 
-pub fn run(opts: TrainOptions) -> Result<()> {
+pub fn run(mut opts: TrainOptions) -> Result<()> {
     if opts.precision == Precision::Bf16 && !opts.device.is_cuda() {
         bail!("--precision bf16 autocasts on CUDA only: use --precision f32 on {:?}", opts.device);
+    }
+    let launch = LaunchEnv::from_env()?;
+    if let (Some(launch), Device::Cuda(_)) = (&launch, opts.device) {
+        opts.device = Device::Cuda(launch.local_rank as usize);
     }
     let (existing_run, cfg) = match &opts.resume {
         Some(dir) => {
@@ -107,11 +117,32 @@ pub fn run(opts: TrainOptions) -> Result<()> {
     }
     // The data is checked before anything is written.
     let task = build_task(&cfg)?;
+    let group = match &launch {
+        Some(launch) => {
+            let backend = opts.dist_backend.unwrap_or_else(|| Backend::default_for(opts.device));
+            Some(ProcessGroup::join(launch, backend, opts.dist_timeout)?)
+        }
+        None => None,
+    };
+    let group = group.as_ref();
+    // Rank 0 alone writes: the run folder, metrics, checkpoints, progress.
+    let is_main = group.is_none_or(ProcessGroup::is_main);
+    let out = opts.out.clone().unwrap_or_else(|| default_out(cfg.task));
     let run_dir = match existing_run {
         Some(run_dir) => run_dir,
-        None => RunDir::create(&opts.out.clone().unwrap_or_else(|| default_out(cfg.task)), &cfg)?,
+        None if is_main => RunDir::create(&out, &cfg)?,
+        None => RunDir::unwritten(&out),
     };
-    eprintln!("config: {}", serde_json::to_string(&cfg)?);
+    if let Some(group) = group {
+        // The other ranks open the folder only once rank 0 has made it.
+        group.barrier()?;
+        if is_main {
+            eprintln!("data parallel: {} workers, {} sequences each per step", group.world_size, cfg.train.batch_size);
+        }
+    }
+    if is_main {
+        eprintln!("config: {}", serde_json::to_string(&cfg)?);
+    }
 
     tch::manual_seed(opts.seed as i64);
     let mut vs = nn::VarStore::new(opts.device);
@@ -134,14 +165,22 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         let (optimizer_state, saved) = load_train_state(&checkpoint)?;
         optimizer.load_state(optimizer_state, saved.n_updates)?;
         state = saved;
-        run_dir.truncate_metrics(state.step)?;
-        eprintln!("resuming {} at step {}", checkpoint.display(), state.step);
+        if is_main {
+            run_dir.truncate_metrics(state.step)?;
+            eprintln!("resuming {} at step {}", checkpoint.display(), state.step);
+        }
     }
-    eprintln!(
-        "model: {n_params} parameters on {}; run folder {}",
-        crate::device::describe(opts.device),
-        run_dir.path.display()
-    );
+    let variables = vs.trainable_variables();
+    if let Some(group) = group {
+        distributed::broadcast_parameters(group, &variables)?;
+    }
+    if is_main {
+        eprintln!(
+            "model: {n_params} parameters on {}; run folder {}",
+            crate::device::describe(opts.device),
+            run_dir.path.display()
+        );
+    }
 
     install_interrupt_handler();
     let train = &cfg.train;
@@ -149,17 +188,24 @@ pub fn run(opts: TrainOptions) -> Result<()> {
     let started = Instant::now();
     let elapsed_before = state.elapsed_secs;
     let time_limit = opts.time_limit_minutes.map(|m| m * 60.0);
-    let mut progress = Progress::new("train", train.steps as u64);
+    let mut progress = if is_main { Progress::new("train", train.steps as u64) } else { Progress::silent() };
+    let (rank, world_size) = group.map_or((0, 1), |g| (g.rank, g.world_size));
+    let mut all_reduce_secs = 0.0;
     let mut window = MetricsWindow::default();
     let mut last_saved = if opts.resume.is_some() { state.step } else { -1 };
     let mut last_valid: Option<Score> = None;
 
     while state.step < train.steps {
-        if STOP_REQUESTED.load(Ordering::SeqCst) {
+        let interrupted = STOP_REQUESTED.load(Ordering::SeqCst);
+        let out_of_time = time_limit.is_some_and(|limit| elapsed_before + started.elapsed().as_secs_f64() >= limit);
+        // Every rank stops at the same step: when any of them is asked to.
+        let [interrupted, out_of_time] = agree_any(group, [interrupted, out_of_time])?;
+        if interrupted {
+            STOP_REQUESTED.store(true, Ordering::SeqCst);
             progress.println("stopping at the interrupt");
             break;
         }
-        if time_limit.is_some_and(|limit| elapsed_before + started.elapsed().as_secs_f64() >= limit) {
+        if out_of_time {
             progress.println("time limit reached");
             break;
         }
@@ -167,7 +213,10 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         optimizer.zero_grad();
         let (mut loss_sum, mut correct, mut weight, mut tokens) = (0.0, 0.0, 0.0, 0i64);
         for micro in 0..train.grad_accumulation {
-            let batch = task.train_batch(train.batch_size, &mut state.sampler).to_device(opts.device);
+            // Every rank draws the whole step's sequences and keeps its own share, so the
+            // ranks read disjoint parts of one seeded stream.
+            let batch = task.train_batch(train.batch_size * world_size, &mut state.sampler);
+            let batch = batch.rows(rank * train.batch_size, train.batch_size).to_device(opts.device);
             let mode =
                 ForwardMode::train(derive_seed(state.seed, (state.step * train.grad_accumulation + micro) as u64));
             let stats = tch::autocast(opts.precision == Precision::Bf16, || {
@@ -178,6 +227,13 @@ pub fn run(opts: TrainOptions) -> Result<()> {
             correct += stats.correct;
             weight += stats.weight;
             tokens += batch.n_tokens();
+        }
+        if let Some(group) = group {
+            let reduce_started = Instant::now();
+            distributed::average_gradients(group, &variables, distributed::BUCKET_BYTES)?;
+            let sums = group.sum_f64(&[loss_sum, correct, weight, tokens as f64])?;
+            (loss_sum, correct, weight, tokens) = (sums[0], sums[1], sums[2], sums[3] as i64);
+            all_reduce_secs += reduce_started.elapsed().as_secs_f64();
         }
         let loss = loss_sum / weight.max(1.0) + injected_fault(state.step + 1);
         let grad_norm = optimizer.clip_grad_norm(train.clip_grad_norm);
@@ -203,15 +259,25 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         window.add(loss * weight, correct, weight, tokens);
 
         if state.step % train.log_every == 0 || state.step == train.steps {
-            let record = window.flush(state.step, lr, state.elapsed_secs, task.reports_bpc());
+            let mut record = window.flush(state.step, lr, state.elapsed_secs, task.reports_bpc());
+            if let Some(group) = group {
+                distributed::check_parameters_agree(group, &variables)?;
+                record["world_size"] = json!(group.world_size);
+                record["all_reduce_secs_per_step"] = json!(all_reduce_secs / train.log_every as f64);
+                all_reduce_secs = 0.0;
+            }
             progress.update(state.step as u64, window_message(&record));
-            run_dir.log_metrics(&record)?;
+            if is_main {
+                run_dir.log_metrics(&record)?;
+            }
         }
         if state.step % train.eval_every == 0 || state.step == train.steps {
-            let score = evaluate(&model, &valid_batches, opts.device);
-            let (is_best, line) = record_validation(&score, &mut state, &run_dir, task.reports_bpc())?;
+            let score = evaluate_shared(&model, &valid_batches, opts.device, group)?;
+            let (is_best, line) = record_validation(&score, &mut state, &run_dir, task.reports_bpc(), is_main)?;
             progress.println(&line);
-            run_dir.save(&vs, &optimizer.state(), &state, is_best, train.keep_last)?;
+            if is_main {
+                run_dir.save(&vs, &optimizer.state(), &state, is_best, train.keep_last)?;
+            }
             last_saved = state.step;
             last_valid = Some(score);
         }
@@ -220,20 +286,24 @@ pub fn run(opts: TrainOptions) -> Result<()> {
     if last_saved != state.step {
         if STOP_REQUESTED.load(Ordering::SeqCst) {
             // Interrupted: save at once (a second Ctrl-C may follow), validate after.
-            run_dir.save(&vs, &optimizer.state(), &state, false, train.keep_last)?;
+            if is_main {
+                run_dir.save(&vs, &optimizer.state(), &state, false, train.keep_last)?;
+            }
         } else {
             // The time limit: this checkpoint is validated, and may be the best.
-            let score = evaluate(&model, &valid_batches, opts.device);
-            let (is_best, line) = record_validation(&score, &mut state, &run_dir, task.reports_bpc())?;
-            eprintln!("{line}");
-            run_dir.save(&vs, &optimizer.state(), &state, is_best, train.keep_last)?;
+            let score = evaluate_shared(&model, &valid_batches, opts.device, group)?;
+            let (is_best, line) = record_validation(&score, &mut state, &run_dir, task.reports_bpc(), is_main)?;
+            if is_main {
+                eprintln!("{line}");
+                run_dir.save(&vs, &optimizer.state(), &state, is_best, train.keep_last)?;
+            }
             last_valid = Some(score);
         }
         last_saved = state.step;
     }
     let valid = match last_valid {
         Some(score) if last_saved == state.step => score,
-        _ => evaluate(&model, &valid_batches, opts.device),
+        _ => evaluate_shared(&model, &valid_batches, opts.device, group)?,
     };
     let tokens_per_sec = window.total_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let mut summary = json!({
@@ -241,31 +311,58 @@ pub fn run(opts: TrainOptions) -> Result<()> {
         "valid_loss": valid.loss, "tokens_per_sec": tokens_per_sec, "elapsed_secs": state.elapsed_secs,
         "checkpoint": run_dir.latest().map(|p| p.display().to_string()),
     });
-    eprintln!("final validation: {}", describe_score(&valid, task.reports_bpc()));
+    if is_main {
+        eprintln!("final validation: {}", describe_score(&valid, task.reports_bpc()));
+    }
     if task.reports_bpc() {
         summary["valid_bpc"] = json!(valid.bpc);
-        let test = evaluate(&model, &task.split_batches(Split::Test, train.batch_size, opts.eval_bytes)?, opts.device);
-        eprintln!("test: {:.4} bits per byte over {} bytes", test.bpc, test.n_targets);
+        let test_batches = task.split_batches(Split::Test, train.batch_size, opts.eval_bytes)?;
+        let test = evaluate_shared(&model, &test_batches, opts.device, group)?;
+        if is_main {
+            eprintln!("test: {:.4} bits per byte over {} bytes", test.bpc, test.n_targets);
+        }
         summary["test_bpc"] = json!(test.bpc);
     } else {
         summary["valid_accuracy"] = json!(valid.accuracy);
-        summary["accuracy_by_rounds"] = table2_row(&mut model, &valid_batches, opts.device);
+        if is_main {
+            summary["accuracy_by_rounds"] = table2_row(&mut model, &valid_batches, opts.device);
+        }
     }
-    if opts.json {
+    if let Some(group) = group {
+        summary["world_size"] = json!(group.world_size);
+        // No rank leaves (and tears down the group) while another still evaluates.
+        group.barrier()?;
+    }
+    if opts.json && is_main {
         println!("{summary}");
     }
     Ok(())
 }
 
+/// For each flag, whether any rank raised it (without a group: the flag itself).
+fn agree_any<const N: usize>(group: Option<&ProcessGroup>, flags: [bool; N]) -> Result<[bool; N]> {
+    let Some(group) = group else { return Ok(flags) };
+    let sums = group.sum_f64(&flags.map(|f| if f { 1.0 } else { 0.0 }))?;
+    Ok(std::array::from_fn(|i| sums[i] > 0.0))
+}
+
 /// Logs a validation score of step `state.step` and updates the best loss; returns
 /// whether this score is the best so far, and the line to print.
-fn record_validation(score: &Score, state: &mut TrainState, run_dir: &RunDir, bpc: bool) -> Result<(bool, String)> {
+fn record_validation(
+    score: &Score,
+    state: &mut TrainState,
+    run_dir: &RunDir,
+    bpc: bool,
+    write: bool,
+) -> Result<(bool, String)> {
     let is_best = state.best_valid_loss.is_none_or(|best| score.loss < best);
     if is_best {
         state.best_valid_loss = Some(score.loss);
     }
-    run_dir.log_metrics(&json!({"step": state.step, "valid_loss": score.loss, "valid_bpc": score.bpc,
-        "valid_accuracy": score.accuracy, "elapsed": state.elapsed_secs}))?;
+    if write {
+        run_dir.log_metrics(&json!({"step": state.step, "valid_loss": score.loss, "valid_bpc": score.bpc,
+            "valid_accuracy": score.accuracy, "elapsed": state.elapsed_secs}))?;
+    }
     Ok((is_best, format!("step {}: validation {}", state.step, describe_score(score, bpc))))
 }
 

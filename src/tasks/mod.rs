@@ -88,6 +88,12 @@ impl Batch {
         Self { inputs: self.inputs.to(device), targets: self.targets.to(device), weights: self.weights.to(device) }
     }
 
+    /// Sequences `start..start + len` of the batch.
+    pub fn rows(&self, start: i64, len: i64) -> Self {
+        let rows = |t: &Tensor| t.narrow(0, start, len);
+        Self { inputs: rows(&self.inputs), targets: rows(&self.targets), weights: rows(&self.weights) }
+    }
+
     pub fn n_tokens(&self) -> i64 {
         self.inputs.numel() as i64
     }

@@ -1,0 +1,112 @@
+// A process group of libtorch's c10d (the engine behind PyTorch's DDP): a TCP store for
+// the rendezvous, then a Gloo backend over it. The training loop lives in Rust
+// (src/distributed.rs); this file exists because tch has no binding for c10d. Tensors
+// cross as `at::Tensor*` (tch's C_tensor); collectives work in place and block until
+// done, and a failure (a peer that died, the timeout) comes back as an error message.
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+void write_error(const std::string& message, char* err, size_t err_len) {
+  if (err_len == 0) return;
+  std::strncpy(err, message.c_str(), err_len - 1);
+  err[err_len - 1] = '\0';
+}
+
+// Runs `body`, turning an exception into a non-zero return with its message in `err`.
+template <typename F>
+int guarded(char* err, size_t err_len, F body) {
+  try {
+    body();
+    return 0;
+  } catch (const c10::Error& e) {
+    write_error(e.what_without_backtrace(), err, err_len);
+  } catch (const std::exception& e) {
+    write_error(e.what(), err, err_len);
+  }
+  return 1;
+}
+
+std::vector<at::Tensor> tensor_list(at::Tensor* const* tensors, size_t n) {
+  std::vector<at::Tensor> list;
+  for (size_t i = 0; i < n; ++i) list.push_back(*tensors[i]);
+  return list;
+}
+
+// The network interface Gloo talks over: GLOO_SOCKET_IFNAME when set (as in PyTorch),
+// the loopback when the master is on this machine's loopback, else the interface this
+// machine's hostname resolves to.
+std::shared_ptr<::gloo::transport::Device> gloo_device(const std::string& master_addr) {
+  if (const char* interface = std::getenv("GLOO_SOCKET_IFNAME")) {
+    return c10d::ProcessGroupGloo::createDeviceForInterface(interface);
+  }
+  if (master_addr == "localhost" || master_addr.rfind("127.", 0) == 0) {
+    return c10d::ProcessGroupGloo::createDeviceForHostname(master_addr);
+  }
+  return c10d::ProcessGroupGloo::createDefaultDevice();
+}
+}  // namespace
+
+extern "C" {
+// Joins the group: rank 0 serves the store at master_addr:port and waits for the others;
+// returns the group, or null with a message in `err`.
+void* dist_init(const char* backend, const char* master_addr, int port, int rank, int world_size, int64_t timeout_ms,
+                char* err, size_t err_len) {
+  Group* group = nullptr;
+  int rc = guarded(err, err_len, [&] {
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions store_options;
+    store_options.port = static_cast<std::uint16_t>(port);
+    store_options.isServer = rank == 0;
+    store_options.numWorkers = static_cast<std::size_t>(world_size);
+    store_options.waitWorkers = true;
+    store_options.timeout = timeout;
+    auto store = c10::make_intrusive<c10d::TCPStore>(master_addr, store_options);
+    TORCH_CHECK(std::string(backend) == "gloo", "backend '", backend, "' is not built in: use gloo");
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    options->devices.push_back(gloo_device(master_addr));
+    auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options);
+    group = new Group{store, gloo};
+  });
+  return rc == 0 ? group : nullptr;
+}
+
+int dist_broadcast(void* group, at::Tensor* const* tensors, size_t n, int root, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    auto list = tensor_list(tensors, n);
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    static_cast<Group*>(group)->backend->broadcast(list, options)->wait();
+  });
+}
+
+// Sums each tensor over the group, in place.
+int dist_all_reduce_sum(void* group, at::Tensor* const* tensors, size_t n, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    auto list = tensor_list(tensors, n);
+    static_cast<Group*>(group)->backend->allreduce(list, c10d::AllreduceOptions())->wait();
+  });
+}
+
+int dist_barrier(void* group, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] { static_cast<Group*>(group)->backend->barrier()->wait(); });
+}
+
+void dist_destroy(void* group) {
+  try {
+    delete static_cast<Group*>(group);
+  } catch (...) {
+  }
+}
+}
