@@ -5,6 +5,7 @@
 // done, and a failure (a peer that died, the timeout) comes back as an error message.
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <c10/util/Logging.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -38,6 +39,17 @@ int guarded(char* err, size_t err_len, F body) {
   return 1;
 }
 
+// Quiets libtorch's own log below errors for its lifetime: while the rendezvous retries
+// an unreachable master, c10d logs each attempt with a C++ backtrace, and the failure
+// is reported once, by the caller, instead. TORCH_CPP_LOG_LEVEL, when set, wins.
+struct QuietLog {
+  QuietLog() : saved(FLAGS_caffe2_log_level) {
+    if (std::getenv("TORCH_CPP_LOG_LEVEL") == nullptr) FLAGS_caffe2_log_level = c10::GLOG_FATAL;
+  }
+  ~QuietLog() { FLAGS_caffe2_log_level = saved; }
+  int saved;
+};
+
 std::vector<at::Tensor> tensor_list(at::Tensor* const* tensors, size_t n) {
   std::vector<at::Tensor> list;
   for (size_t i = 0; i < n; ++i) list.push_back(*tensors[i]);
@@ -65,6 +77,7 @@ void* dist_init(const char* backend, const char* master_addr, int port, int rank
                 char* err, size_t err_len) {
   Group* group = nullptr;
   int rc = guarded(err, err_len, [&] {
+    QuietLog quiet;
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions store_options;
     store_options.port = static_cast<std::uint16_t>(port);

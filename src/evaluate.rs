@@ -28,13 +28,24 @@ pub fn evaluate(model: &ReformerLm, batches: &[Batch], device: Device) -> Score 
     Score::from_totals(totals(model, batches.iter(), device))
 }
 
-/// `evaluate` with the batches dealt out over the ranks of `group` (rank r scores
-/// batches r, r + W, r + 2W, ...) and the totals summed: every rank gets the score of
-/// all batches. Without a group, `evaluate`.
+/// `evaluate` with every batch's sequences shared out over the ranks of `group` (rank r
+/// scores its contiguous share of each batch) and the totals summed: every rank gets the
+/// score of all batches, the same set whatever the number of ranks. Without a group,
+/// `evaluate`.
 pub fn evaluate_shared(model: &ReformerLm, batches: &[Batch], device: Device, group: Option<&ProcessGroup>) -> Result<Score> {
     let Some(group) = group else { return Ok(evaluate(model, batches, device)) };
-    let mine = batches.iter().skip(group.rank as usize).step_by(group.world_size as usize);
-    let sums = group.sum_f64(&totals(model, mine, device))?;
+    let (rank, world) = (group.rank, group.world_size);
+    let mine: Vec<Batch> = batches
+        .iter()
+        .filter_map(|batch| {
+            let rows = batch.inputs.size()[0];
+            let share = (rows + world - 1) / world;
+            let start = (rank * share).min(rows);
+            let len = share.min(rows - start);
+            (len > 0).then(|| batch.rows(start, len))
+        })
+        .collect();
+    let sums = group.sum_f64(&totals(model, mine.iter(), device))?;
     Ok(Score::from_totals([sums[0], sums[1], sums[2]]))
 }
 

@@ -184,12 +184,14 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
 
     install_interrupt_handler();
     let train = &cfg.train;
-    let valid_batches = task.valid_batches(train.batch_size, train.eval_batches);
+    // Evaluation batches hold every rank's sequences (rank r scores its share), so the
+    // scores are over the same sequences whatever the number of workers.
+    let (rank, world_size) = group.map_or((0, 1), |g| (g.rank, g.world_size));
+    let valid_batches = task.valid_batches(train.batch_size * world_size, train.eval_batches);
     let started = Instant::now();
     let elapsed_before = state.elapsed_secs;
     let time_limit = opts.time_limit_minutes.map(|m| m * 60.0);
     let mut progress = if is_main { Progress::new("train", train.steps as u64) } else { Progress::silent() };
-    let (rank, world_size) = group.map_or((0, 1), |g| (g.rank, g.world_size));
     let mut all_reduce_secs = 0.0;
     let mut window = MetricsWindow::default();
     let mut last_saved = if opts.resume.is_some() { state.step } else { -1 };
@@ -253,6 +255,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
             }
         }
         optimizer.step(lr);
+        injected_divergence(rank, state.step + 1, &variables);
         state.step += 1;
         state.n_updates = optimizer.n_updates;
         state.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
@@ -316,7 +319,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
     }
     if task.reports_bpc() {
         summary["valid_bpc"] = json!(valid.bpc);
-        let test_batches = task.split_batches(Split::Test, train.batch_size, opts.eval_bytes)?;
+        let test_batches = task.split_batches(Split::Test, train.batch_size * world_size, opts.eval_bytes)?;
         let test = evaluate_shared(&model, &test_batches, opts.device, group)?;
         if is_main {
             eprintln!("test: {:.4} bits per byte over {} bytes", test.bpc, test.n_targets);
@@ -364,6 +367,19 @@ fn record_validation(
             "valid_accuracy": score.accuracy, "elapsed": state.elapsed_secs}))?;
     }
     Ok((is_best, format!("step {}: validation {}", state.step, describe_score(score, bpc))))
+}
+
+/// Fault injection for tests of the guard that keeps the ranks' parameters equal:
+/// `REFORMER_INJECT_DIVERGENCE_AT_STEP=N` makes rank 1 nudge a parameter after step N's
+/// update, as a rank that went its own way would.
+fn injected_divergence(rank: i64, step: i64, variables: &[tch::Tensor]) {
+    let target = std::env::var("REFORMER_INJECT_DIVERGENCE_AT_STEP").ok().and_then(|v| v.parse::<i64>().ok());
+    if rank == 1 && target == Some(step) {
+        tch::no_grad(|| {
+            let mut first = variables[0].shallow_clone();
+            first += 1e-3;
+        });
+    }
 }
 
 /// Fault injection for tests of the non-finite guard: `REFORMER_INJECT_NAN_AT_STEP=N`

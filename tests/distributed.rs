@@ -1,0 +1,197 @@
+//! Data-parallel training through c10d with Gloo, two worker processes on the loopback:
+//! the same parameters as one process with the whole batch, ranks that stay equal, one
+//! writer, a dead worker or an unreachable master ending the run with a clear error, and
+//! resuming with another number of workers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reformer::checkpoint::load_model;
+use tch::Device;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reformer-dist-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A small duplication run without dropout (so that one process with batch 2B draws the
+/// same randomness as two with B each): LSH and local attention, reversible layers.
+fn tiny_config(dir: &Path, batch_size: i64, steps: i64) -> PathBuf {
+    let config = serde_json::json!({
+        "model": {
+            "vocab_size": 16, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 64,
+            "positional": {"kind": "axial", "shape": [8, 8], "dims": [16, 16]},
+            "attention": ["lsh", "local"], "lsh": {"n_hashes": 2, "chunk_len": 8}, "local": {"chunk_len": 8}
+        },
+        "train": {
+            "batch_size": batch_size, "steps": steps, "lr": 3e-3, "warmup_steps": 2, "schedule": "rsqrt",
+            "log_every": 1, "eval_every": 2, "eval_batches": 2, "keep_last": 2,
+            "duplication": {"n_symbols": 16, "copy_len": 15}
+        }
+    });
+    let path = dir.join(format!("config-b{batch_size}.json"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+fn train_command(config: &Path, run: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_reformer"));
+    command
+        .args(["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()])
+        .args(extra)
+        .env_remove("WORLD_SIZE");
+    command
+}
+
+fn run(mut command: Command) -> Output {
+    let out = command.output().expect("the binary runs");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn assert_success(out: &Output) {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn training_losses(run: &Path) -> Vec<(i64, f64)> {
+    metrics(run).iter().filter_map(|r| Some((r["step"].as_i64()?, r.get("loss")?.as_f64()?))).collect()
+}
+
+#[test]
+fn two_workers_train_the_parameters_of_one_process_with_the_whole_batch() {
+    let dir = scratch("equal");
+    let (single, pair) = (dir.join("single"), dir.join("pair"));
+    assert_success(&run(train_command(&tiny_config(&dir, 4, 4), &single, &[])));
+    assert_success(&run(train_command(&tiny_config(&dir, 2, 4), &pair, &["--nproc", "2"])));
+
+    let (expected, actual) = (training_losses(&single), training_losses(&pair));
+    assert_eq!(expected.len(), 4);
+    assert_eq!(actual.len(), 4, "one record per step: only rank 0 writes metrics");
+    for ((step, e), (_, a)) in expected.iter().zip(&actual) {
+        assert!((e - a).abs() <= 1e-5 * e.abs(), "step {step}: loss {a} with two workers, {e} with one");
+    }
+    let (single_vs, _, _) = load_model(&single, Device::Cpu).unwrap();
+    let (pair_vs, _, _) = load_model(&pair, Device::Cpu).unwrap();
+    let pair_vars = pair_vs.variables();
+    for (name, e) in single_vs.variables() {
+        let a = &pair_vars[&name];
+        let gap = (a - &e).abs().max().double_value(&[]);
+        let scale = e.abs().max().double_value(&[]).max(1e-3);
+        assert!(gap <= 1e-4 * scale, "{name}: two workers differ from one by {gap:e} (scale {scale:e})");
+    }
+    // The validation sequences are the same whatever the number of workers.
+    let valid = |run: &Path| -> Vec<f64> { metrics(run).iter().filter_map(|r| r.get("valid_loss")?.as_f64()).collect() };
+    let (e, a) = (valid(&single), valid(&pair));
+    assert_eq!(e.len(), a.len());
+    for (e, a) in e.iter().zip(&a) {
+        assert!((e - a).abs() <= 1e-5 * e.abs(), "validation loss {a} with two workers, {e} with one");
+    }
+}
+
+#[test]
+fn ranks_whose_parameters_differ_are_stopped() {
+    let dir = scratch("diverge");
+    let mut command = train_command(&tiny_config(&dir, 2, 6), &dir.join("run"), &["--nproc", "2"]);
+    command.env("REFORMER_INJECT_DIVERGENCE_AT_STEP", "3");
+    let out = run(command);
+    assert!(!out.status.success(), "a run whose ranks diverged must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("parameters differ between ranks"), "{stderr}");
+    // The check runs at every logged step: the run stops at step 3, not later.
+    assert!(training_losses(&dir.join("run")).iter().all(|(step, _)| *step < 3), "{stderr}");
+}
+
+/// Two workers started as a launcher would, with their own environment variables.
+fn launch(config: &Path, run: &Path, port: u16, rank: i64, timeout: &str) -> std::process::Child {
+    let mut command = train_command(config, run, &["--dist-timeout", timeout]);
+    command
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", "2")
+        .env("LOCAL_WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command.spawn().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn a_dead_worker_stops_the_other_with_an_error_within_the_timeout() {
+    let dir = scratch("dead");
+    let config = tiny_config(&dir, 2, 1_000_000);
+    let run_dir = dir.join("run");
+    let port = free_port();
+    let mut main = launch(&config, &run_dir, port, 0, "10");
+    let mut other = launch(&config, &run_dir, port, 1, "10");
+    // Wait until the pair trains, then kill rank 1 without warning.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |m| m.lines().count() < 3) {
+        assert!(Instant::now() < deadline, "the pair never started training");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    other.kill().unwrap();
+    other.wait().unwrap();
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = main.try_wait().unwrap() {
+            break status;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(40), "rank 0 still runs 40 s after rank 1 died");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::io::read_to_string(main.stderr.take().unwrap()).unwrap();
+    assert!(!status.success(), "rank 0 must fail once rank 1 is gone");
+    assert!(stderr.contains("failed"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_master_is_one_clear_line() {
+    let dir = scratch("unreachable");
+    let mut command = train_command(&tiny_config(&dir, 2, 2), &dir.join("run"), &["--dist-timeout", "3"]);
+    command.env("RANK", "1").env("WORLD_SIZE", "2").env("MASTER_ADDR", "no-such-host.invalid").env("MASTER_PORT", "29555");
+    let started = Instant::now();
+    let out = run(command);
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(error[0].contains("cannot join the process group at no-such-host.invalid:29555 as rank 1 of 2"), "{stderr}");
+
+    let mut command = train_command(&tiny_config(&dir, 2, 2), &dir.join("run"), &[]);
+    command.env("WORLD_SIZE", "2");
+    let stderr = String::from_utf8_lossy(&run(command).stderr).into_owned();
+    assert!(stderr.contains("WORLD_SIZE is set but RANK is not"), "{stderr}");
+}
+
+#[test]
+fn a_run_resumes_with_another_number_of_workers() {
+    let dir = scratch("resume");
+    let run_dir = dir.join("run");
+    assert_success(&run(train_command(&tiny_config(&dir, 2, 2), &run_dir, &["--nproc", "2"])));
+    let resume = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reformer"));
+        command.args(["train", "--device", "cpu", "--resume", run_dir.to_str().unwrap()]).args(extra);
+        run(command)
+    };
+    assert_success(&resume(&["--steps", "4"]));
+    assert_success(&resume(&["--steps", "6", "--nproc", "2"]));
+    let steps: Vec<i64> = training_losses(&run_dir).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+}
