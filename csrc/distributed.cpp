@@ -3,6 +3,7 @@
 // (src/distributed.rs); this file exists because tch has no binding for c10d. Tensors
 // cross as `at::Tensor*` (tch's C_tensor); collectives work in place and block until
 // done, and a failure (a peer that died, the timeout) comes back as an error message.
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <c10/util/Logging.h>
@@ -71,22 +72,29 @@ std::shared_ptr<::gloo::transport::Device> gloo_device(const std::string& master
 }  // namespace
 
 extern "C" {
-// Joins the group: rank 0 serves the store at master_addr:port and waits for the others;
-// returns the group, or null with a message in `err`.
+// Joins the group: rank 0 serves the store at master_addr:port and waits for the others,
+// unless `agent_attempt` >= 0: then a launcher's agent (torchrun) already serves it, every
+// rank is a client, and the group's keys live under "/worker/attempt_<agent_attempt>" as
+// PyTorch's own workers put them. Returns the group, or null with a message in `err`.
 void* dist_init(const char* backend, const char* master_addr, int port, int rank, int world_size, int64_t timeout_ms,
-                char* err, size_t err_len) {
+                int agent_attempt, char* err, size_t err_len) {
   Group* group = nullptr;
   int rc = guarded(err, err_len, [&] {
+    TORCH_CHECK(std::string(backend) == "gloo", "the ", backend,
+                " backend is not built into this binary (libtorch's NCCL headers need the CUDA toolkit's, which the "
+                "PyPI wheel lacks): use --dist-backend gloo, which carries CUDA tensors through host memory");
     QuietLog quiet;
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions store_options;
     store_options.port = static_cast<std::uint16_t>(port);
-    store_options.isServer = rank == 0;
+    store_options.isServer = rank == 0 && agent_attempt < 0;
     store_options.numWorkers = static_cast<std::size_t>(world_size);
     store_options.waitWorkers = true;
     store_options.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(master_addr, store_options);
-    TORCH_CHECK(std::string(backend) == "gloo", "backend '", backend, "' is not built in: use gloo");
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(master_addr, store_options);
+    if (agent_attempt >= 0) {
+      store = c10::make_intrusive<c10d::PrefixStore>("/worker/attempt_" + std::to_string(agent_attempt), store);
+    }
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
     options->devices.push_back(gloo_device(master_addr));
     auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options);

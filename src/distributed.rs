@@ -23,20 +23,18 @@ pub const BUCKET_BYTES: i64 = 25 << 20;
 /// The c10d backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
-    /// Gloo: CPU tensors (and CUDA tensors through host copies).
+    /// Gloo: CPU tensors, and CUDA tensors through host memory.
     Gloo,
-    /// NCCL: CUDA tensors.
+    /// NCCL: CUDA tensors, GPU to GPU. Not built into this binary: libtorch's NCCL
+    /// headers need the CUDA toolkit's own headers, which the PyPI wheel does not ship.
     Nccl,
 }
 
 impl Backend {
-    /// NCCL for CUDA, Gloo for the CPU (PyTorch's defaults).
-    pub fn default_for(device: tch::Device) -> Self {
-        if device.is_cuda() {
-            Self::Nccl
-        } else {
-            Self::Gloo
-        }
+    /// The backend for tensors on `device`: Gloo, the one built in (it carries CUDA
+    /// tensors too; NCCL would be PyTorch's choice on CUDA).
+    pub fn default_for(_device: tch::Device) -> Self {
+        Self::Gloo
     }
 
     fn name(self) -> &'static str {
@@ -55,6 +53,7 @@ extern "C" {
         rank: c_int,
         world_size: c_int,
         timeout_ms: i64,
+        agent_attempt: c_int,
         err: *mut c_char,
         err_len: usize,
     ) -> *mut c_void;
@@ -88,12 +87,16 @@ pub struct LaunchEnv {
     pub local_world_size: i64,
     pub master_addr: String,
     pub master_port: u16,
+    /// Set when a launcher's agent (torchrun) already serves the rendezvous store
+    /// (`TORCHELASTIC_USE_AGENT_STORE=True`): its restart count, which names the keys.
+    pub agent_attempt: Option<i64>,
 }
 
 impl LaunchEnv {
     /// Read from `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`,
-    /// `MASTER_PORT`: None when `WORLD_SIZE` is unset (a single process); an error
-    /// naming the variable when one is missing or malformed.
+    /// `MASTER_PORT` (and torchrun's `TORCHELASTIC_USE_AGENT_STORE`,
+    /// `TORCHELASTIC_RESTART_COUNT`): None when `WORLD_SIZE` is unset (a single
+    /// process); an error naming the variable when one is missing or malformed.
     pub fn from_env() -> Result<Option<Self>> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -117,7 +120,13 @@ impl LaunchEnv {
         let port = var("MASTER_PORT").unwrap_or_else(|| "29500".into());
         let master_port =
             port.trim().parse().with_context(|| format!("MASTER_PORT={port:?} is not a port number (1-65535)"))?;
-        Ok(Some(Self { rank, world_size, local_rank, local_world_size, master_addr, master_port }))
+        let agent_attempt = match var("TORCHELASTIC_USE_AGENT_STORE").as_deref().map(str::trim) {
+            Some("True") | Some("true") | Some("1") => {
+                Some(if var("TORCHELASTIC_RESTART_COUNT").is_some() { number("TORCHELASTIC_RESTART_COUNT")? } else { 0 })
+            }
+            _ => None,
+        };
+        Ok(Some(Self { rank, world_size, local_rank, local_world_size, master_addr, master_port, agent_attempt }))
     }
 }
 
@@ -153,6 +162,7 @@ impl ProcessGroup {
                 env.rank as c_int,
                 env.world_size as c_int,
                 timeout.as_millis() as i64,
+                env.agent_attempt.map_or(-1, |a| a as c_int),
                 err.as_mut_ptr(),
                 ERROR_LEN,
             )
@@ -400,6 +410,16 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!((full.rank, full.world_size, full.local_rank, full.master_port), (3, 4, 1, 1234));
+        assert_eq!(full.agent_attempt, None);
+        let torchrun = LaunchEnv::from_lookup(env(&[
+            ("WORLD_SIZE", "2"),
+            ("RANK", "0"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ("TORCHELASTIC_RESTART_COUNT", "2"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(torchrun.agent_attempt, Some(2));
         let missing = LaunchEnv::from_lookup(env(&[("WORLD_SIZE", "2")])).unwrap_err().to_string();
         assert!(missing.contains("RANK"), "{missing}");
         let bad_rank = LaunchEnv::from_lookup(env(&[("WORLD_SIZE", "2"), ("RANK", "2")])).unwrap_err().to_string();

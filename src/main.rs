@@ -89,7 +89,8 @@ enum Command {
         /// MASTER_PORT set) join their group without it.
         #[arg(long, value_name = "N")]
         nproc: Option<i64>,
-        /// The c10d backend between workers: gloo or nccl (default: nccl on CUDA, gloo on CPU).
+        /// The c10d backend between workers (default gloo, which also carries CUDA tensors;
+        /// nccl is not built into this binary).
         #[arg(long, value_enum)]
         dist_backend: Option<Backend>,
         /// Seconds a worker waits for the others at a collective before failing.

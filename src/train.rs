@@ -211,6 +211,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
             progress.println("time limit reached");
             break;
         }
+        window.begin_step();
         let lr = learning_rate(train, state.step);
         optimizer.zero_grad();
         let (mut loss_sum, mut correct, mut weight, mut tokens) = (0.0, 0.0, 0.0, 0i64);
@@ -430,8 +431,12 @@ struct MetricsWindow {
 }
 
 impl MetricsWindow {
-    fn add(&mut self, nll: f64, correct: f64, weight: f64, tokens: i64) {
+    /// Marks the start of a step: a window's time runs from its first step's start.
+    fn begin_step(&mut self) {
         self.started.get_or_insert_with(Instant::now);
+    }
+
+    fn add(&mut self, nll: f64, correct: f64, weight: f64, tokens: i64) {
         self.nll += nll;
         self.correct += correct;
         self.weight += weight;
@@ -449,7 +454,7 @@ impl MetricsWindow {
             record["accuracy"] = json!(self.correct / self.weight.max(1.0));
         }
         let total = self.total_tokens;
-        *self = Self { total_tokens: total, started: Some(Instant::now()), ..Default::default() };
+        *self = Self { total_tokens: total, ..Default::default() };
         record
     }
 }

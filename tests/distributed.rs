@@ -195,3 +195,33 @@ fn a_run_resumes_with_another_number_of_workers() {
     let steps: Vec<i64> = training_losses(&run_dir).iter().map(|(s, _)| *s).collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
 }
+
+/// torchrun from the PyTorch wheel the build uses (`.libtorch` is its `torch` folder).
+fn torchrun() -> Option<PathBuf> {
+    let torch = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join(".libtorch")).ok()?;
+    let bin = torch.ancestors().nth(4)?.join("bin").join("torchrun");
+    bin.exists().then_some(bin)
+}
+
+#[test]
+fn workers_started_by_torchrun_join_its_store() {
+    let Some(torchrun) = torchrun() else {
+        eprintln!("no torchrun beside the libtorch in use (LIBTORCH set?): nothing to check");
+        return;
+    };
+    let dir = scratch("torchrun");
+    let run_dir = dir.join("run");
+    let config = tiny_config(&dir, 2, 2);
+    let mut command = Command::new(torchrun);
+    command
+        .args(["--no-python", "--nproc-per-node", "2", "--master-port", &free_port().to_string()])
+        .arg(env!("CARGO_BIN_EXE_reformer"))
+        .args(["train", "--device", "cpu", "--json", "--config", config.to_str().unwrap(), "--out"])
+        .arg(&run_dir)
+        .env_remove("WORLD_SIZE");
+    let out = run(command);
+    assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(summary["world_size"], 2);
+    assert_eq!(training_losses(&run_dir).len(), 2, "one record per step: only rank 0 writes metrics");
+}
