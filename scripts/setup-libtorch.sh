@@ -63,7 +63,9 @@ if [ ! -f "$gloo/gloo/context.h" ]; then
   need dpkg-deb "dpkg"
   echo "Fetching Gloo's headers (Debian package libgloo-dev) into $gloo..."
   work="$(mktemp -d)"
-  (cd "$work" && apt-get download libgloo-dev >/dev/null 2>&1) || {
+  fetch() { (cd "$work" && apt-get download libgloo-dev >/dev/null 2>&1); }
+  # Without package lists the download fails; as root, fetch the lists once and retry.
+  fetch || { [ "$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && fetch; } || {
     echo "error: 'apt-get download libgloo-dev' failed: run 'apt-get update' first, or set GLOO_INCLUDE" >&2
     exit 1
   }

@@ -121,9 +121,11 @@ impl LaunchEnv {
         let master_port =
             port.trim().parse().with_context(|| format!("MASTER_PORT={port:?} is not a port number (1-65535)"))?;
         let agent_attempt = match var("TORCHELASTIC_USE_AGENT_STORE").as_deref().map(str::trim) {
-            Some("True") | Some("true") | Some("1") => {
-                Some(if var("TORCHELASTIC_RESTART_COUNT").is_some() { number("TORCHELASTIC_RESTART_COUNT")? } else { 0 })
-            }
+            Some("True") | Some("true") | Some("1") => Some(if var("TORCHELASTIC_RESTART_COUNT").is_some() {
+                number("TORCHELASTIC_RESTART_COUNT")?
+            } else {
+                0
+            }),
             _ => None,
         };
         Ok(Some(Self { rank, world_size, local_rank, local_world_size, master_addr, master_port, agent_attempt }))
@@ -188,7 +190,9 @@ impl ProcessGroup {
     /// Sums each of `tensors` over the ranks, in place.
     pub fn all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<()> {
         let ptrs: Vec<*const C_tensor> = tensors.iter().map(|t| t.as_ptr()).collect();
-        self.call("all-reduce", |err| unsafe { dist_all_reduce_sum(self.handle, ptrs.as_ptr(), ptrs.len(), err, ERROR_LEN) })
+        self.call("all-reduce", |err| unsafe {
+            dist_all_reduce_sum(self.handle, ptrs.as_ptr(), ptrs.len(), err, ERROR_LEN)
+        })
     }
 
     /// Waits until every rank reaches this point.
@@ -299,7 +303,12 @@ pub fn check_parameters_agree(group: &ProcessGroup, variables: &[Tensor]) -> Res
     let main = Vec::<f64>::try_from(&from_main)?;
     let agree = group.sum_f64(&[if main == [sum, squares] { 0.0 } else { 1.0 }])?;
     if agree[0] != 0.0 {
-        bail!("rank {}: parameters differ between ranks (checksums {:?} here, {:?} on rank 0)", group.rank, [sum, squares], main);
+        bail!(
+            "rank {}: parameters differ between ranks (checksums {:?} here, {:?} on rank 0)",
+            group.rank,
+            [sum, squares],
+            main
+        );
     }
     Ok(())
 }

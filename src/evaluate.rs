@@ -32,7 +32,12 @@ pub fn evaluate(model: &ReformerLm, batches: &[Batch], device: Device) -> Score 
 /// scores its contiguous share of each batch) and the totals summed: every rank gets the
 /// score of all batches, the same set whatever the number of ranks. Without a group,
 /// `evaluate`.
-pub fn evaluate_shared(model: &ReformerLm, batches: &[Batch], device: Device, group: Option<&ProcessGroup>) -> Result<Score> {
+pub fn evaluate_shared(
+    model: &ReformerLm,
+    batches: &[Batch],
+    device: Device,
+    group: Option<&ProcessGroup>,
+) -> Result<Score> {
     let Some(group) = group else { return Ok(evaluate(model, batches, device)) };
     let (rank, world) = (group.rank, group.world_size);
     let mine: Vec<Batch> = batches

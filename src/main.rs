@@ -271,7 +271,7 @@ fn run(cli: Cli) -> Result<()> {
             dist_timeout,
             common,
         } => {
-            if !(dist_timeout > 0.0) {
+            if dist_timeout.is_nan() || dist_timeout <= 0.0 {
                 anyhow::bail!("--dist-timeout must be positive, not {dist_timeout}");
             }
             let dist_timeout = Duration::from_secs_f64(dist_timeout);
@@ -280,7 +280,9 @@ fn run(cli: Cli) -> Result<()> {
                     anyhow::bail!("--nproc must be at least 1, not {n}");
                 }
                 if std::env::var_os("WORLD_SIZE").is_some() {
-                    anyhow::bail!("--nproc starts its own workers: do not combine it with a launcher (WORLD_SIZE is set)");
+                    anyhow::bail!(
+                        "--nproc starts its own workers: do not combine it with a launcher (WORLD_SIZE is set)"
+                    );
                 }
                 let args: Vec<String> = std::env::args().skip(1).collect();
                 return distributed::spawn_local(n, &distributed::args_without_nproc(&args), dist_timeout);

@@ -51,7 +51,7 @@ fn build(cfg: &ModelConfig) -> (nn::VarStore, ReformerLm) {
                 _ if name.contains("norm") => continue,
                 _ => 0.1,
             };
-            let _ = variable.copy_(&(seeded_random::normal(WEIGHT_SEED + i as u64, &size, Device::Cpu) * scale));
+            variable.copy_(&(seeded_random::normal(WEIGHT_SEED + i as u64, &size, Device::Cpu) * scale));
         }
     });
     (vs, model)

@@ -91,7 +91,8 @@ fn two_workers_train_the_parameters_of_one_process_with_the_whole_batch() {
         assert!(gap <= 1e-4 * scale, "{name}: two workers differ from one by {gap:e} (scale {scale:e})");
     }
     // The validation sequences are the same whatever the number of workers.
-    let valid = |run: &Path| -> Vec<f64> { metrics(run).iter().filter_map(|r| r.get("valid_loss")?.as_f64()).collect() };
+    let valid =
+        |run: &Path| -> Vec<f64> { metrics(run).iter().filter_map(|r| r.get("valid_loss")?.as_f64()).collect() };
     let (e, a) = (valid(&single), valid(&pair));
     assert_eq!(e.len(), a.len());
     for (e, a) in e.iter().zip(&a) {
@@ -164,7 +165,11 @@ fn a_dead_worker_stops_the_other_with_an_error_within_the_timeout() {
 fn an_unreachable_master_is_one_clear_line() {
     let dir = scratch("unreachable");
     let mut command = train_command(&tiny_config(&dir, 2, 2), &dir.join("run"), &["--dist-timeout", "3"]);
-    command.env("RANK", "1").env("WORLD_SIZE", "2").env("MASTER_ADDR", "no-such-host.invalid").env("MASTER_PORT", "29555");
+    command
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "no-such-host.invalid")
+        .env("MASTER_PORT", "29555");
     let started = Instant::now();
     let out = run(command);
     assert!(!out.status.success());
@@ -172,7 +177,10 @@ fn an_unreachable_master_is_one_clear_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(error.len(), 1, "{stderr}");
-    assert!(error[0].contains("cannot join the process group at no-such-host.invalid:29555 as rank 1 of 2"), "{stderr}");
+    assert!(
+        error[0].contains("cannot join the process group at no-such-host.invalid:29555 as rank 1 of 2"),
+        "{stderr}"
+    );
 
     let mut command = train_command(&tiny_config(&dir, 2, 2), &dir.join("run"), &[]);
     command.env("WORLD_SIZE", "2");

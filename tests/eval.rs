@@ -48,7 +48,7 @@ fn logged_valid_loss(run: &Path) -> f64 {
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["valid_loss"].as_f64())
-        .last()
+        .next_back()
         .expect("a validation record")
 }
 

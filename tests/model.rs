@@ -1,6 +1,7 @@
 //! Properties of the whole model: causality, chunking equals no chunking, local and full
 //! attention against dense references, and config validation.
 
+use reformer::model::config::LshConfig;
 use reformer::model::{AttentionKind, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -59,7 +60,7 @@ fn assert_causal(cfg: &ModelConfig) {
     let tokens = random_tokens(2, t);
     let cut = 29;
     let changed = tokens.copy();
-    let _ = changed.narrow(1, cut + 1, t - cut - 1).copy_(&random_tokens(2, t - cut - 1));
+    changed.narrow(1, cut + 1, t - cut - 1).copy_(&random_tokens(2, t - cut - 1));
     let mode = ForwardMode::eval(5);
     let a = model.forward(&tokens, mode).narrow(1, 0, cut + 1);
     let b = model.forward(&changed, mode).narrow(1, 0, cut + 1);
@@ -110,7 +111,7 @@ fn local_attention_sees_exactly_its_window() {
     let (_vs, model) = build(&cfg);
     let tokens = random_tokens(1, 40);
     let changed = tokens.copy();
-    let _ = changed.narrow(1, 0, 8).copy_(&random_tokens(1, 8)); // chunk 0
+    changed.narrow(1, 0, 8).copy_(&random_tokens(1, 8)); // chunk 0
     let mode = ForwardMode::eval(0);
     let (a, b) = (model.forward(&tokens, mode), model.forward(&changed, mode));
     assert!(max_abs_diff(&a.narrow(1, 16, 24), &b.narrow(1, 16, 24)) == 0.0, "chunks 2.. must not see chunk 0");
@@ -184,9 +185,12 @@ fn axial_positions_decompose() {
     }
 }
 
+/// A change to a valid configuration, and words its error must contain.
+type BadCase = (Box<dyn Fn(&mut ModelConfig)>, &'static str);
+
 #[test]
 fn bad_configs_say_what_to_change() {
-    let cases: Vec<(Box<dyn Fn(&mut ModelConfig)>, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (Box::new(|c| c.n_heads = 3), "not divisible by n_heads"),
         (Box::new(|c| c.lsh.n_buckets = Some(5)), "must be even"),
         (Box::new(|c| c.positional = PositionalConfig::Axial { shape: [4, 8], dims: [16, 16] }), "enlarge the shape"),
@@ -212,9 +216,8 @@ fn bad_configs_say_what_to_change() {
 
 #[test]
 fn default_n_buckets_follows_the_paper() {
-    let mut cfg = ModelConfig::default();
-    cfg.max_seq_len = 1024;
-    cfg.lsh.chunk_len = 64;
+    let mut cfg =
+        ModelConfig { max_seq_len: 1024, lsh: LshConfig { chunk_len: 64, ..Default::default() }, ..Default::default() };
     assert_eq!(cfg.n_buckets(), 32);
     cfg.max_seq_len = 100;
     assert_eq!(cfg.n_buckets() % 2, 0);

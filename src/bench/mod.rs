@@ -89,7 +89,16 @@ fn attention_case(kind: AttentionKind, n_hashes: i64, seq_len: i64, steps: usize
         AttentionKind::Lsh => format!("lsh-{n_hashes}"),
         other => format!("{other:?}").to_lowercase(),
     };
-    Case { suite: "attention".into(), label, kind: CaseKind::Layer, model, batch_size: 1, seq_len, steps, warmup_steps: WARMUP_STEPS }
+    Case {
+        suite: "attention".into(),
+        label,
+        kind: CaseKind::Layer,
+        model,
+        batch_size: 1,
+        seq_len,
+        steps,
+        warmup_steps: WARMUP_STEPS,
+    }
 }
 
 /// The three training-step configurations compared with other implementations, each

@@ -42,7 +42,7 @@ pub fn catch_panic<T>(body: impl FnOnce() -> Result<T, TchError>) -> Result<T, T
 
 /// Runs a callback body so that neither a panic nor an error crosses into C++: either
 /// becomes a non-zero return with the message in `err`.
-pub fn guarded(err: *mut c_char, err_len: usize, body: impl FnOnce() -> Result<(), TchError>) -> c_int {
+pub(crate) fn guarded(err: *mut c_char, err_len: usize, body: impl FnOnce() -> Result<(), TchError>) -> c_int {
     let message = match catch_panic(body) {
         Ok(()) => return 0,
         Err(TchError::Torch(message)) => message,

@@ -112,15 +112,18 @@ pub fn dropout_block(block: &Tensor, p: f64, seed: u64, train: bool, whole: &[i6
     assert!(whole.iter().product::<i64>() < (1 << 32), "seeded_random: {whole:?} exceeds the 2^32 counter range");
     let device = block.device();
     let rank = shape.len();
-    let mut counters = Tensor::zeros([1], (Kind::Int64, device));
-    let mut stride = 1;
-    for dim in (0..rank).rev() {
-        let mut view = vec![1; rank];
-        view[dim] = shape[dim];
-        let index = (Tensor::arange(shape[dim], (Kind::Int64, device)) + offset[dim]) * stride; // (1, .., S_dim, .., 1)
-        counters = counters + index.view(view.as_slice()); // broadcasts to the block's shape
-        stride *= whole[dim];
-    }
+    // Row-major strides of the whole; each dimension's (index + offset) · stride, viewed
+    // along its own axis, and their broadcast sum is every element's counter.
+    let strides: Vec<i64> = (0..rank).map(|dim| whole[dim + 1..].iter().product()).collect();
+    let counters = (0..rank)
+        .map(|dim| {
+            let mut view = vec![1; rank];
+            view[dim] = shape[dim];
+            let index = (Tensor::arange(shape[dim], (Kind::Int64, device)) + offset[dim]) * strides[dim];
+            index.view(view.as_slice()) // (1, .., S_dim, .., 1)
+        })
+        .reduce(|sum, index| sum + index)
+        .expect("a tensor has at least one dimension"); // the block's shape
     let keep = bits_to_uniform(&random_bits_at(seed, &counters)).ge(p);
     block * keep.to_kind(block.kind()) / (1.0 - p)
 }
