@@ -20,7 +20,16 @@ fn main() {
     if !gloo.join("gloo/context.h").exists() {
         panic!("Gloo's headers are missing at {}: run `make setup` (scripts/setup-libtorch.sh)", gloo.display());
     }
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    let nccl = nccl_includes(&PathBuf::from(&lib));
+    if let Some(folders) = &nccl {
+        // libtorch's NCCL process group, in libtorch_cuda; its headers need the CUDA
+        // toolkit's (runtime, crt, cccl) and NCCL's.
+        build.includes(folders).define("USE_C10D_NCCL", None).define("REFORMER_WITH_NCCL", None);
+    } else {
+        println!("cargo:warning=no CUDA/NCCL headers beside libtorch: the nccl backend is not built (gloo only)");
+    }
+    build
         .cpp(true)
         .file("csrc/reversible.cpp")
         .file("csrc/checkpoint.cpp")
@@ -42,11 +51,30 @@ fn main() {
     for name in ["torch_cpu", "c10"] {
         println!("cargo:rustc-link-lib=dylib={name}");
     }
+    if nccl.is_some() {
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+    }
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/reversible.cpp");
     println!("cargo:rerun-if-changed=csrc/checkpoint.cpp");
     println!("cargo:rerun-if-changed=csrc/libtorch_calls.cpp");
     println!("cargo:rerun-if-changed=csrc/distributed.cpp");
+}
+
+/// The include folders the NCCL process group's headers need, when all are present beside
+/// the PyTorch wheel's libtorch (`nvidia/{nccl,cu13}` packages; `make setup` adds the
+/// CUDA crt and cccl headers): None otherwise, e.g. for a CPU-only libtorch download.
+fn nccl_includes(lib: &std::path::Path) -> Option<Vec<PathBuf>> {
+    let nvidia = lib.join("../../nvidia");
+    let cuda = nvidia.join("cu13/include");
+    let folders = vec![nvidia.join("nccl/include"), cuda.clone(), cuda.join("cccl")];
+    let needed = [
+        nvidia.join("nccl/include/nccl.h"),
+        cuda.join("cuda_runtime.h"),
+        cuda.join("crt/host_config.h"),
+        cuda.join("nv/target"),
+    ];
+    needed.iter().all(|p| p.exists()).then_some(folders)
 }
 
 /// The version of the libtorch in use: `torch/version.py` of a PyTorch wheel, or the

@@ -1,12 +1,17 @@
 // A process group of libtorch's c10d (the engine behind PyTorch's DDP): a TCP store for
-// the rendezvous, then a Gloo backend over it. The training loop lives in Rust
-// (src/distributed.rs); this file exists because tch has no binding for c10d. Tensors
-// cross as `at::Tensor*` (tch's C_tensor); collectives work in place and block until
-// done, and a failure (a peer that died, the timeout) comes back as an error message.
+// the rendezvous, then a Gloo backend over it, or NCCL when built with REFORMER_WITH_NCCL
+// (build.rs defines it when the CUDA and NCCL headers are at hand). The training loop
+// lives in Rust (src/distributed.rs); this file exists because tch has no binding for
+// c10d. Tensors cross as `at::Tensor*` (tch's C_tensor); collectives work in place and
+// block until done, and a failure (a peer that died, the timeout) comes back as an error
+// message.
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <c10/util/Logging.h>
+#ifdef REFORMER_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <chrono>
 #include <cstdlib>
@@ -80,9 +85,14 @@ void* dist_init(const char* backend, const char* master_addr, int port, int rank
                 int agent_attempt, char* err, size_t err_len) {
   Group* group = nullptr;
   int rc = guarded(err, err_len, [&] {
-    TORCH_CHECK(std::string(backend) == "gloo", "the ", backend,
-                " backend is not built into this binary (libtorch's NCCL headers need the CUDA toolkit's, which the "
-                "PyPI wheel lacks): use --dist-backend gloo, which carries CUDA tensors through host memory");
+    const std::string name(backend);
+#ifndef REFORMER_WITH_NCCL
+    TORCH_CHECK(name != "nccl",
+                "the nccl backend is not built into this binary (build it where the CUDA and NCCL headers are at "
+                "hand: `make setup` installs them beside the PyTorch wheel): use --dist-backend gloo, which carries "
+                "CUDA tensors through host memory");
+#endif
+    TORCH_CHECK(name == "gloo" || name == "nccl", "unknown backend ", name);
     QuietLog quiet;
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions store_options;
@@ -95,10 +105,17 @@ void* dist_init(const char* backend, const char* master_addr, int port, int rank
     if (agent_attempt >= 0) {
       store = c10::make_intrusive<c10d::PrefixStore>("/worker/attempt_" + std::to_string(agent_attempt), store);
     }
+#ifdef REFORMER_WITH_NCCL
+    if (name == "nccl") {
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = timeout;
+      group = new Group{store, c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world_size, options)};
+      return;
+    }
+#endif
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
     options->devices.push_back(gloo_device(master_addr));
-    auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options);
-    group = new Group{store, gloo};
+    group = new Group{store, c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options)};
   });
   return rc == 0 ? group : nullptr;
 }
@@ -122,6 +139,15 @@ int dist_all_reduce_sum(void* group, at::Tensor* const* tensors, size_t n, char*
 
 int dist_barrier(void* group, char* err, size_t err_len) {
   return guarded(err, err_len, [&] { static_cast<Group*>(group)->backend->barrier()->wait(); });
+}
+
+// Whether this binary carries the NCCL backend.
+int dist_nccl_built() {
+#ifdef REFORMER_WITH_NCCL
+  return 1;
+#else
+  return 0;
+#endif
 }
 
 void dist_destroy(void* group) {

@@ -44,6 +44,14 @@ run generate-cached "$binary" generate --device cuda --checkpoint "$out/dup-f32"
 run generate-uncached "$binary" generate --device cuda --checkpoint "$out/dup-f32" --prompt "$prompt" --greedy --max-new-tokens 100 --json --no-cache
 tail -1 "$out/generate-cached.log" "$out/generate-uncached.log"
 
+step "data parallel on CUDA: one NCCL worker; two Gloo workers sharing the GPU"
+port=$(( 20000 + RANDOM % 20000 ))
+run dist-nccl env RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+    "$binary" train --device cuda --dist-backend nccl --steps 20 --out "$out/dist-nccl" --json
+run dist-gloo "$binary" train --device cuda --nproc 2 --dist-backend gloo --steps 20 \
+    --set train.batch_size=4 --out "$out/dist-gloo" --json
+tail -1 "$out/dist-nccl.log" "$out/dist-gloo.log"
+
 step "bench at GPU sizes: attention to 128K, depth at 4096, feed-forward chunking"
 run bench "$binary" bench --device cuda --full --suite all --json "$out/bench-cuda.json" --plot "$out/bench-cuda.svg"
 cat "$out/bench.log"

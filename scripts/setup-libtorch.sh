@@ -45,6 +45,21 @@ if [ -z "${LIBTORCH:-}" ]; then
     fi
   fi
 
+  # The CUDA toolkit headers (crt, cccl) that libtorch's NCCL process-group header needs
+  # beyond what the wheel's CUDA packages ship, at the wheel's CUDA version: small, and
+  # only read by the build.
+  nccl_marker="$cache/.nccl-headers"
+  if [ ! -f "$nccl_marker" ]; then
+    echo "Installing the CUDA crt and cccl headers (for the NCCL backend) into $cache..."
+    exec 9>"$cache.lock"
+    flock 9
+    if [ ! -f "$nccl_marker" ]; then
+      "$cache/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+        "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
+      touch "$nccl_marker"
+    fi
+  fi
+
   torch_dir="$("$cache/bin/python" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')"
   ln -sfn "$torch_dir" "$link"
 fi

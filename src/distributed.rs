@@ -25,16 +25,19 @@ pub const BUCKET_BYTES: i64 = 25 << 20;
 pub enum Backend {
     /// Gloo: CPU tensors, and CUDA tensors through host memory.
     Gloo,
-    /// NCCL: CUDA tensors, GPU to GPU. Not built into this binary: libtorch's NCCL
-    /// headers need the CUDA toolkit's own headers, which the PyPI wheel does not ship.
+    /// NCCL: CUDA tensors, GPU to GPU (built in when the CUDA and NCCL headers were at
+    /// hand at build time; see `nccl_built`).
     Nccl,
 }
 
 impl Backend {
-    /// The backend for tensors on `device`: Gloo, the one built in (it carries CUDA
-    /// tensors too; NCCL would be PyTorch's choice on CUDA).
-    pub fn default_for(_device: tch::Device) -> Self {
-        Self::Gloo
+    /// PyTorch's choice: NCCL for CUDA tensors (when built in), Gloo otherwise.
+    pub fn default_for(device: tch::Device) -> Self {
+        if device.is_cuda() && nccl_built() {
+            Self::Nccl
+        } else {
+            Self::Gloo
+        }
     }
 
     fn name(self) -> &'static str {
@@ -73,7 +76,13 @@ extern "C" {
         err_len: usize,
     ) -> c_int;
     fn dist_barrier(group: *mut c_void, err: *mut c_char, err_len: usize) -> c_int;
+    fn dist_nccl_built() -> c_int;
     fn dist_destroy(group: *mut c_void);
+}
+
+/// Whether this binary carries libtorch's NCCL process group.
+pub fn nccl_built() -> bool {
+    unsafe { dist_nccl_built() != 0 }
 }
 
 /// Where this process sits among the workers, from the variables a launcher sets.
@@ -137,12 +146,18 @@ pub struct ProcessGroup {
     handle: *mut c_void,
     pub rank: i64,
     pub world_size: i64,
+    /// Where the group's own small tensors live (NCCL reduces CUDA tensors only).
+    device: tch::Device,
 }
 
 impl ProcessGroup {
     /// Joins the group described by `env` (rank 0 serves the rendezvous and waits for
-    /// the others); collectives that cannot finish within `timeout` fail.
-    pub fn join(env: &LaunchEnv, backend: Backend, timeout: Duration) -> Result<Self> {
+    /// the others) for tensors on `device`; collectives that cannot finish within
+    /// `timeout` fail.
+    pub fn join(env: &LaunchEnv, backend: Backend, device: tch::Device, timeout: Duration) -> Result<Self> {
+        if backend == Backend::Nccl && !device.is_cuda() {
+            bail!("the nccl backend reduces CUDA tensors only: use --dist-backend gloo on the CPU");
+        }
         let describe = || {
             format!(
                 "cannot join the process group at {}:{} as rank {} of {} ({})",
@@ -172,7 +187,7 @@ impl ProcessGroup {
         if handle.is_null() {
             bail!("{}: {}", describe(), first_line(&error_from(&err).to_string()));
         }
-        Ok(Self { handle, rank: env.rank, world_size: env.world_size })
+        Ok(Self { handle, rank: env.rank, world_size: env.world_size, device })
     }
 
     pub fn is_main(&self) -> bool {
@@ -202,9 +217,9 @@ impl ProcessGroup {
 
     /// The sums over the ranks of a few host numbers.
     pub fn sum_f64(&self, values: &[f64]) -> Result<Vec<f64>> {
-        let tensor = Tensor::from_slice(values);
+        let tensor = Tensor::from_slice(values).to(self.device);
         self.all_reduce_sum(&[&tensor])?;
-        Ok(Vec::<f64>::try_from(&tensor)?)
+        Ok(Vec::<f64>::try_from(&tensor.to(tch::Device::Cpu))?)
     }
 
     fn call(&self, what: &str, body: impl FnOnce(*mut c_char) -> c_int) -> Result<()> {
@@ -298,9 +313,9 @@ pub fn check_parameters_agree(group: &ProcessGroup, variables: &[Tensor]) -> Res
             (s + v.sum(Kind::Double).double_value(&[]), q + (&v * &v).sum(Kind::Double).double_value(&[]))
         })
     });
-    let from_main = Tensor::from_slice(&[sum, squares]);
+    let from_main = Tensor::from_slice(&[sum, squares]).to(group.device);
     group.broadcast(&[&from_main], 0)?;
-    let main = Vec::<f64>::try_from(&from_main)?;
+    let main = Vec::<f64>::try_from(&from_main.to(tch::Device::Cpu))?;
     let agree = group.sum_f64(&[if main == [sum, squares] { 0.0 } else { 1.0 }])?;
     if agree[0] != 0.0 {
         bail!(

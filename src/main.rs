@@ -89,8 +89,7 @@ enum Command {
         /// MASTER_PORT set) join their group without it.
         #[arg(long, value_name = "N")]
         nproc: Option<i64>,
-        /// The c10d backend between workers (default gloo, which also carries CUDA tensors;
-        /// nccl is not built into this binary).
+        /// The c10d backend between workers (default: nccl on CUDA, gloo on the CPU).
         #[arg(long, value_enum)]
         dist_backend: Option<Backend>,
         /// Seconds a worker waits for the others at a collective before failing.
@@ -225,6 +224,8 @@ fn print_version() {
     println!("reformer {}", env!("CARGO_PKG_VERSION"));
     println!("libtorch {}", reformer::LIBTORCH_VERSION);
     println!("cuda available: {} ({} device(s))", tch::Cuda::is_available(), tch::Cuda::device_count());
+    let backends = if distributed::nccl_built() { "gloo, nccl" } else { "gloo" };
+    println!("distributed backends: {backends}");
 }
 
 /// Several workers on one machine (LOCAL_WORLD_SIZE > 1) split its cores between them

@@ -120,7 +120,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
     let group = match &launch {
         Some(launch) => {
             let backend = opts.dist_backend.unwrap_or_else(|| Backend::default_for(opts.device));
-            Some(ProcessGroup::join(launch, backend, opts.dist_timeout)?)
+            Some(ProcessGroup::join(launch, backend, opts.device, opts.dist_timeout)?)
         }
         None => None,
     };

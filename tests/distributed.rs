@@ -233,3 +233,30 @@ fn workers_started_by_torchrun_join_its_store() {
     assert_eq!(summary["world_size"], 2);
     assert_eq!(training_losses(&run_dir).len(), 2, "one record per step: only rank 0 writes metrics");
 }
+
+#[test]
+fn nccl_on_the_cpu_is_refused_with_the_reason() {
+    let dir = scratch("nccl");
+    let mut command = train_command(&tiny_config(&dir, 2, 2), &dir.join("run"), &["--dist-backend", "nccl"]);
+    command.env("RANK", "0").env("WORLD_SIZE", "1").env("MASTER_PORT", free_port().to_string());
+    let out = run(command);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nccl backend reduces CUDA tensors only"), "{stderr}");
+}
+
+#[test]
+fn one_worker_group_trains_as_a_single_process() {
+    // A group of one takes every collective path (broadcast, all-reduce, agreement check).
+    let dir = scratch("one");
+    let (single, group) = (dir.join("single"), dir.join("group"));
+    assert_success(&run(train_command(&tiny_config(&dir, 2, 3), &single, &[])));
+    let mut command = train_command(&tiny_config(&dir, 2, 3), &group, &[]);
+    command
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "1")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", free_port().to_string());
+    assert_success(&run(command));
+    assert_eq!(training_losses(&single), training_losses(&group));
+}
