@@ -9,6 +9,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -338,13 +339,27 @@ fn free_port() -> Result<u16> {
 /// group on the loopback, each with its share of the CPU cores, and waits for them. When
 /// one fails, the others stop on their own at their next collective (or its timeout);
 /// any left after `timeout` more are killed. Returns an error naming the failed ranks.
+///
+/// The workers run in their own process group, so a Ctrl-C at the terminal reaches this
+/// process alone, which passes each interrupt (or SIGTERM) on to every worker once: the
+/// first makes them finish the step, save and stop together, a second stops them at once.
 pub fn spawn_local(n: i64, args: &[String], timeout: Duration) -> Result<()> {
+    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the reformer binary")?;
     let port = free_port()?;
+    let pids: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let forwarded = Arc::clone(&pids);
+    ctrlc::set_handler(move || {
+        for pid in forwarded.lock().map(|p| p.clone()).unwrap_or_default() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    })
+    .context("cannot install the interrupt handler")?;
     let mut children: Vec<Child> = Vec::new();
     for rank in 0..n {
         let child = Command::new(&exe)
             .args(args)
+            .process_group(0)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
             .env("WORLD_SIZE", n.to_string())
@@ -353,6 +368,7 @@ pub fn spawn_local(n: i64, args: &[String], timeout: Duration) -> Result<()> {
             .env("MASTER_PORT", port.to_string())
             .spawn()
             .with_context(|| format!("cannot start worker {rank}"))?;
+        pids.lock().map_err(|_| anyhow::anyhow!("worker list poisoned"))?.push(child.id());
         children.push(child);
     }
     let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; children.len()];

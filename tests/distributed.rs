@@ -260,3 +260,31 @@ fn one_worker_group_trains_as_a_single_process() {
     assert_success(&run(command));
     assert_eq!(training_losses(&single), training_losses(&group));
 }
+
+#[test]
+fn an_interrupt_to_nproc_stops_every_worker_at_one_step_and_saves() {
+    let dir = scratch("interrupt");
+    let run_dir = dir.join("run");
+    let mut command = train_command(&tiny_config(&dir, 2, 1_000_000), &run_dir, &["--nproc", "2"]);
+    let mut parent = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |m| m.lines().count() < 3) {
+        assert!(Instant::now() < deadline, "the workers never started training");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let interrupted = Instant::now();
+    let signal = Command::new("kill").args(["-INT", &parent.id().to_string()]).status().unwrap();
+    assert!(signal.success());
+    let status = loop {
+        if let Some(status) = parent.try_wait().unwrap() {
+            break status;
+        }
+        assert!(interrupted.elapsed() < Duration::from_secs(60), "the workers did not stop after the interrupt");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::io::read_to_string(parent.stderr.take().unwrap()).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("stopping at the interrupt"), "{stderr}");
+    let latest = std::fs::read_to_string(run_dir.join("latest")).expect("rank 0 saved a checkpoint");
+    assert!(latest.trim().starts_with("step-"), "{latest}");
+}
