@@ -59,6 +59,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/checkpoint.cpp");
     println!("cargo:rerun-if-changed=csrc/libtorch_calls.cpp");
     println!("cargo:rerun-if-changed=csrc/distributed.cpp");
+    println!("cargo:rerun-if-changed=csrc/bridge.h");
 }
 
 /// The include folders the NCCL process group's headers need, when all are present beside

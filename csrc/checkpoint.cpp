@@ -5,7 +5,7 @@
 // torch::autograd::Function. Tensors cross as `at::Tensor*` (tch's C_tensor).
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <cstring>
+#include "bridge.h"
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -41,13 +41,6 @@ struct RustFunction : torch::CustomClassHolder {
   size_t n_outputs;
 };
 
-at::Tensor take(at::Tensor* handed) {
-  if (handed == nullptr) return at::Tensor();
-  at::Tensor tensor = std::move(*handed);
-  delete handed;
-  return tensor;
-}
-
 std::vector<const at::Tensor*> pointers(const variable_list& tensors) {
   std::vector<const at::Tensor*> out;
   for (const auto& t : tensors) out.push_back(&t);
@@ -63,7 +56,7 @@ struct Checkpoint : public torch::autograd::Function<Checkpoint> {
     int rc = fn->callbacks.forward(fn->function, input_ptrs.data(), input_ptrs.size(), outputs.data(),
                                    outputs.size(), err, kErrLen);
     variable_list result;
-    for (at::Tensor* out : outputs) result.push_back(take(out));
+    for (at::Tensor* out : outputs) result.push_back(bridge::take(out));
     TORCH_CHECK(rc == 0, "checkpoint forward: ", err);
     ctx->saved_data["function"] = c10::IValue::make_capsule(fn);
     // Only the inputs are kept: everything the function computes is recomputed.
@@ -82,18 +75,13 @@ struct Checkpoint : public torch::autograd::Function<Checkpoint> {
     int rc = fn->callbacks.backward(fn->function, input_ptrs.data(), input_ptrs.size(), grad_ptrs.data(),
                                     grad_ptrs.size(), grads.data(), err, kErrLen);
     variable_list result;
-    for (at::Tensor* grad : grads) result.push_back(take(grad));
+    for (at::Tensor* grad : grads) result.push_back(bridge::take(grad));
     TORCH_CHECK(rc == 0, "checkpoint backward: ", err);
     result.emplace_back();  // the function has no gradient
     return result;
   }
 };
 
-void write_error(const char* message, char* err, size_t err_len) {
-  if (err_len == 0) return;
-  std::strncpy(err, message, err_len - 1);
-  err[err_len - 1] = '\0';
-}
 }  // namespace
 
 extern "C" {
@@ -101,17 +89,11 @@ extern "C" {
 int checkpoint_apply(void* function, CheckpointCallbacks callbacks, const at::Tensor* const* inputs, size_t n_inputs,
                      at::Tensor** outputs, size_t n_outputs, char* err, size_t err_len) {
   auto owned = c10::make_intrusive<RustFunction>(function, callbacks, n_outputs);
-  try {
+  return bridge::guarded(err, err_len, [&] {
     std::vector<at::Tensor> input_list;
     for (size_t i = 0; i < n_inputs; ++i) input_list.push_back(*inputs[i]);
     variable_list out = Checkpoint::apply(at::TensorList(input_list), owned);
     for (size_t i = 0; i < n_outputs; ++i) outputs[i] = new at::Tensor(out[i]);
-    return 0;
-  } catch (const c10::Error& e) {
-    write_error(e.what_without_backtrace(), err, err_len);
-  } catch (const std::exception& e) {
-    write_error(e.what(), err, err_len);
-  }
-  return 1;
+  });
 }
 }

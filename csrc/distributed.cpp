@@ -13,9 +13,10 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include "bridge.h"
+
 #include <chrono>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -24,26 +25,6 @@ struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
 };
-
-void write_error(const std::string& message, char* err, size_t err_len) {
-  if (err_len == 0) return;
-  std::strncpy(err, message.c_str(), err_len - 1);
-  err[err_len - 1] = '\0';
-}
-
-// Runs `body`, turning an exception into a non-zero return with its message in `err`.
-template <typename F>
-int guarded(char* err, size_t err_len, F body) {
-  try {
-    body();
-    return 0;
-  } catch (const c10::Error& e) {
-    write_error(e.what_without_backtrace(), err, err_len);
-  } catch (const std::exception& e) {
-    write_error(e.what(), err, err_len);
-  }
-  return 1;
-}
 
 // Quiets libtorch's own log below errors for its lifetime: while the rendezvous retries
 // an unreachable master, c10d logs each attempt with a C++ backtrace, and the failure
@@ -84,7 +65,7 @@ extern "C" {
 void* dist_init(const char* backend, const char* master_addr, int port, int rank, int world_size, int64_t timeout_ms,
                 int agent_attempt, char* err, size_t err_len) {
   Group* group = nullptr;
-  int rc = guarded(err, err_len, [&] {
+  int rc = bridge::guarded(err, err_len, [&] {
     const std::string name(backend);
 #ifndef REFORMER_WITH_NCCL
     TORCH_CHECK(name != "nccl",
@@ -121,7 +102,7 @@ void* dist_init(const char* backend, const char* master_addr, int port, int rank
 }
 
 int dist_broadcast(void* group, at::Tensor* const* tensors, size_t n, int root, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return bridge::guarded(err, err_len, [&] {
     auto list = tensor_list(tensors, n);
     c10d::BroadcastOptions options;
     options.rootRank = root;
@@ -131,14 +112,14 @@ int dist_broadcast(void* group, at::Tensor* const* tensors, size_t n, int root, 
 
 // Sums each tensor over the group, in place.
 int dist_all_reduce_sum(void* group, at::Tensor* const* tensors, size_t n, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
+  return bridge::guarded(err, err_len, [&] {
     auto list = tensor_list(tensors, n);
     static_cast<Group*>(group)->backend->allreduce(list, c10d::AllreduceOptions())->wait();
   });
 }
 
 int dist_barrier(void* group, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] { static_cast<Group*>(group)->backend->barrier()->wait(); });
+  return bridge::guarded(err, err_len, [&] { static_cast<Group*>(group)->backend->barrier()->wait(); });
 }
 
 // Whether this binary carries the NCCL backend.

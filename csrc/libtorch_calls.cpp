@@ -3,16 +3,9 @@
 #include <ATen/ATen.h>
 #include <c10/core/CachingDeviceAllocator.h>
 
-#include <cstring>
-#include <exception>
+#include "bridge.h"
 
 namespace {
-void write_message(const char* message, char* err, size_t err_len) {
-  if (err_len == 0) return;
-  std::strncpy(err, message, err_len - 1);
-  err[err_len - 1] = '\0';
-}
-
 c10::DeviceAllocator* cuda_allocator() { return c10::getDeviceAllocator(c10::DeviceType::CUDA); }
 }  // namespace
 
@@ -25,38 +18,26 @@ void reformer_clear_grad(const at::Tensor* tensor) { tensor->mutable_grad().rese
 // The CUDA caching allocator's peak of allocated bytes on device `index` since the
 // process started or the last reset.
 int reformer_cuda_peak_allocated(int index, int64_t* peak, char* err, size_t err_len) {
-  try {
+  return bridge::guarded(err, err_len, [&] {
     auto stats = cuda_allocator()->getDeviceStats(static_cast<c10::DeviceIndex>(index));
     auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     *peak = stats.allocated_bytes[aggregate].peak;
-    return 0;
-  } catch (const std::exception& e) {
-    write_message(e.what(), err, err_len);
-    return 1;
-  }
+  });
 }
 
 // Free and total bytes of CUDA device `index`, as the driver reports them.
 int reformer_cuda_memory_info(int index, int64_t* free_bytes, int64_t* total_bytes, char* err, size_t err_len) {
-  try {
+  return bridge::guarded(err, err_len, [&] {
     auto [free, total] = cuda_allocator()->getMemoryInfo(static_cast<c10::DeviceIndex>(index));
     *free_bytes = static_cast<int64_t>(free);
     *total_bytes = static_cast<int64_t>(total);
-    return 0;
-  } catch (const std::exception& e) {
-    write_message(e.what(), err, err_len);
-    return 1;
-  }
+  });
 }
 
 // Starts the peak statistics of device `index` afresh.
 int reformer_cuda_reset_peak(int index, char* err, size_t err_len) {
-  try {
+  return bridge::guarded(err, err_len, [&] {
     cuda_allocator()->resetPeakStats(static_cast<c10::DeviceIndex>(index));
-    return 0;
-  } catch (const std::exception& e) {
-    write_message(e.what(), err, err_len);
-    return 1;
-  }
+  });
 }
 }

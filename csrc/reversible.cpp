@@ -5,8 +5,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/accumulate_grad.h>
 
-#include <cstring>
 #include <unordered_set>
+
+#include "bridge.h"
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -38,20 +39,6 @@ struct RustStack : torch::CustomClassHolder {
   RevCallbacks callbacks;
 };
 
-// Takes ownership of a tensor handed over by Rust.
-at::Tensor take(at::Tensor* handed) {
-  if (handed == nullptr) return at::Tensor();
-  at::Tensor tensor = std::move(*handed);
-  delete handed;
-  return tensor;
-}
-
-void write_error(const char* message, char* err, size_t err_len) {
-  if (err_len == 0) return;
-  std::strncpy(err, message, err_len - 1);
-  err[err_len - 1] = '\0';
-}
-
 struct Reversible : public torch::autograd::Function<Reversible> {
   // `params` are inputs only so that the node has edges to their AccumulateGrad nodes:
   // backward returns their gradients, which then reach .grad like any other.
@@ -60,7 +47,7 @@ struct Reversible : public torch::autograd::Function<Reversible> {
     char err[kErrLen] = {0};
     at::Tensor *y1 = nullptr, *y2 = nullptr;
     int rc = stack->callbacks.forward(stack->stack, &x1, &x2, &y1, &y2, err, kErrLen);
-    at::Tensor out1 = take(y1), out2 = take(y2);
+    at::Tensor out1 = bridge::take(y1), out2 = bridge::take(y2);
     TORCH_CHECK(rc == 0, "reversible forward: ", err);
     // The capsule API is marked legacy, but it is the only IValue that owns an arbitrary
     // C++ object without registering a TorchScript class.
@@ -82,7 +69,7 @@ struct Reversible : public torch::autograd::Function<Reversible> {
     int rc = stack->callbacks.backward(stack->stack, &saved[0], &saved[1], &grad_outputs[0], &grad_outputs[1],
                                        grads.data(), err, kErrLen);
     variable_list result;
-    for (at::Tensor* grad : grads) result.push_back(take(grad));
+    for (at::Tensor* grad : grads) result.push_back(bridge::take(grad));
     // Thrown as c10::Error, this reaches the caller of backward (tch: f_backward's Err).
     TORCH_CHECK(rc == 0, "reversible backward: ", err);
     result.emplace_back();  // the stack pointer has no gradient
@@ -97,19 +84,13 @@ int reversible_apply(void* stack, RevCallbacks callbacks, const at::Tensor* x1, 
                      const at::Tensor* const* params, size_t n_params, at::Tensor** y1, at::Tensor** y2, char* err,
                      size_t err_len) {
   auto owned = c10::make_intrusive<RustStack>(stack, callbacks);
-  try {
+  return bridge::guarded(err, err_len, [&] {
     std::vector<at::Tensor> param_list;
     for (size_t i = 0; i < n_params; ++i) param_list.push_back(*params[i]);
     variable_list out = Reversible::apply(*x1, *x2, at::TensorList(param_list), owned);
     *y1 = new at::Tensor(out[0]);
     *y2 = new at::Tensor(out[1]);
-    return 0;
-  } catch (const c10::Error& e) {
-    write_error(e.what_without_backtrace(), err, err_len);
-  } catch (const std::exception& e) {
-    write_error(e.what(), err, err_len);
-  }
-  return 1;
+  });
 }
 
 // The leaf tensors (parameters) that `root`'s graph reaches, i.e. the variables of its
