@@ -190,20 +190,27 @@ fn attend_rounds(
     let (before, after) = (p.n_chunks_before, p.n_chunks_after);
     let sk = look_around(&sk, 3, before, after, 0.0); // (B, h, r, NC, W, Dh), W = (before+1+after)·C
     let sv = look_around(&sv, 3, before, after, 0.0); // (B, h, r, NC, W, Dh)
-    let logits = sq.matmul(&sk.transpose(-1, -2)); // (B, h, r, NC, C, W)
+    let mut logits = sq.matmul(&sk.transpose(-1, -2)); // (B, h, r, NC, C, W)
+
+    // A query's own key: query c of a chunk sits at slot before·C + c of its window (its
+    // own chunk follows the `before` ones), so the self mask is that diagonal.
+    let _ = logits.diagonal(before * c, -2, -1).fill_(SELF_LOGIT); // (B, h, r, NC, C)
 
     // Masks on original positions; -1 marks a neighbour chunk outside the round.
     let q_pos = s_pos.view([b, h, r, n_chunks, c]);
     let k_pos = look_around(&q_pos, 3, before, after, -1.0).unsqueeze(-2); // (B, h, r, NC, 1, W)
     let q_pos = q_pos.unsqueeze(-1); // (B, h, r, NC, C, 1)
-    let mut hidden = k_pos.lt(0).logical_or(&k_pos.ge(t)); // (B, h, r, NC, 1, W)
-    if p.causal {
-        hidden = hidden.logical_or(&k_pos.gt_tensor(&q_pos)); // (B, h, r, NC, C, W)
-    }
+    let invalid = k_pos.lt(0).logical_or(&k_pos.ge(t)); // (B, h, r, NC, 1, W) outside the round, padding
+    let mut hidden = if p.causal {
+        // Invalid keys compare as later than every query: one full-size comparison.
+        k_pos.masked_fill(&invalid, i64::MAX).gt_tensor(&q_pos) // (B, h, r, NC, C, W)
+    } else {
+        invalid
+    };
     if p.strict_causal {
         hidden = hidden.logical_or(&strict_causal_hidden(&buckets, &sticker, p, [b, h, r, n_chunks, c]));
     }
-    let logits = logits.masked_fill(&k_pos.eq_tensor(&q_pos), SELF_LOGIT).masked_fill(&hidden, MASKED_LOGIT);
+    let _ = logits.masked_fill_(&hidden, MASKED_LOGIT);
 
     let (probs, lse) = softmax_and_logsumexp(&logits); // (B, h, r, NC, C, W), (B, h, r, NC, C, 1)
     let whole = [b, slice.n_heads, slice.n_rounds, n_chunks, c, logits.size()[5]];
