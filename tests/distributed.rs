@@ -127,6 +127,27 @@ fn launch(config: &Path, run: &Path, port: u16, rank: i64, timeout: &str) -> std
     command.spawn().unwrap()
 }
 
+/// Waits (at most a minute) until the run in `run_dir` has logged three records.
+fn wait_until_training(run_dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |m| m.lines().count() < 3) {
+        assert!(Instant::now() < deadline, "the workers never started training");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The exit status of `child`, which must come within `limit` (else: `late`).
+fn exit_within(child: &mut std::process::Child, limit: Duration, late: &str) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < limit, "{late}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -140,21 +161,10 @@ fn a_dead_worker_stops_the_other_with_an_error_within_the_timeout() {
     let mut main = launch(&config, &run_dir, port, 0, "10");
     let mut other = launch(&config, &run_dir, port, 1, "10");
     // Wait until the pair trains, then kill rank 1 without warning.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |m| m.lines().count() < 3) {
-        assert!(Instant::now() < deadline, "the pair never started training");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_training(&run_dir);
     other.kill().unwrap();
     other.wait().unwrap();
-    let killed = Instant::now();
-    let status = loop {
-        if let Some(status) = main.try_wait().unwrap() {
-            break status;
-        }
-        assert!(killed.elapsed() < Duration::from_secs(40), "rank 0 still runs 40 s after rank 1 died");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(&mut main, Duration::from_secs(40), "rank 0 still runs 40 s after rank 1 died");
     let stderr = std::io::read_to_string(main.stderr.take().unwrap()).unwrap();
     assert!(!status.success(), "rank 0 must fail once rank 1 is gone");
     assert!(stderr.contains("failed"), "{stderr}");
@@ -267,21 +277,10 @@ fn an_interrupt_to_nproc_stops_every_worker_at_one_step_and_saves() {
     let run_dir = dir.join("run");
     let mut command = train_command(&tiny_config(&dir, 2, 1_000_000), &run_dir, &["--nproc", "2"]);
     let mut parent = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |m| m.lines().count() < 3) {
-        assert!(Instant::now() < deadline, "the workers never started training");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let interrupted = Instant::now();
+    wait_until_training(&run_dir);
     let signal = Command::new("kill").args(["-INT", &parent.id().to_string()]).status().unwrap();
     assert!(signal.success());
-    let status = loop {
-        if let Some(status) = parent.try_wait().unwrap() {
-            break status;
-        }
-        assert!(interrupted.elapsed() < Duration::from_secs(60), "the workers did not stop after the interrupt");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(&mut parent, Duration::from_secs(60), "the workers did not stop after the interrupt");
     let stderr = std::io::read_to_string(parent.stderr.take().unwrap()).unwrap();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("stopping at the interrupt"), "{stderr}");

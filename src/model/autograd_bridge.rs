@@ -29,6 +29,16 @@ pub fn into_raw(mut tensor: Tensor) -> *mut C_tensor {
     ptr
 }
 
+/// Hands `tensors` over to C++ in consecutive slots from `slots` (null for None).
+///
+/// # Safety
+/// `slots` has room for every tensor the iterator yields.
+pub unsafe fn hand_over_all(slots: *mut *mut C_tensor, tensors: impl IntoIterator<Item = Option<Tensor>>) {
+    for (i, tensor) in tensors.into_iter().enumerate() {
+        *slots.add(i) = tensor.map_or(std::ptr::null_mut(), into_raw);
+    }
+}
+
 /// The error C++ wrote into `err` after a failed call.
 pub fn error_from(err: &[c_char]) -> TchError {
     // SAFETY: C++ writes a NUL-terminated message into the buffer.

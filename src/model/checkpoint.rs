@@ -13,7 +13,7 @@ use std::panic::catch_unwind;
 use tch::{TchError, Tensor};
 use torch_sys::C_tensor;
 
-use super::autograd_bridge::{catch_panic, error_from, grad_enabled, guarded, into_raw, ERROR_LEN};
+use super::autograd_bridge::{error_from, grad_enabled, guarded, hand_over_all, ERROR_LEN};
 
 /// The function a node recomputes: same inputs, same outputs, every time (randomness
 /// must come from seeds). Inputs are borrowed; it returns as many tensors as declared.
@@ -116,13 +116,11 @@ extern "C" fn forward_callback(
         // SAFETY: C++ passes the function it owns and `n_inputs` borrowed tensors.
         let function = unsafe { &*(function as *const Function) };
         let inputs = unsafe { borrow_all(inputs, n_inputs) };
-        let results = catch_panic(|| Ok(tch::no_grad(|| function(&inputs))))?;
+        let results = tch::no_grad(|| function(&inputs));
         if results.len() != n_outputs {
             return Err(TchError::Torch(format!("checkpoint: {} outputs, {n_outputs} declared", results.len())));
         }
-        for (i, result) in results.into_iter().enumerate() {
-            unsafe { *outputs.add(i) = into_raw(result) };
-        }
+        unsafe { hand_over_all(outputs, results.into_iter().map(Some)) };
         Ok(())
     })
 }
@@ -167,9 +165,7 @@ extern "C" fn backward_callback(
                 .map(|x| if x.requires_grad() { grads.next().filter(Tensor::defined) } else { None })
                 .collect())
         })?;
-        for (i, grad) in grads.into_iter().enumerate() {
-            unsafe { *grad_inputs.add(i) = grad.map_or(std::ptr::null_mut(), into_raw) };
-        }
+        unsafe { hand_over_all(grad_inputs, grads) };
         Ok(())
     })
 }

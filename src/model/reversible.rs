@@ -17,7 +17,7 @@ use std::panic::catch_unwind;
 use tch::{TchError, Tensor};
 use torch_sys::C_tensor;
 
-use super::autograd_bridge::{catch_panic, error_from, guarded, into_raw, ERROR_LEN};
+use super::autograd_bridge::{catch_panic, error_from, guarded, hand_over_all, into_raw, ERROR_LEN};
 use super::block::Block;
 use super::seeded_random::ForwardMode;
 
@@ -307,9 +307,7 @@ extern "C" fn backward_callback(
         let borrow = |t: *const C_tensor| unsafe { Tensor::clone_from_ptr(t.cast_mut()) };
         let ((dx1, dx2), param_grads) = stack.backward((borrow(y1), borrow(y2)), (borrow(dy1), borrow(dy2)))?;
         let outputs = [Some(dx1), Some(dx2)].into_iter().chain(param_grads);
-        for (slot, grad) in outputs.enumerate() {
-            unsafe { *grads.add(slot) = grad.map_or(std::ptr::null_mut(), into_raw) };
-        }
+        unsafe { hand_over_all(grads, outputs) };
         Ok(())
     })
 }
