@@ -1,11 +1,15 @@
 //! Embeds libtorch's library folder as an rpath so that the binary and the test
 //! executables run without `LD_LIBRARY_PATH`, and compiles against libtorch's headers
-//! what tch does not bind: the custom autograd nodes of the reversible block stack and of
-//! checkpointing (`csrc/reversible.cpp`, `csrc/checkpoint.cpp`), c10d process groups
-//! (`csrc/distributed.cpp`, which also needs Gloo's headers at `.gloo`) and a few single
-//! calls (`csrc/libtorch_calls.cpp`).
+//! what tch does not bind, into one static library `libtorch_bridge`: an autograd node
+//! whose forward and backward are Rust functions (`csrc/custom_function.cpp`), c10d
+//! process groups (`csrc/distributed.cpp`, which also needs Gloo's headers at `.gloo`) and
+//! a few single calls (`csrc/libtorch_calls.cpp`).
 
 use std::path::PathBuf;
+
+/// The C++ sources of the bridge, and the header they share.
+const SOURCES: [&str; 3] = ["csrc/custom_function.cpp", "csrc/distributed.cpp", "csrc/libtorch_calls.cpp"];
+const HEADER: &str = "csrc/bridge.h";
 
 fn main() {
     // Published by torch-sys (`links = "tch"`) to packages that depend on it directly.
@@ -31,10 +35,7 @@ fn main() {
     }
     build
         .cpp(true)
-        .file("csrc/reversible.cpp")
-        .file("csrc/checkpoint.cpp")
-        .file("csrc/libtorch_calls.cpp")
-        .file("csrc/distributed.cpp")
+        .files(SOURCES)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .include(&gloo)
@@ -45,7 +46,7 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         // libtorch's own headers warn under C++17 (C++20 bit-field initialisers).
         .warnings(false)
-        .compile("reversible");
+        .compile("torch_bridge");
     // The static library needs libtorch's symbols; listed after it so the linker finds them.
     println!("cargo:rustc-link-search=native={lib}");
     for name in ["torch_cpu", "c10"] {
@@ -55,11 +56,9 @@ fn main() {
         println!("cargo:rustc-link-lib=dylib=torch_cuda");
     }
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=csrc/reversible.cpp");
-    println!("cargo:rerun-if-changed=csrc/checkpoint.cpp");
-    println!("cargo:rerun-if-changed=csrc/libtorch_calls.cpp");
-    println!("cargo:rerun-if-changed=csrc/distributed.cpp");
-    println!("cargo:rerun-if-changed=csrc/bridge.h");
+    for file in SOURCES.iter().chain([&HEADER]) {
+        println!("cargo:rerun-if-changed={file}");
+    }
 }
 
 /// The include folders the NCCL process group's headers need, when all are present beside

@@ -2,6 +2,7 @@
 // C_tensor). Each function that can fail returns 0, or non-zero with a message in `err`.
 #include <ATen/ATen.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/GradMode.h>
 
 #include "bridge.h"
 
@@ -14,6 +15,9 @@ extern "C" {
 // then hands its gradient over to the tensor instead of adding it into a zeroed buffer,
 // so that the two never exist side by side.
 void reformer_clear_grad(const at::Tensor* tensor) { tensor->mutable_grad().reset(); }
+
+// Whether libtorch records operations for autograd on this thread.
+int reformer_grad_enabled() { return c10::GradMode::is_enabled() ? 1 : 0; }
 
 // The CUDA caching allocator's peak of allocated bytes on device `index` since the
 // process started or the last reset.

@@ -97,7 +97,7 @@ pub fn run(opts: EvalOptions) -> Result<()> {
     }
     if opts.attention == EvalAttention::Strict {
         crate::model::decoding::check_decodable(&cfg.model)?;
-        model.set_strict_causal(true);
+        model.set_strict_causal(true)?;
     }
     if let Some(&bad) = opts.n_hashes.iter().find(|&&j| j < 1) {
         bail!("--n-hashes {bad}: the number of hash rounds must be at least 1");
@@ -133,11 +133,11 @@ pub fn run(opts: EvalOptions) -> Result<()> {
     for rounds in &settings {
         let label = match rounds {
             Some(j) => {
-                model.set_n_hashes(*j);
+                model.set_n_hashes(*j)?;
                 format!("eval ({j} rounds)")
             }
             None => {
-                model.use_dense_lsh(task.seq_len());
+                model.use_dense_lsh(task.seq_len())?;
                 "eval (dense)".to_string()
             }
         };

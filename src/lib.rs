@@ -1,12 +1,14 @@
 //! `reformer`: train, sample from and benchmark the Reformer on libtorch.
 
 pub mod allocator;
+pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
 pub mod device;
 pub mod distributed;
 pub mod eval;
 pub mod evaluate;
+pub mod ffi;
 pub mod generate;
 pub mod model;
 pub mod optimizer;

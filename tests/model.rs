@@ -236,7 +236,7 @@ fn changing_hash_rounds_changes_only_lsh_layers() {
     let x = Tensor::randn([2, 40, 32], (Kind::Float, Device::Cpu));
     let mode = ForwardMode::eval(3);
     let before: Vec<Tensor> = model.blocks.iter().map(|b| b.f(&x, mode)).collect();
-    model.set_n_hashes(5);
+    model.set_n_hashes(5).unwrap();
     let after: Vec<Tensor> = model.blocks.iter().map(|b| b.f(&x, mode)).collect();
     assert!(before[0].equal(&after[0]), "local attention changed");
     assert!(!before[1].equal(&after[1]), "LSH attention did not change");

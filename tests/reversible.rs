@@ -288,3 +288,67 @@ fn error_in_backward_is_an_err() {
     let message = loss.f_backward().expect_err("a shape error in the backward callback must be an Err").to_string();
     assert!(message.contains("reversible backward"), "unexpected message: {message}");
 }
+
+/// Each block lists, once, exactly the variables stored under its path: the reversible
+/// node returns gradients for those and no others.
+#[test]
+fn blocks_list_exactly_their_variables() {
+    let Pair { reversible_vs, reversible, .. } = pair(3, Kind::Float);
+    let variables = reversible_vs.variables();
+    for (i, block) in reversible.blocks.iter().enumerate() {
+        let prefix = format!("layers.{i}.");
+        let mut stored: Vec<usize> = variables
+            .iter()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(_, t)| t.data_ptr() as usize)
+            .collect();
+        let mut listed: Vec<usize> = block.parameters().iter().map(|t| t.data_ptr() as usize).collect();
+        stored.sort_unstable();
+        listed.sort_unstable();
+        assert!(!listed.is_empty());
+        assert_eq!(listed, stored, "block {i} lists other tensors than its variables");
+    }
+}
+
+/// The gradients of every trainable variable, copied.
+fn gradients(vs: &nn::VarStore) -> HashMap<String, Tensor> {
+    vs.variables().into_iter().map(|(name, t)| (name, t.grad().copy())).collect()
+}
+
+/// The graph of a reversible forward owns the blocks its backward replays: while it
+/// lives, the model's setters refuse to change them (a changed hash setting would make
+/// the backward differentiate another function); after it is freed they work; and the
+/// backward gives the same gradients when the model itself was dropped in between.
+#[test]
+fn the_graph_owns_the_blocks_it_replays() {
+    let Pair { reversible_vs, mut reversible, .. } = pair(2, Kind::Double);
+    let (tokens, targets) = batch(reversible.cfg.vocab_size);
+    let mode = ForwardMode::train(FORWARD_SEED);
+    let trained_rounds = reversible.cfg.lsh.n_hashes;
+
+    let kept = loss(&reversible, &tokens, &targets, mode);
+    let refused = reversible.set_n_hashes(trained_rounds + 1).expect_err("blocks held by a graph must not change");
+    assert!(refused.to_string().contains("held by the graph"), "{refused}");
+    assert!(reversible.set_strict_causal(true).is_err());
+    assert!(reversible.use_dense_lsh(SEQ_LEN).is_err());
+    kept.backward();
+    let expected = gradients(&reversible_vs);
+    drop(kept);
+    reversible.set_n_hashes(trained_rounds + 1).expect("the graph is freed");
+    reversible.set_n_hashes(trained_rounds).unwrap();
+
+    for (_, mut t) in reversible_vs.variables() {
+        t.zero_grad();
+    }
+    let orphaned = loss(&reversible, &tokens, &targets, mode);
+    drop(reversible);
+    orphaned.backward();
+    for (name, grad) in gradients(&reversible_vs) {
+        assert!(grad.defined(), "{name} has no gradient after the model was dropped");
+        assert_eq!(max_abs_diff(&grad, &expected[&name]), 0.0, "{name}");
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}

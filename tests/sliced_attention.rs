@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use reformer::model::checkpoint::checkpoint;
+use reformer::model::activation_checkpoint::checkpoint;
 use reformer::model::config::{LocalConfig, LshConfig};
 use reformer::model::local_attention::LocalAttention;
 use reformer::model::lsh_attention::{lsh_attend, random_rotations, LshParams};

@@ -9,7 +9,7 @@ use tch::Tensor;
 use torch_sys::C_tensor;
 
 use super::launch::LaunchEnv;
-use crate::model::autograd_bridge::{error_from, ERROR_LEN};
+use crate::ffi::{self, ErrorBuffer, ERROR_LEN};
 
 /// The c10d backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -73,6 +73,7 @@ extern "C" {
 
 /// Whether this binary carries libtorch's NCCL process group.
 pub fn nccl_built() -> bool {
+    // SAFETY: reads a constant.
     unsafe { dist_nccl_built() != 0 }
 }
 
@@ -104,7 +105,7 @@ impl ProcessGroup {
             )
         };
         let (name, addr) = (CString::new(backend.name())?, CString::new(env.master_addr.as_str())?);
-        let mut err = [0 as c_char; ERROR_LEN];
+        let mut err = ErrorBuffer::new();
         // SAFETY: every pointer is valid for the call; a non-null result is ours to destroy.
         let handle = unsafe {
             dist_init(
@@ -120,7 +121,7 @@ impl ProcessGroup {
             )
         };
         if handle.is_null() {
-            bail!("{}: {}", describe(), first_line(&error_from(&err).to_string()));
+            bail!("{}: {}", describe(), first_line(&err.message()));
         }
         Ok(Self { handle, rank: env.rank, world_size: env.world_size, device })
     }
@@ -132,22 +133,25 @@ impl ProcessGroup {
     /// Copies `root`'s values of `tensors` into every rank's, in place.
     pub fn broadcast(&self, tensors: &[&Tensor], root: i64) -> Result<()> {
         let ptrs: Vec<*const C_tensor> = tensors.iter().map(|t| t.as_ptr()).collect();
-        self.call("broadcast", |err| unsafe {
-            dist_broadcast(self.handle, ptrs.as_ptr(), ptrs.len(), root as c_int, err, ERROR_LEN)
+        // SAFETY: the handle is live and the tensors outlive the call.
+        self.call("broadcast", |err, err_len| unsafe {
+            dist_broadcast(self.handle, ptrs.as_ptr(), ptrs.len(), root as c_int, err, err_len)
         })
     }
 
     /// Sums each of `tensors` over the ranks, in place.
     pub fn all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<()> {
         let ptrs: Vec<*const C_tensor> = tensors.iter().map(|t| t.as_ptr()).collect();
-        self.call("all-reduce", |err| unsafe {
-            dist_all_reduce_sum(self.handle, ptrs.as_ptr(), ptrs.len(), err, ERROR_LEN)
+        // SAFETY: the handle is live and the tensors outlive the call.
+        self.call("all-reduce", |err, err_len| unsafe {
+            dist_all_reduce_sum(self.handle, ptrs.as_ptr(), ptrs.len(), err, err_len)
         })
     }
 
     /// Waits until every rank reaches this point.
     pub fn barrier(&self) -> Result<()> {
-        self.call("barrier", |err| unsafe { dist_barrier(self.handle, err, ERROR_LEN) })
+        // SAFETY: the handle is live.
+        self.call("barrier", |err, err_len| unsafe { dist_barrier(self.handle, err, err_len) })
     }
 
     /// The sums over the ranks of a few host numbers.
@@ -157,10 +161,9 @@ impl ProcessGroup {
         Ok(Vec::<f64>::try_from(&tensor.to(tch::Device::Cpu))?)
     }
 
-    fn call(&self, what: &str, body: impl FnOnce(*mut c_char) -> c_int) -> Result<()> {
-        let mut err = [0 as c_char; ERROR_LEN];
-        if body(err.as_mut_ptr()) != 0 {
-            let reason = first_line(&error_from(&err).to_string());
+    fn call(&self, what: &str, body: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
+        if let Err(err) = ffi::checked(body) {
+            let reason = first_line(&err.to_string());
             bail!("rank {} of {}: {what} failed (a worker died or timed out?): {reason}", self.rank, self.world_size);
         }
         Ok(())

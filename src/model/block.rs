@@ -9,6 +9,7 @@ use super::feed_forward::FeedForward;
 use super::full_attention::FullAttention;
 use super::local_attention::LocalAttention;
 use super::lsh_attention::LshAttention;
+use super::parameters::layer_norm_parameters;
 use super::seeded_random::{self, ForwardMode};
 
 const ATTENTION_TAG: u64 = 1;
@@ -32,6 +33,15 @@ impl Attention {
         }
     }
 
+    /// The trainable tensors.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        match self {
+            Self::Lsh(a) => a.parameters(),
+            Self::Local(a) => a.parameters(),
+            Self::Full(a) => a.parameters(),
+        }
+    }
+
     /// # Shapes
     /// `x`: (B, T, D); returns (B, T, D).
     pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
@@ -50,17 +60,32 @@ pub struct Block {
     ff_norm: nn::LayerNorm,
     ff: FeedForward,
     dropout_hidden: f64,
+    /// Every trainable tensor above, listed once at construction.
+    parameters: Vec<Tensor>,
 }
 
 impl Block {
     pub fn new(vs: nn::Path, cfg: &ModelConfig, kind: AttentionKind) -> Self {
-        Self {
-            attention_norm: nn::layer_norm(&vs / "attn_norm", vec![cfg.d_model], Default::default()),
-            attention: Attention::new(&vs / "attn", cfg, kind),
-            ff_norm: nn::layer_norm(&vs / "ff_norm", vec![cfg.d_model], Default::default()),
-            ff: FeedForward::new(&vs / "ff", cfg),
-            dropout_hidden: cfg.dropout_hidden,
-        }
+        let attention_norm = nn::layer_norm(&vs / "attn_norm", vec![cfg.d_model], Default::default());
+        let attention = Attention::new(&vs / "attn", cfg, kind);
+        let ff_norm = nn::layer_norm(&vs / "ff_norm", vec![cfg.d_model], Default::default());
+        let ff = FeedForward::new(&vs / "ff", cfg);
+        let parameters = [
+            layer_norm_parameters(&attention_norm),
+            attention.parameters(),
+            layer_norm_parameters(&ff_norm),
+            ff.parameters(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Self { attention_norm, attention, ff_norm, ff, dropout_hidden: cfg.dropout_hidden, parameters }
+    }
+
+    /// The trainable tensors F and G read, in a fixed order (the reversible stack hands
+    /// them to its autograd node, which returns their gradients).
+    pub fn parameters(&self) -> &[Tensor] {
+        &self.parameters
     }
 
     /// F, the attention branch. `mode` is this block's own (see `Block::forward`).

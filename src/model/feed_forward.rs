@@ -4,6 +4,7 @@
 use tch::{nn, Tensor};
 
 use super::config::ModelConfig;
+use super::parameters::linear_parameters;
 use super::seeded_random::{self, ForwardMode};
 
 #[derive(Debug)]
@@ -22,6 +23,11 @@ impl FeedForward {
             chunk_len: cfg.ff_chunk_len,
             dropout: cfg.dropout_ff,
         }
+    }
+
+    /// The trainable tensors.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        [&self.up, &self.down].into_iter().flat_map(linear_parameters).collect()
     }
 
     /// # Shapes

@@ -21,6 +21,11 @@ impl FullAttention {
         Self { projection: QkvProjection::new(&vs, cfg), causal: cfg.causal, dropout: cfg.dropout_attention }
     }
 
+    /// The trainable tensors.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        self.projection.parameters()
+    }
+
     /// # Shapes
     /// `x`: (B, T, D); returns (B, T, D).
     pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {

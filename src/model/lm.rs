@@ -2,14 +2,17 @@
 //! blocks, the two streams joined, LayerNorm, logits; and a loss computed
 //! `loss_chunk_len` positions at a time.
 
-use tch::{nn, Kind, Tensor};
+use std::sync::Arc;
 
-use super::autograd_bridge;
-use super::block::Block;
+use tch::{nn, Kind, TchError, Tensor};
+
+use super::block::{Attention, Block};
 use super::config::ModelConfig;
+use super::lsh_attention::LshParams;
 use super::positional::PositionalEmbedding;
 use super::reversible;
 use super::seeded_random::{self, ForwardMode};
+use crate::autograd;
 
 const EMBEDDING_DROPOUT_TAG: u64 = u64::MAX;
 
@@ -28,7 +31,9 @@ pub struct ReformerLm {
     pub cfg: ModelConfig,
     embedding: nn::Embedding,
     positional: PositionalEmbedding,
-    pub blocks: Vec<Block>,
+    /// Shared with the autograd graph of a reversible forward until it is freed (see
+    /// `reversible_blocks`): the setters below fail while it is.
+    pub blocks: Arc<[Block]>,
     final_norm: nn::LayerNorm,
     head: nn::Linear,
 }
@@ -36,7 +41,7 @@ pub struct ReformerLm {
 impl ReformerLm {
     /// Builds the model under `vs`; `cfg` must have passed `validate()`.
     pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
-        let blocks =
+        let blocks: Arc<[Block]> =
             (0..cfg.n_layers).map(|i| Block::new(&vs / "layers" / i, cfg, cfg.attention_of_layer(i))).collect();
         Self {
             cfg: cfg.clone(),
@@ -50,35 +55,41 @@ impl ReformerLm {
 
     /// Evaluates LSH layers with `n_hashes` rounds instead of the trained number (paper
     /// Table 2); other layers are unchanged.
-    pub fn set_n_hashes(&mut self, n_hashes: i64) {
-        for block in &mut self.blocks {
-            if let super::block::Attention::Lsh(lsh) = &mut block.attention {
-                lsh.params.n_hashes = n_hashes;
-            }
-        }
+    pub fn set_n_hashes(&mut self, n_hashes: i64) -> Result<(), TchError> {
+        self.update_lsh(|params| params.n_hashes = n_hashes)
     }
 
     /// Switches LSH layers to the strict causal rule (`lsh.strict_causal`) or back.
-    pub fn set_strict_causal(&mut self, strict: bool) {
-        for block in &mut self.blocks {
-            if let super::block::Attention::Lsh(lsh) = &mut block.attention {
-                lsh.params.strict_causal = strict;
-            }
-        }
+    pub fn set_strict_causal(&mut self, strict: bool) -> Result<(), TchError> {
+        self.update_lsh(|params| params.strict_causal = strict)
     }
 
     /// Evaluates LSH layers as dense attention with their shared query/key and self-mask:
     /// one round and one chunk covering `seq_len` tokens (LSH's exact special case).
-    pub fn use_dense_lsh(&mut self, seq_len: i64) {
-        for block in &mut self.blocks {
-            if let super::block::Attention::Lsh(lsh) = &mut block.attention {
-                lsh.params.n_hashes = 1;
-                lsh.params.chunk_len = seq_len;
-                lsh.params.n_chunks_before = 0;
-                lsh.params.n_chunks_after = 0;
-                lsh.params.strict_causal = false;
+    pub fn use_dense_lsh(&mut self, seq_len: i64) -> Result<(), TchError> {
+        self.update_lsh(|params| {
+            params.n_hashes = 1;
+            params.chunk_len = seq_len;
+            params.n_chunks_before = 0;
+            params.n_chunks_after = 0;
+            params.strict_causal = false;
+        })
+    }
+
+    /// Changes the settings of every LSH layer; fails while the graph of a reversible
+    /// forward still holds the blocks (its backward would replay the changed layers).
+    fn update_lsh(&mut self, change: impl Fn(&mut LshParams)) -> Result<(), TchError> {
+        let blocks = Arc::get_mut(&mut self.blocks).ok_or_else(|| {
+            TchError::Torch(
+                "the blocks are held by the graph of a reversible forward: run its backward or drop it first".into(),
+            )
+        })?;
+        for block in blocks {
+            if let Attention::Lsh(lsh) = &mut block.attention {
+                change(&mut lsh.params);
             }
         }
+        Ok(())
     }
 
     /// The embedded input, duplicated into the two residual streams' start.
@@ -110,7 +121,7 @@ impl ReformerLm {
     /// # Shapes
     /// `x`: (B, T, D); returns (y1, y2), each (B, T, D).
     pub fn run_blocks(&self, x: &Tensor, mode: ForwardMode) -> (Tensor, Tensor) {
-        if self.cfg.reversible && autograd_bridge::grad_enabled() {
+        if self.cfg.reversible && autograd::grad_enabled() {
             return reversible::reversible_blocks(&self.blocks, x, x, mode)
                 .unwrap_or_else(|e| panic!("reversible block stack: {e}"));
         }

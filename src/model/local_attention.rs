@@ -4,7 +4,7 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::checkpoint::checkpoint;
+use super::activation_checkpoint::checkpoint;
 use super::chunking::{look_around, padding_to_chunks};
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
@@ -33,6 +33,11 @@ impl LocalAttention {
             },
             sliced: cfg.sliced_attention,
         }
+    }
+
+    /// The trainable tensors.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        self.projection.parameters()
     }
 
     /// # Shapes

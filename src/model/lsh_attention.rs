@@ -4,9 +4,10 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::checkpoint::checkpoint;
+use super::activation_checkpoint::checkpoint;
 use super::chunking::{look_around, padding_to_chunks};
 use super::config::ModelConfig;
+use super::parameters::linear_parameters;
 use super::seeded_random::{self, ForwardMode};
 
 /// Logit of a query's own key (paper §2, "Shared-QK Transformer": a query attends to
@@ -316,6 +317,11 @@ impl LshAttention {
             d_head: cfg.d_head(),
             params: LshParams::new(cfg),
         }
+    }
+
+    /// The trainable tensors.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        [&self.qk, &self.v, &self.out].into_iter().flat_map(linear_parameters).collect()
     }
 
     /// # Shapes

@@ -7,9 +7,8 @@
 //! attends to ((before + 1 + after)·C).
 //! Tensors in bucket-sorted order carry an `s` prefix (`sqk`, `sv`, `s_pos`).
 
-pub mod autograd_bridge;
+pub mod activation_checkpoint;
 pub mod block;
-pub mod checkpoint;
 pub mod chunking;
 pub mod config;
 pub mod decoding;
@@ -20,6 +19,7 @@ pub mod lm;
 pub mod local_attention;
 pub mod lsh_attention;
 pub mod lsh_decoding;
+pub mod parameters;
 pub mod positional;
 pub mod qkv;
 pub mod reversible;

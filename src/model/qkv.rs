@@ -6,6 +6,7 @@ use tch::{nn, Tensor};
 
 use super::config::ModelConfig;
 use super::lsh_attention::{merge_heads, split_heads};
+use super::parameters::linear_parameters;
 
 #[derive(Debug)]
 pub struct QkvProjection {
@@ -26,6 +27,11 @@ impl QkvProjection {
             n_heads: cfg.n_heads,
             d_head: cfg.d_head(),
         }
+    }
+
+    /// The trainable tensors.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        [&self.qkv, &self.out].into_iter().flat_map(linear_parameters).collect()
     }
 
     /// # Shapes

@@ -332,7 +332,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
     } else {
         summary["valid_accuracy"] = json!(valid.accuracy);
         if is_main {
-            summary["accuracy_by_rounds"] = table2_row(&mut model, &valid_batches, opts.device);
+            summary["accuracy_by_rounds"] = table2_row(&mut model, &valid_batches, opts.device)?;
         }
     }
     if let Some(group) = group {
@@ -399,19 +399,19 @@ fn injected_fault(step: i64) -> f64 {
 
 /// Accuracy with 1, 2, 4 and 8 hash rounds (and full attention: not swapped in here),
 /// printed like a row of the paper's Table 2.
-fn table2_row(model: &mut ReformerLm, batches: &[crate::tasks::Batch], device: Device) -> serde_json::Value {
+fn table2_row(model: &mut ReformerLm, batches: &[crate::tasks::Batch], device: Device) -> Result<serde_json::Value> {
     let trained = model.cfg.lsh.n_hashes;
     let mut row = serde_json::Map::new();
     let mut line = format!("trained with {trained} rounds, evaluated with:");
     for rounds in TABLE2_ROUNDS {
-        model.set_n_hashes(rounds);
+        model.set_n_hashes(rounds)?;
         let score = evaluate(model, batches, device);
         line += &format!("  {rounds}: {:.1}%", 100.0 * score.accuracy);
         row.insert(rounds.to_string(), json!(score.accuracy));
     }
-    model.set_n_hashes(trained);
+    model.set_n_hashes(trained)?;
     eprintln!("{line}");
-    serde_json::Value::Object(row)
+    Ok(serde_json::Value::Object(row))
 }
 
 fn describe_score(score: &Score, bpc: bool) -> String {
