@@ -11,7 +11,7 @@ use tch::Device;
 
 use crate::checkpoint::load_model;
 use crate::evaluate::{evaluate, Score};
-use crate::model::block::Attention;
+use crate::model::attention::Attention;
 use crate::model::ReformerLm;
 use crate::progress::Progress;
 use crate::tasks::{build_task, Batch, Split, TaskKind};

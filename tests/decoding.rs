@@ -3,8 +3,8 @@
 //! full forward pass gives at that position; LSH layers trained with the paper's rule
 //! decode under the strict rule.
 
+use reformer::model::attention::lsh_decoding::BucketRings;
 use reformer::model::decoding::check_decodable;
-use reformer::model::lsh_decoding::BucketRings;
 use reformer::model::{seeded_random, AttentionKind, Decoder, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
 use tch::{nn, Device, Kind, Tensor};
 

@@ -2,7 +2,7 @@
 //! the sorted order, its chunk and the chunks it may see, then a softmax), and against
 //! dense shared-QK attention when one chunk covers everything.
 
-use reformer::model::lsh_attention::{
+use reformer::model::attention::lsh::{
     hash_buckets, lsh_attend, normalize, random_rotations, LshParams, MASKED_LOGIT, SELF_LOGIT,
 };
 use reformer::model::ForwardMode;

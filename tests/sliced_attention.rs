@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 
 use reformer::model::activation_checkpoint::checkpoint;
+use reformer::model::attention::local::LocalAttention;
+use reformer::model::attention::lsh::{lsh_attend, random_rotations, LshParams};
 use reformer::model::config::{LocalConfig, LshConfig};
-use reformer::model::local_attention::LocalAttention;
-use reformer::model::lsh_attention::{lsh_attend, random_rotations, LshParams};
 use reformer::model::seeded_random::{self, dropout, dropout_block};
 use reformer::model::{AttentionKind, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
 use tch::{nn, Device, Kind, Tensor};

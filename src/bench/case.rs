@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::model::block::Attention;
+use crate::model::attention::Attention;
 use crate::model::{AttentionKind, ForwardMode, ModelConfig, ReformerLm};
 use crate::optimizer::AdamW;
 use crate::run_config::TrainConfig;

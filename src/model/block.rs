@@ -4,11 +4,9 @@
 
 use tch::{nn, Tensor};
 
+use super::attention::Attention;
 use super::config::{AttentionKind, ModelConfig};
 use super::feed_forward::FeedForward;
-use super::full_attention::FullAttention;
-use super::local_attention::LocalAttention;
-use super::lsh_attention::LshAttention;
 use super::parameters::layer_norm_parameters;
 use super::seeded_random::{self, ForwardMode};
 
@@ -16,42 +14,6 @@ const ATTENTION_TAG: u64 = 1;
 const ATTENTION_DROPOUT_TAG: u64 = 2;
 const FEED_FORWARD_TAG: u64 = 3;
 const FEED_FORWARD_DROPOUT_TAG: u64 = 4;
-
-#[derive(Debug)]
-pub enum Attention {
-    Lsh(LshAttention),
-    Local(LocalAttention),
-    Full(FullAttention),
-}
-
-impl Attention {
-    pub fn new(vs: nn::Path, cfg: &ModelConfig, kind: AttentionKind) -> Self {
-        match kind {
-            AttentionKind::Lsh => Self::Lsh(LshAttention::new(vs, cfg)),
-            AttentionKind::Local => Self::Local(LocalAttention::new(vs, cfg)),
-            AttentionKind::Full => Self::Full(FullAttention::new(vs, cfg)),
-        }
-    }
-
-    /// The trainable tensors.
-    pub fn parameters(&self) -> Vec<Tensor> {
-        match self {
-            Self::Lsh(a) => a.parameters(),
-            Self::Local(a) => a.parameters(),
-            Self::Full(a) => a.parameters(),
-        }
-    }
-
-    /// # Shapes
-    /// `x`: (B, T, D); returns (B, T, D).
-    pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
-        match self {
-            Self::Lsh(a) => a.forward(x, mode),
-            Self::Local(a) => a.forward(x, mode),
-            Self::Full(a) => a.forward(x, mode),
-        }
-    }
-}
 
 #[derive(Debug)]
 pub struct Block {

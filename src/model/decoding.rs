@@ -11,11 +11,11 @@
 use anyhow::{bail, Result};
 use tch::Tensor;
 
-use super::block::Attention;
+use super::attention::kv_cache::KvCache;
+use super::attention::lsh_decoding::LshCache;
+use super::attention::Attention;
 use super::config::{AttentionKind, ModelConfig};
-use super::kv_cache::KvCache;
 use super::lm::ReformerLm;
-use super::lsh_decoding::LshCache;
 use super::seeded_random::ForwardMode;
 
 /// One layer's decoding state.

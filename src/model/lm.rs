@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use tch::{nn, Kind, TchError, Tensor};
 
-use super::block::{Attention, Block};
+use super::attention::lsh::LshParams;
+use super::attention::Attention;
+use super::block::Block;
 use super::config::ModelConfig;
-use super::lsh_attention::LshParams;
 use super::positional::PositionalEmbedding;
 use super::reversible;
 use super::seeded_random::{self, ForwardMode};

@@ -8,23 +8,16 @@
 //! Tensors in bucket-sorted order carry an `s` prefix (`sqk`, `sv`, `s_pos`).
 
 pub mod activation_checkpoint;
+pub mod attention;
 pub mod block;
-pub mod chunking;
 pub mod config;
 pub mod decoding;
 pub mod feed_forward;
-pub mod full_attention;
-pub mod kv_cache;
 pub mod lm;
-pub mod local_attention;
-pub mod lsh_attention;
-pub mod lsh_decoding;
 pub mod parameters;
 pub mod positional;
-pub mod qkv;
 pub mod reversible;
 pub mod seeded_random;
-pub mod softmax_attention;
 
 pub use config::{AttentionKind, ModelConfig, PositionalConfig};
 pub use decoding::Decoder;

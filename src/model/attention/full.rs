@@ -3,11 +3,11 @@
 
 use tch::{nn, Tensor};
 
-use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::qkv::QkvProjection;
-use super::seeded_random::ForwardMode;
-use super::softmax_attention::softmax_attention;
+use super::softmax::softmax_attention;
+use crate::model::config::ModelConfig;
+use crate::model::seeded_random::ForwardMode;
 
 #[derive(Debug)]
 pub struct FullAttention {

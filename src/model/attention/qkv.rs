@@ -4,9 +4,9 @@
 
 use tch::{nn, Tensor};
 
-use super::config::ModelConfig;
-use super::lsh_attention::{merge_heads, split_heads};
-use super::parameters::linear_parameters;
+use super::lsh::{merge_heads, split_heads};
+use crate::model::config::ModelConfig;
+use crate::model::parameters::linear_parameters;
 
 #[derive(Debug)]
 pub struct QkvProjection {

@@ -4,11 +4,11 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::activation_checkpoint::checkpoint;
 use super::chunking::{look_around, padding_to_chunks};
-use super::config::ModelConfig;
-use super::parameters::linear_parameters;
-use super::seeded_random::{self, ForwardMode};
+use crate::model::activation_checkpoint::checkpoint;
+use crate::model::config::ModelConfig;
+use crate::model::parameters::linear_parameters;
+use crate::model::seeded_random::{self, ForwardMode};
 
 /// Logit of a query's own key (paper §2, "Shared-QK Transformer": a query attends to
 /// itself only when it has no other target). The value is the Trax reference's

@@ -5,7 +5,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::seeded_random::{self, ForwardMode, MaskShare};
+use crate::model::seeded_random::{self, ForwardMode, MaskShare};
 
 /// Softmax attention with an optional mask of visible keys, or causal (query i sees
 /// keys 0..=i, for L = S) without a materialised mask, so that SDPA's fused kernel keeps

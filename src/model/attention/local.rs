@@ -4,14 +4,14 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::activation_checkpoint::checkpoint;
 use super::chunking::{look_around, padding_to_chunks};
-use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::qkv::QkvProjection;
-use super::seeded_random::ForwardMode;
-use super::seeded_random::MaskShare;
-use super::softmax_attention::softmax_attention;
+use super::softmax::softmax_attention;
+use crate::model::activation_checkpoint::checkpoint;
+use crate::model::config::ModelConfig;
+use crate::model::seeded_random::ForwardMode;
+use crate::model::seeded_random::MaskShare;
 
 #[derive(Debug)]
 pub struct LocalAttention {

@@ -12,11 +12,11 @@
 use tch::Tensor;
 
 use super::kv_cache::KvCache;
-use super::lsh_attention::{
+use super::lsh::{
     combine_rounds, gather_rows, hash_buckets, lsh_attend, normalize, softmax_and_logsumexp, LshAttention, LshParams,
     MASKED_LOGIT, SELF_LOGIT,
 };
-use super::seeded_random::ForwardMode;
+use crate::model::seeded_random::ForwardMode;
 
 /// Marks an empty slot in a bucket's list.
 const NO_POSITION: i64 = -1;

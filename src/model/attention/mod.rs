@@ -1,0 +1,61 @@
+//! The attention layers a block's F can be, and what they share. LSH attention
+//! (`lsh`, paper §2: shared query/key, hashing by random rotations, sort, chunk, attend
+//! within a chunk and one back) with its incremental decoding (`lsh_decoding`); local
+//! attention over fixed chunks (`local`); full attention (`full`). Shared pieces: the
+//! softmax over a window with its masks and dropout (`softmax`), separate Q/K/V
+//! projections (`qkv`), chunks and their neighbours (`chunking`), and the key/value
+//! cache of decoding (`kv_cache`).
+
+pub mod chunking;
+pub mod full;
+pub mod kv_cache;
+pub mod local;
+pub mod lsh;
+pub mod lsh_decoding;
+pub mod qkv;
+pub mod softmax;
+
+use tch::{nn, Tensor};
+
+use super::config::{AttentionKind, ModelConfig};
+use super::seeded_random::ForwardMode;
+use full::FullAttention;
+use local::LocalAttention;
+use lsh::LshAttention;
+
+/// One block's attention layer.
+#[derive(Debug)]
+pub enum Attention {
+    Lsh(LshAttention),
+    Local(LocalAttention),
+    Full(FullAttention),
+}
+
+impl Attention {
+    pub fn new(vs: nn::Path, cfg: &ModelConfig, kind: AttentionKind) -> Self {
+        match kind {
+            AttentionKind::Lsh => Self::Lsh(LshAttention::new(vs, cfg)),
+            AttentionKind::Local => Self::Local(LocalAttention::new(vs, cfg)),
+            AttentionKind::Full => Self::Full(FullAttention::new(vs, cfg)),
+        }
+    }
+
+    /// The trainable tensors.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        match self {
+            Self::Lsh(a) => a.parameters(),
+            Self::Local(a) => a.parameters(),
+            Self::Full(a) => a.parameters(),
+        }
+    }
+
+    /// # Shapes
+    /// `x`: (B, T, D); returns (B, T, D).
+    pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
+        match self {
+            Self::Lsh(a) => a.forward(x, mode),
+            Self::Local(a) => a.forward(x, mode),
+            Self::Full(a) => a.forward(x, mode),
+        }
+    }
+}
