@@ -3,6 +3,8 @@
 use anyhow::{bail, Context, Result};
 use tch::Device;
 
+use crate::ffi::checked;
+
 /// Parses `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(spec: &str) -> Result<Device> {
     let device = match spec {
@@ -58,36 +60,25 @@ extern "C" {
     ) -> i32;
 }
 
-/// Runs a bridge call that reports failure through a message buffer.
-fn bridge_call(call: impl FnOnce(*mut std::ffi::c_char, usize) -> i32) -> Result<()> {
-    let mut message = [0 as std::ffi::c_char; 512];
-    if call(message.as_mut_ptr(), message.len()) == 0 {
-        return Ok(());
-    }
-    // SAFETY: the bridge writes a NUL-terminated string into `message`.
-    let text = unsafe { std::ffi::CStr::from_ptr(message.as_ptr()) };
-    bail!("{}", text.to_string_lossy())
-}
-
 /// Bytes the CUDA caching allocator has had allocated at most on device `index` since
 /// the process started or `reset_cuda_peak`.
 pub fn cuda_peak_allocated(index: usize) -> Result<i64> {
     let mut peak = 0i64;
     // SAFETY: `peak` and the message buffer outlive the call.
-    bridge_call(|err, len| unsafe { reformer_cuda_peak_allocated(index as i32, &mut peak, err, len) })?;
+    checked(|err, len| unsafe { reformer_cuda_peak_allocated(index as i32, &mut peak, err, len) })?;
     Ok(peak)
 }
 
 /// Starts the CUDA caching allocator's peak statistics of device `index` afresh.
 pub fn reset_cuda_peak(index: usize) -> Result<()> {
     // SAFETY: the message buffer outlives the call.
-    bridge_call(|err, len| unsafe { reformer_cuda_reset_peak(index as i32, err, len) })
+    checked(|err, len| unsafe { reformer_cuda_reset_peak(index as i32, err, len) })
 }
 
 /// Free bytes of CUDA device `index`, as the driver reports them.
 pub fn cuda_free_bytes(index: usize) -> Result<i64> {
     let (mut free, mut total) = (0i64, 0i64);
     // SAFETY: the outputs and the message buffer outlive the call.
-    bridge_call(|err, len| unsafe { reformer_cuda_memory_info(index as i32, &mut free, &mut total, err, len) })?;
+    checked(|err, len| unsafe { reformer_cuda_memory_info(index as i32, &mut free, &mut total, err, len) })?;
     Ok(free)
 }
