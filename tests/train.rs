@@ -37,7 +37,14 @@ fn tiny_config(dir: &Path, steps: i64, eval_every: i64) -> PathBuf {
 }
 
 fn reformer(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).output().expect("the binary runs");
+    reformer_with_env(args, &[])
+}
+
+/// `reformer` with extra environment variables (the fault-injection hooks).
+fn reformer_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_reformer"));
+    command.args(args).envs(env.iter().copied());
+    let out = command.output().expect("the binary runs");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
     out
 }
@@ -232,5 +239,26 @@ fn a_run_stopped_by_its_time_limit_validates_and_can_mark_its_last_checkpoint_be
     let read = |name: &str| std::fs::read_to_string(run.join(name)).unwrap();
     assert_eq!(read("best"), read("latest"), "the only validated checkpoint is the best");
     assert!(metrics(&run).iter().any(|m| m.get("valid_loss").is_some()), "the stop's validation is logged");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_skipped_step_on_an_evaluation_boundary_is_still_validated_logged_and_saved() {
+    let dir = scratch("skip");
+    let config = tiny_config(&dir, 6, 3);
+    let run = dir.join("run");
+    let args = ["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()];
+    let out = reformer_with_env(
+        &[&args[..], &["--set", "train.on_non_finite=skip", "--json"]].concat(),
+        &[("REFORMER_INJECT_NAN_AT_STEP", "3")],
+    );
+    assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["steps"].as_i64(), summary["skipped_steps"].as_i64()), (Some(6), Some(1)));
+    assert!(run.join("checkpoints/step-00000003/state.json").exists(), "the skipped step's checkpoint is missing");
+    let at_3: Vec<_> = metrics(&run).into_iter().filter(|m| m["step"] == 3).collect();
+    assert!(at_3.iter().any(|m| m.get("valid_loss").is_some()), "step 3 was not validated: {at_3:?}");
+    let logged = at_3.iter().find(|m| m.get("lr").is_some()).unwrap_or_else(|| panic!("step 3 not logged: {at_3:?}"));
+    assert!(logged["loss"].is_null(), "a window of a skipped step only has no loss: {logged}");
     let _ = std::fs::remove_dir_all(&dir);
 }
