@@ -129,7 +129,8 @@ impl AdamW {
 }
 
 /// The learning rate at optimizer step `step` (0-based): linear warm-up to `lr`, then
-/// the configured decay.
+/// the configured decay. The cosine ends at `cfg.steps`; past it the lr stays at its
+/// final value.
 pub fn learning_rate(cfg: &TrainConfig, step: i64) -> f64 {
     let step = step + 1;
     let warmup = cfg.warmup_steps.max(1);
@@ -160,5 +161,15 @@ mod tests {
         optimizer.zero_grad();
         assert_eq!(optimizer.clip_grad_norm(Some(1.0)), 0.0);
         assert_eq!(optimizer.clip_grad_norm(None), 0.0);
+    }
+
+    #[test]
+    fn the_cosine_stays_at_its_final_value_past_the_last_step() {
+        let cfg = TrainConfig { steps: 10, warmup_steps: 2, schedule: Schedule::Cosine, ..TrainConfig::default() };
+        let final_lr = cfg.lr * cfg.final_lr_fraction;
+        for step in [9, 10, 15, 1000] {
+            assert_eq!(learning_rate(&cfg, step), final_lr, "step {step}");
+        }
+        assert!(learning_rate(&cfg, 5) > final_lr);
     }
 }

@@ -262,3 +262,23 @@ fn a_skipped_step_on_an_evaluation_boundary_is_still_validated_logged_and_saved(
     assert!(logged["loss"].is_null(), "a window of a skipped step only has no loss: {logged}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_resumed_run_keeps_the_schedule_it_started_with() {
+    let dir = scratch("horizon");
+    let config = tiny_config(&dir, 10, 10);
+    let run = dir.join("run");
+    assert_success(&train(&config, &run, &["--set", "train.schedule=cosine"]));
+    assert_success(&reformer(&["train", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "20"]));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let final_lr = config["train"]["lr"].as_f64().unwrap() * config["train"]["final_lr_fraction"].as_f64().unwrap();
+    let lrs: Vec<(i64, f64)> =
+        metrics(&run).iter().filter_map(|m| Some((m["step"].as_i64()?, m.get("lr")?.as_f64()?))).collect();
+    assert_eq!(lrs.iter().map(|(step, _)| *step).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    // The 10-step cosine reaches its floor at step 10; steps past its horizon stay there.
+    for &(step, lr) in &lrs[9..] {
+        assert!((lr - final_lr).abs() <= 1e-12 * final_lr, "step {step}: lr {lr}, the schedule's end is {final_lr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,7 +27,8 @@ use crate::tasks::{build_task, Batch, Split, Task, TaskKind, DEFAULT_ENWIK8_PATH
 
 pub struct Trainer {
     cfg: RunConfig,
-    /// The step at which training stops.
+    /// The step at which training stops: `train.steps`, or `--steps` on resume, where
+    /// `train.steps` (config.json's) stays the horizon of the learning-rate schedule.
     last_step: i64,
     device: Device,
     bf16: bool,
@@ -78,15 +79,13 @@ impl Trainer {
         };
         let (existing_run, cfg) = match &opts.resume {
             Some(dir) => {
-                let (run_dir, mut cfg) = RunDir::open(dir)?;
-                if let Some(steps) = opts.steps {
-                    cfg.train.steps = steps;
-                }
+                let (run_dir, cfg) = RunDir::open(dir)?;
                 cfg.validate()?;
                 (Some(run_dir), cfg)
             }
             None => (None, resolve_config(&opts)?),
         };
+        // On resume `--steps` moves only where training stops; config.json stays as it is.
         let last_step = opts.steps.unwrap_or(cfg.train.steps);
         if opts.download && cfg.task == TaskKind::Enwik8 {
             let path = cfg.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ENWIK8_PATH));
@@ -194,6 +193,12 @@ impl Trainer {
         if self.is_main {
             run_dir.truncate_metrics(saved.step)?;
             eprintln!("resuming {} at step {}", checkpoint.display(), saved.step);
+            if self.last_step != self.cfg.train.steps {
+                eprintln!(
+                    "training to step {}; the learning-rate schedule keeps the run's {} steps",
+                    self.last_step, self.cfg.train.steps
+                );
+            }
         }
         self.elapsed_before = saved.elapsed_secs;
         self.last_saved = saved.step;
