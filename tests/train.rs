@@ -1,6 +1,7 @@
 //! Training end to end through the binary: exact resume, checkpoints that survive a
-//! kill at any instant, a non-finite loss that stops the run, sampling a checkpoint with
-//! and without the decoding cache.
+//! kill at any instant, a non-finite loss that stops the run (or a skipped step that is
+//! still logged, validated and saved), a resumed run that keeps its learning-rate
+//! schedule, sampling a checkpoint with and without the decoding cache.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -55,8 +56,13 @@ fn assert_success(out: &Output) {
 
 /// `reformer train` on CPU with `config`, writing to `run`, plus `extra` arguments.
 fn train(config: &Path, run: &Path, extra: &[&str]) -> Output {
+    train_with_env(config, run, extra, &[])
+}
+
+/// `train` with extra environment variables.
+fn train_with_env(config: &Path, run: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let base = ["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()];
-    reformer(&[&base[..], extra].concat())
+    reformer_with_env(&[&base[..], extra].concat(), env)
 }
 
 /// `reformer generate --json` on CPU from the run folder `run`, `n` new tokens.
@@ -247,11 +253,8 @@ fn a_skipped_step_on_an_evaluation_boundary_is_still_validated_logged_and_saved(
     let dir = scratch("skip");
     let config = tiny_config(&dir, 6, 3);
     let run = dir.join("run");
-    let args = ["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()];
-    let out = reformer_with_env(
-        &[&args[..], &["--set", "train.on_non_finite=skip", "--json"]].concat(),
-        &[("REFORMER_INJECT_NAN_AT_STEP", "3")],
-    );
+    let skip = ["--set", "train.on_non_finite=skip", "--json"];
+    let out = train_with_env(&config, &run, &skip, &[("REFORMER_INJECT_NAN_AT_STEP", "3")]);
     assert_success(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((summary["steps"].as_i64(), summary["skipped_steps"].as_i64()), (Some(6), Some(1)));
