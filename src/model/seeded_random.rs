@@ -229,4 +229,16 @@ mod tests {
         let keep = bits_to_uniform(&random_bits_at(3, &counters, i64::MAX)).ge(0.5).to_kind(Kind::Float);
         assert!(dropped.equal(&(keep * 2.0)));
     }
+
+    #[test]
+    fn the_last_block_of_exactly_2_32_elements_gets_the_bits_of_64_bit_counters() {
+        // enwik8-paper's LSH attention probabilities at batch 4: (B, H, R, NC, C, W).
+        let whole = [4, 8, 4, 256, 256, 512];
+        let block = Tensor::ones([1, 1, 1, 1, 2, 512], (Kind::Float, Device::Cpu));
+        let dropped = dropout_block(&block, 0.5, 9, true, &whole, &[3, 7, 3, 255, 254, 0]);
+        let first = (1i64 << 32) - 2 * 512;
+        let counters = Tensor::arange_start(first, 1 << 32, (Kind::Int64, Device::Cpu)).view([1, 1, 1, 1, 2, 512]);
+        let keep = bits_to_uniform(&random_bits_at(9, &counters, i64::MAX)).ge(0.5).to_kind(Kind::Float);
+        assert!(dropped.equal(&(keep * 2.0)));
+    }
 }
