@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
+use crate::model::seeded_random::derive_seed;
 use crate::model::ReformerLm;
 use crate::run_config::RunConfig;
 use crate::tasks::SamplerRng;
@@ -25,6 +26,9 @@ use crate::tasks::SamplerRng;
 const MODEL_FILE: &str = "model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "state.json";
+/// Tag of the data sampler's seed, derived from the run's seed (fixed: changing it would
+/// change every run's data order).
+const SAMPLER_SEED_TAG: u64 = 0x5A_4D_9E;
 
 /// Everything besides tensors that a resumed run needs to continue exactly.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,6 +47,21 @@ pub struct TrainState {
     pub skipped_steps: i64,
     /// Training time so far, in seconds, across resumes.
     pub elapsed_secs: f64,
+}
+
+impl TrainState {
+    /// The state of a new run with `--seed` `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            step: 0,
+            seed,
+            sampler: SamplerRng::new(derive_seed(seed, SAMPLER_SEED_TAG)),
+            n_updates: 0,
+            best_valid_loss: None,
+            skipped_steps: 0,
+            elapsed_secs: 0.0,
+        }
+    }
 }
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename.

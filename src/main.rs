@@ -66,7 +66,7 @@ enum Command {
         /// Continue the run in this folder from its latest checkpoint.
         #[arg(long, conflicts_with_all = ["preset", "config", "set", "out"])]
         resume: Option<PathBuf>,
-        /// Optimizer steps (overrides train.steps).
+        /// Optimizer steps (overrides train.steps; with --resume, the lr schedule keeps the run's).
         #[arg(long)]
         steps: Option<i64>,
         /// Stop (and save) after this many minutes of training.

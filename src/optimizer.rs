@@ -53,10 +53,14 @@ impl AdamW {
     }
 
     /// The global L2 norm of all gradients, after scaling them down to `max_norm` when
-    /// it is exceeded. A non-finite norm is returned as is and nothing is scaled.
+    /// it is exceeded. A non-finite norm is returned as is and nothing is scaled; without
+    /// any gradient the norm is 0.
     pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> f64 {
         tch::no_grad(|| {
             let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).filter(|g| g.defined()).collect();
+            if grads.is_empty() {
+                return 0.0;
+            }
             let squares: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float)).collect();
             let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[]);
             if let Some(max_norm) = max_norm {
@@ -125,7 +129,8 @@ impl AdamW {
 }
 
 /// The learning rate at optimizer step `step` (0-based): linear warm-up to `lr`, then
-/// the configured decay.
+/// the configured decay. The cosine ends at `cfg.steps`; past it the lr stays at its
+/// final value.
 pub fn learning_rate(cfg: &TrainConfig, step: i64) -> f64 {
     let step = step + 1;
     let warmup = cfg.warmup_steps.max(1);
@@ -141,5 +146,30 @@ pub fn learning_rate(cfg: &TrainConfig, step: i64) -> f64 {
             let floor = cfg.lr * cfg.final_lr_fraction;
             floor + (cfg.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_norm_of_no_gradients_is_zero() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let _weight = vs.root().zeros("weight", &[2, 3]);
+        let mut optimizer = AdamW::new(&vs, &TrainConfig::default());
+        optimizer.zero_grad();
+        assert_eq!(optimizer.clip_grad_norm(Some(1.0)), 0.0);
+        assert_eq!(optimizer.clip_grad_norm(None), 0.0);
+    }
+
+    #[test]
+    fn the_cosine_stays_at_its_final_value_past_the_last_step() {
+        let cfg = TrainConfig { steps: 10, warmup_steps: 2, schedule: Schedule::Cosine, ..TrainConfig::default() };
+        let final_lr = cfg.lr * cfg.final_lr_fraction;
+        for step in [9, 10, 15, 1000] {
+            assert_eq!(learning_rate(&cfg, step), final_lr, "step {step}");
+        }
+        assert!(learning_rate(&cfg, 5) > final_lr);
     }
 }

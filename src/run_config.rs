@@ -65,7 +65,8 @@ pub struct TrainConfig {
     pub batch_size: i64,
     /// Micro-batches whose gradients are summed before each update (default 1).
     pub grad_accumulation: i64,
-    /// Optimizer steps (default 1000).
+    /// Optimizer steps (default 1000), also the cosine schedule's horizon; a run resumed
+    /// with another `--steps` keeps its own as the horizon.
     pub steps: i64,
     /// Peak learning rate (default 1e-3).
     pub lr: f64,

@@ -1,10 +1,14 @@
 //! Training end to end through the binary: exact resume, checkpoints that survive a
-//! kill at any instant, a non-finite loss that stops the run, sampling a checkpoint with
-//! and without the decoding cache.
+//! kill at any instant, a non-finite loss that stops the run (or a skipped step that is
+//! still logged, validated and saved), a resumed run that keeps its learning-rate
+//! schedule, sampling a checkpoint with and without the decoding cache.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
+
+/// How long a tiny run may take to write its first checkpoint on a loaded machine.
+const FIRST_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("reformer-train-{name}-{}", std::process::id()));
@@ -34,7 +38,14 @@ fn tiny_config(dir: &Path, steps: i64, eval_every: i64) -> PathBuf {
 }
 
 fn reformer(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).output().expect("the binary runs");
+    reformer_with_env(args, &[])
+}
+
+/// `reformer` with extra environment variables (the fault-injection hooks).
+fn reformer_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_reformer"));
+    command.args(args).envs(env.iter().copied());
+    let out = command.output().expect("the binary runs");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
     out
 }
@@ -45,8 +56,13 @@ fn assert_success(out: &Output) {
 
 /// `reformer train` on CPU with `config`, writing to `run`, plus `extra` arguments.
 fn train(config: &Path, run: &Path, extra: &[&str]) -> Output {
+    train_with_env(config, run, extra, &[])
+}
+
+/// `train` with extra environment variables.
+fn train_with_env(config: &Path, run: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let base = ["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()];
-    reformer(&[&base[..], extra].concat())
+    reformer_with_env(&[&base[..], extra].concat(), env)
 }
 
 /// `reformer generate --json` on CPU from the run folder `run`, `n` new tokens.
@@ -93,27 +109,45 @@ fn resume_equals_uninterrupted_bit_for_bit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Waits until `path` exists; false if `child` exits first or the wait times out.
+fn wait_while_running(child: &mut std::process::Child, path: &Path) -> bool {
+    let started = std::time::Instant::now();
+    while !path.exists() {
+        if child.try_wait().unwrap().is_some() || started.elapsed() > FIRST_CHECKPOINT_TIMEOUT {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
 #[test]
 fn a_kill_at_any_instant_leaves_a_loadable_checkpoint() {
     let dir = scratch("kill");
     let config = tiny_config(&dir, 100_000, 1); // a checkpoint every step
     let run = dir.join("run");
-    for delay_ms in [1500, 1730, 1910] {
+    // Kills at instants after the first checkpoint (whenever the machine gets there),
+    // then at fixed instants from the start, which may or may not precede it.
+    let kills = [(true, 0), (true, 37), (true, 113), (true, 260), (false, 1500), (false, 1910)];
+    let mut checked = 0;
+    for (after_first_checkpoint, delay_ms) in kills {
         let mut child = Command::new(env!("CARGO_BIN_EXE_reformer"))
             .args(["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        let waited = !after_first_checkpoint || wait_while_running(&mut child, &run.join("latest"));
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL: no chance to clean up
         child.wait().unwrap();
-        if !run.join("latest").exists() {
-            continue; // killed before the first checkpoint
+        assert!(waited, "no checkpoint within {FIRST_CHECKPOINT_TIMEOUT:?}, or training exited");
+        if run.join("latest").exists() {
+            assert_success(&generate(&run, "2", &[]));
+            checked += 1;
         }
-        let out = generate(&run, "2", &[]);
-        assert_success(&out);
         let _ = std::fs::remove_dir_all(&run);
     }
+    assert!(checked >= 4, "only {checked} kills came after a checkpoint");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -211,5 +245,43 @@ fn a_run_stopped_by_its_time_limit_validates_and_can_mark_its_last_checkpoint_be
     let read = |name: &str| std::fs::read_to_string(run.join(name)).unwrap();
     assert_eq!(read("best"), read("latest"), "the only validated checkpoint is the best");
     assert!(metrics(&run).iter().any(|m| m.get("valid_loss").is_some()), "the stop's validation is logged");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_skipped_step_on_an_evaluation_boundary_is_still_validated_logged_and_saved() {
+    let dir = scratch("skip");
+    let config = tiny_config(&dir, 6, 3);
+    let run = dir.join("run");
+    let skip = ["--set", "train.on_non_finite=skip", "--json"];
+    let out = train_with_env(&config, &run, &skip, &[("REFORMER_INJECT_NAN_AT_STEP", "3")]);
+    assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["steps"].as_i64(), summary["skipped_steps"].as_i64()), (Some(6), Some(1)));
+    assert!(run.join("checkpoints/step-00000003/state.json").exists(), "the skipped step's checkpoint is missing");
+    let at_3: Vec<_> = metrics(&run).into_iter().filter(|m| m["step"] == 3).collect();
+    assert!(at_3.iter().any(|m| m.get("valid_loss").is_some()), "step 3 was not validated: {at_3:?}");
+    let logged = at_3.iter().find(|m| m.get("lr").is_some()).unwrap_or_else(|| panic!("step 3 not logged: {at_3:?}"));
+    assert!(logged["loss"].is_null(), "a window of a skipped step only has no loss: {logged}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_resumed_run_keeps_the_schedule_it_started_with() {
+    let dir = scratch("horizon");
+    let config = tiny_config(&dir, 10, 10);
+    let run = dir.join("run");
+    assert_success(&train(&config, &run, &["--set", "train.schedule=cosine"]));
+    assert_success(&reformer(&["train", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "20"]));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let final_lr = config["train"]["lr"].as_f64().unwrap() * config["train"]["final_lr_fraction"].as_f64().unwrap();
+    let lrs: Vec<(i64, f64)> =
+        metrics(&run).iter().filter_map(|m| Some((m["step"].as_i64()?, m.get("lr")?.as_f64()?))).collect();
+    assert_eq!(lrs.iter().map(|(step, _)| *step).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    // The 10-step cosine reaches its floor at step 10; steps past its horizon stay there.
+    for &(step, lr) in &lrs[9..] {
+        assert!((lr - final_lr).abs() <= 1e-12 * final_lr, "step {step}: lr {lr}, the schedule's end is {final_lr}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

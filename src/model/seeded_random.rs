@@ -1,11 +1,13 @@
 //! Randomness drawn from explicit seeds with tensor ops on the tensor's own device: a
-//! counter-based generator (a 32-bit integer hash of each element's index), so that a
-//! forward pass can be replayed bit for bit (the reversible backward does) without
-//! touching libtorch's global generator.
+//! counter-based generator (a 32-bit integer hash of each element's index, an int64 below
+//! 2^63), so that a forward pass can be replayed bit for bit (the reversible backward does)
+//! without touching libtorch's global generator.
 
 use tch::{Device, Kind, Tensor};
 
 const LOW_32_BITS: i64 = 0xFFFF_FFFF;
+/// Counters below this have a zero high half (the generator's original, 32-bit range).
+const HIGH_HALF_ONE: i64 = 1 << 32;
 /// Multipliers of the two-round integer hash found by Wellons' hash-prospector
 /// (`x ^= x >> 16; x *= 0x21f0aaad; x ^= x >> 15; x *= 0x735a2d97; x ^= x >> 15`).
 /// Both are below 2^31, so products of 32-bit values stay inside an int64.
@@ -37,16 +39,24 @@ fn hash32(x: &Tensor) -> Tensor {
 
 /// `n` 32-bit random integers (as int64) for counters 0..n under `seed`.
 fn random_bits(seed: u64, n: i64, device: Device) -> Tensor {
-    assert!(n < (1 << 32), "seeded_random: {n} elements exceed the 2^32 counter range");
-    random_bits_at(seed, &Tensor::arange(n, (Kind::Int64, device)))
+    random_bits_at(seed, &Tensor::arange(n, (Kind::Int64, device)), n)
 }
 
-/// 32-bit random integers (as int64) for the given counters under `seed`.
-fn random_bits_at(seed: u64, counters: &Tensor) -> Tensor {
+/// 32-bit random integers (as int64) for the given counters, all in 0..`end`, under
+/// `seed`. Two rounds of `hash32`: the low half of each counter is keyed by the low half
+/// of the key, the hash of the high half joins the high half of the key. As hash32(0) is
+/// 0, counters below 2^32 get the bits they had when counters were 32-bit (and with
+/// `end` ≤ 2^32 their high half is not computed).
+fn random_bits_at(seed: u64, counters: &Tensor, end: i64) -> Tensor {
     let key = splitmix64(seed);
     let key_lo = (key & 0xFFFF_FFFF) as i64;
     let key_hi = (key >> 32) as i64;
-    hash32(&hash32(&counters.bitwise_xor(key_lo)).bitwise_xor(key_hi))
+    if end <= HIGH_HALF_ONE {
+        return hash32(&hash32(&counters.bitwise_xor(key_lo)).bitwise_xor(key_hi));
+    }
+    let low = counters.bitwise_and(LOW_32_BITS);
+    let high = hash32(&counters.bitwise_right_shift_tensor_scalar(32));
+    hash32(&hash32(&low.bitwise_xor(key_lo)).bitwise_xor(key_hi).bitwise_xor_tensor(&high))
 }
 
 /// Uniforms in [0, 1) on a 2^-24 grid from random bits.
@@ -109,7 +119,8 @@ pub fn dropout_block(block: &Tensor, p: f64, seed: u64, train: bool, whole: &[i6
         shape.len() == whole.len() && offset.len() == whole.len(),
         "dropout_block: one size and offset per dimension"
     );
-    assert!(whole.iter().product::<i64>() < (1 << 32), "seeded_random: {whole:?} exceeds the 2^32 counter range");
+    let n_whole = whole.iter().try_fold(1i64, |n, &size| n.checked_mul(size));
+    let n_whole = n_whole.unwrap_or_else(|| panic!("seeded_random: {whole:?} exceeds the 2^63 counter range"));
     let device = block.device();
     let rank = shape.len();
     // Row-major strides of the whole; each dimension's (index + offset) · stride, viewed
@@ -124,7 +135,7 @@ pub fn dropout_block(block: &Tensor, p: f64, seed: u64, train: bool, whole: &[i6
         })
         .reduce(|sum, index| sum + index)
         .expect("a tensor has at least one dimension"); // the block's shape
-    let keep = bits_to_uniform(&random_bits_at(seed, &counters)).ge(p);
+    let keep = bits_to_uniform(&random_bits_at(seed, &counters, n_whole)).ge(p);
     block * keep.to_kind(block.kind()) / (1.0 - p)
 }
 
@@ -164,5 +175,70 @@ impl ForwardMode {
     /// The mode of a part (a layer, a purpose) of this forward pass.
     pub fn child(&self, tag: u64) -> Self {
         Self { seed: derive_seed(self.seed, tag), train: self.train }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generator as it was when counters were 32-bit: models trained then must keep
+    /// their masks.
+    fn bits_of_32_bit_counters(seed: u64, counters: &Tensor) -> Tensor {
+        let key = splitmix64(seed);
+        let (key_lo, key_hi) = ((key & 0xFFFF_FFFF) as i64, (key >> 32) as i64);
+        hash32(&hash32(&counters.bitwise_xor(key_lo)).bitwise_xor(key_hi))
+    }
+
+    fn counters(values: &[i64]) -> Tensor {
+        Tensor::from_slice(values)
+    }
+
+    #[test]
+    fn counters_below_2_32_keep_their_bits() {
+        let below = Tensor::cat(
+            &[Tensor::arange(4096, (Kind::Int64, Device::Cpu)), counters(&[65_535, 1 << 31, (1 << 32) - 1])],
+            0,
+        );
+        for seed in [0, 7, 0xDEAD_BEEF] {
+            let expected = bits_of_32_bit_counters(seed, &below);
+            assert!(random_bits_at(seed, &below, 1 << 32).equal(&expected), "seed {seed}");
+            assert!(random_bits_at(seed, &below, i64::MAX).equal(&expected), "seed {seed}, 64-bit counters");
+        }
+    }
+
+    #[test]
+    fn counters_above_2_32_differ_from_their_low_halves() {
+        let low = counters(&[0, 1, 12_345, (1 << 32) - 1]);
+        for high in [1i64 << 32, 5 << 32, i64::MAX & !LOW_32_BITS] {
+            let bits = random_bits_at(11, &(&low + high), i64::MAX);
+            let twins = random_bits_at(11, &low, 1 << 32);
+            assert!(bits.ne_tensor(&twins).all().int64_value(&[]) == 1, "high half {high:#x}");
+            assert!(bits.ge(0).logical_and(&bits.le(LOW_32_BITS)).all().int64_value(&[]) == 1);
+        }
+    }
+
+    #[test]
+    fn a_block_of_a_tensor_past_2_32_elements_gets_its_share_of_the_mask() {
+        // A (3, 2^31, 2) whole, of which only the block at (2, 2^31 - 2, 0) is made.
+        let whole = [3, 1 << 31, 2];
+        let block = Tensor::ones([1, 2, 2], (Kind::Float, Device::Cpu));
+        let dropped = dropout_block(&block, 0.5, 3, true, &whole, &[2, (1 << 31) - 2, 0]);
+        let first = 2 * (1i64 << 32) + ((1 << 31) - 2) * 2;
+        let counters = Tensor::arange_start(first, first + 4, (Kind::Int64, Device::Cpu)).view([1, 2, 2]);
+        let keep = bits_to_uniform(&random_bits_at(3, &counters, i64::MAX)).ge(0.5).to_kind(Kind::Float);
+        assert!(dropped.equal(&(keep * 2.0)));
+    }
+
+    #[test]
+    fn the_last_block_of_exactly_2_32_elements_gets_the_bits_of_64_bit_counters() {
+        // enwik8-paper's LSH attention probabilities at batch 4: (B, H, R, NC, C, W).
+        let whole = [4, 8, 4, 256, 256, 512];
+        let block = Tensor::ones([1, 1, 1, 1, 2, 512], (Kind::Float, Device::Cpu));
+        let dropped = dropout_block(&block, 0.5, 9, true, &whole, &[3, 7, 3, 255, 254, 0]);
+        let first = (1i64 << 32) - 2 * 512;
+        let counters = Tensor::arange_start(first, 1 << 32, (Kind::Int64, Device::Cpu)).view([1, 1, 1, 1, 2, 512]);
+        let keep = bits_to_uniform(&random_bits_at(9, &counters, i64::MAX)).ge(0.5).to_kind(Kind::Float);
+        assert!(dropped.equal(&(keep * 2.0)));
     }
 }

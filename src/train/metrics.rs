@@ -30,14 +30,17 @@ impl MetricsWindow {
         self.total_tokens += tokens;
     }
 
+    /// The window's record, and a new window. A window of skipped steps only has no loss
+    /// (null).
     pub fn flush(&mut self, step: i64, lr: f64, elapsed: f64, bpc: bool) -> serde_json::Value {
-        let loss = self.nll / self.weight.max(1.0);
+        let per_target = |sum: f64| if self.weight > 0.0 { sum / self.weight.max(1.0) } else { f64::NAN };
+        let loss = per_target(self.nll);
         let secs = self.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0).max(1e-9);
         let mut record = json!({"step": step, "loss": loss, "lr": lr, "tokens_per_sec": self.tokens as f64 / secs, "elapsed": elapsed});
         if bpc {
             record["bpc"] = json!(loss / std::f64::consts::LN_2);
         } else {
-            record["accuracy"] = json!(self.correct / self.weight.max(1.0));
+            record["accuracy"] = json!(per_target(self.correct));
         }
         let total = self.total_tokens;
         *self = Self { total_tokens: total, ..Default::default() };
