@@ -1,6 +1,7 @@
 //! `reformer`: train, sample from and benchmark the Reformer on libtorch.
 
 pub mod allocator;
+pub mod arg_values;
 pub mod bench;
 pub mod checkpoint;
 pub mod device;

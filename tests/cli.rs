@@ -1,9 +1,15 @@
 //! The command line: versions, help, and one clear error line for every user mistake.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The binary as a user without RUST_BACKTRACE runs it.
 fn reformer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).output().expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_reformer"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("the binary runs")
 }
 
 /// A user error: non-zero exit, nothing on stdout, exactly one line on stderr that
@@ -17,6 +23,40 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
     assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
     assert!(lines[0].contains(needle), "{args:?}: expected '{needle}' in: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reformer-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A run configuration of a small model (bytes, 2 layers) that trains for 2 steps,
+/// with `extra` top-level fields (e.g. the task and its data).
+fn tiny_config(dir: &Path, extra: serde_json::Value) -> PathBuf {
+    let mut config = serde_json::json!({
+        "model": {
+            "vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 64,
+            "positional": {"kind": "learned"}, "attention": ["local", "lsh"],
+            "lsh": {"n_hashes": 2, "chunk_len": 8}, "local": {"chunk_len": 8}
+        },
+        "train": {"seq_len": 32, "batch_size": 2, "steps": 2, "eval_every": 2, "eval_batches": 1,
+                  "duplication": {"n_symbols": 16, "copy_len": 15}}
+    });
+    config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// Trains `config` on CPU into `dir/run`; returns the run folder.
+fn trained_run(dir: &Path, config: &Path) -> PathBuf {
+    let run = dir.join("run");
+    let out =
+        reformer(&["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run
 }
 
 #[test]
@@ -56,6 +96,21 @@ fn user_mistakes_give_one_clear_line() {
     assert_one_line_error(&["train", "--config", "/nonexistent/config.json"], "/nonexistent/config.json");
     assert_one_line_error(&["generate", "--checkpoint", "/nonexistent/run"], "does not exist");
     assert_one_line_error(&["train", "--set", "train.duplication.copy_len=400"], "max_seq_len");
+}
+
+#[test]
+fn flags_out_of_range_are_refused_with_one_line_naming_them() {
+    let dir = scratch("ranges");
+    let run = trained_run(&dir, &tiny_config(&dir, serde_json::json!({"task": "duplication"})));
+    let generate = ["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--max-new-tokens", "4"];
+    for (flag, value) in [("--top-k", "0"), ("--top-p", "0"), ("--top-p", "1.5"), ("--temperature", "-1")] {
+        assert_one_line_error(&[&generate[..], &[flag, value]].concat(), flag);
+    }
+    assert_one_line_error(&[&generate[..], &["--top-k", "-2"]].concat(), "--top-k");
+    assert_one_line_error(&["train", "--nproc", "0"], "--nproc");
+    assert_one_line_error(&["train", "--dist-timeout", "0"], "--dist-timeout");
+    assert_one_line_error(&["train", "--threads", "0"], "--threads");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -20,7 +20,9 @@ use crate::run_config::{NonFinitePolicy, RunConfig};
 use crate::tasks::download::download_enwik8;
 use crate::tasks::{build_task, SamplerRng, Split, TaskKind, DEFAULT_ENWIK8_PATH};
 
+mod args;
 mod metrics;
+pub use args::TrainArgs;
 use metrics::{window_message, MetricsWindow};
 
 /// Hash rounds at which a duplication model is evaluated at the end (paper Table 2).
@@ -31,30 +33,6 @@ pub enum Precision {
     F32,
     /// bfloat16 autocast (CUDA only).
     Bf16,
-}
-
-pub struct TrainOptions {
-    pub task: TaskKind,
-    pub data: Option<PathBuf>,
-    pub preset: Option<String>,
-    pub config: Option<PathBuf>,
-    pub set: Vec<String>,
-    pub out: Option<PathBuf>,
-    pub resume: Option<PathBuf>,
-    pub steps: Option<i64>,
-    pub time_limit_minutes: Option<f64>,
-    pub eval_bytes: usize,
-    /// Fetch enwik8 when its file is missing.
-    pub download: bool,
-    pub precision: Precision,
-    pub json: bool,
-    pub device: Device,
-    pub seed: u64,
-    /// The c10d backend when launched as one of several workers (default: NCCL on CUDA,
-    /// Gloo on the CPU).
-    pub dist_backend: Option<Backend>,
-    /// How long a collective may wait for the other workers.
-    pub dist_timeout: Duration,
 }
 
 /// Set by the first Ctrl-C / SIGTERM: finish the step, save, stop.
@@ -70,7 +48,7 @@ fn install_interrupt_handler() {
     });
 }
 
-fn resolve_config(opts: &TrainOptions) -> Result<RunConfig> {
+fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
     let base = match (&opts.config, &opts.preset) {
         (Some(path), _) => RunConfig::from_file(path)?,
         (None, Some(name)) => RunConfig::preset(name)?,
@@ -92,13 +70,14 @@ fn default_out(task: TaskKind) -> PathBuf {
     PathBuf::from("checkpoints").join(format!("{name}-{secs}"))
 }
 
-pub fn run(mut opts: TrainOptions) -> Result<()> {
-    if opts.precision == Precision::Bf16 && !opts.device.is_cuda() {
-        bail!("--precision bf16 autocasts on CUDA only: use --precision f32 on {:?}", opts.device);
+pub fn run(opts: TrainArgs) -> Result<()> {
+    let mut device = opts.run.setup()?;
+    if opts.precision == Precision::Bf16 && !device.is_cuda() {
+        bail!("--precision bf16 autocasts on CUDA only: use --precision f32 on {device:?}");
     }
     let launch = LaunchEnv::from_env()?;
-    if let (Some(launch), Device::Cuda(_)) = (&launch, opts.device) {
-        opts.device = Device::Cuda(launch.local_rank as usize);
+    if let (Some(launch), Device::Cuda(_)) = (&launch, device) {
+        device = Device::Cuda(launch.local_rank as usize);
     }
     let (existing_run, cfg) = match &opts.resume {
         Some(dir) => {
@@ -122,8 +101,8 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
     let task = build_task(&cfg)?;
     let group = match &launch {
         Some(launch) => {
-            let backend = opts.dist_backend.unwrap_or_else(|| Backend::default_for(opts.device));
-            Some(ProcessGroup::join(launch, backend, opts.device, opts.dist_timeout)?)
+            let backend = opts.dist_backend.unwrap_or_else(|| Backend::default_for(device));
+            Some(ProcessGroup::join(launch, backend, device, opts.dist_timeout)?)
         }
         None => None,
     };
@@ -147,15 +126,15 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
         eprintln!("config: {}", serde_json::to_string(&cfg)?);
     }
 
-    tch::manual_seed(opts.seed as i64);
-    let mut vs = nn::VarStore::new(opts.device);
+    tch::manual_seed(opts.run.seed as i64);
+    let mut vs = nn::VarStore::new(device);
     let mut model = ReformerLm::new(vs.root(), &cfg.model);
     let mut optimizer = AdamW::new(&vs, &cfg.train);
     let n_params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
     let mut state = TrainState {
         step: 0,
-        seed: opts.seed,
-        sampler: SamplerRng::new(derive_seed(opts.seed, 0x5A_4D_9E)),
+        seed: opts.run.seed,
+        sampler: SamplerRng::new(derive_seed(opts.run.seed, 0x5A_4D_9E)),
         n_updates: 0,
         best_valid_loss: None,
         skipped_steps: 0,
@@ -180,7 +159,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
     if is_main {
         eprintln!(
             "model: {n_params} parameters on {}; run folder {}",
-            crate::device::describe(opts.device),
+            crate::device::describe(device),
             run_dir.path.display()
         );
     }
@@ -222,7 +201,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
             // Every rank draws the whole step's sequences and keeps its own share, so the
             // ranks read disjoint parts of one seeded stream.
             let batch = task.train_batch(train.batch_size * world_size, &mut state.sampler);
-            let batch = batch.rows(rank * train.batch_size, train.batch_size).to_device(opts.device);
+            let batch = batch.rows(rank * train.batch_size, train.batch_size).to_device(device);
             let mode =
                 ForwardMode::train(derive_seed(state.seed, (state.step * train.grad_accumulation + micro) as u64));
             let stats = tch::autocast(opts.precision == Precision::Bf16, || {
@@ -279,7 +258,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
             }
         }
         if state.step % train.eval_every == 0 || state.step == train.steps {
-            let score = evaluate_shared(&model, &valid_batches, opts.device, group)?;
+            let score = evaluate_shared(&model, &valid_batches, device, group)?;
             let (is_best, line) = record_validation(&score, &mut state, &run_dir, task.reports_bpc(), is_main)?;
             progress.println(&line);
             if is_main {
@@ -298,7 +277,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
             }
         } else {
             // The time limit: this checkpoint is validated, and may be the best.
-            let score = evaluate_shared(&model, &valid_batches, opts.device, group)?;
+            let score = evaluate_shared(&model, &valid_batches, device, group)?;
             let (is_best, line) = record_validation(&score, &mut state, &run_dir, task.reports_bpc(), is_main)?;
             if is_main {
                 eprintln!("{line}");
@@ -310,7 +289,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
     }
     let valid = match last_valid {
         Some(score) if last_saved == state.step => score,
-        _ => evaluate_shared(&model, &valid_batches, opts.device, group)?,
+        _ => evaluate_shared(&model, &valid_batches, device, group)?,
     };
     let tokens_per_sec = window.total_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let mut summary = json!({
@@ -324,7 +303,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
     if task.reports_bpc() {
         summary["valid_bpc"] = json!(valid.bpc);
         let test_batches = task.split_batches(Split::Test, train.batch_size * world_size, opts.eval_bytes)?;
-        let test = evaluate_shared(&model, &test_batches, opts.device, group)?;
+        let test = evaluate_shared(&model, &test_batches, device, group)?;
         if is_main {
             eprintln!("test: {:.4} bits per byte over {} bytes", test.bpc, test.n_targets);
         }
@@ -332,7 +311,7 @@ pub fn run(mut opts: TrainOptions) -> Result<()> {
     } else {
         summary["valid_accuracy"] = json!(valid.accuracy);
         if is_main {
-            summary["accuracy_by_rounds"] = table2_row(&mut model, &valid_batches, opts.device);
+            summary["accuracy_by_rounds"] = table2_row(&mut model, &valid_batches, device);
         }
     }
     if let Some(group) = group {
