@@ -6,6 +6,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod device;
 pub mod distributed;
+pub mod error;
 pub mod eval;
 pub mod evaluate;
 pub mod generate;

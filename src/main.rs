@@ -7,10 +7,10 @@ use clap::{Parser, Subcommand};
 
 use reformer::allocator::{self, ConfString};
 use reformer::bench::{self, BenchArgs};
-use reformer::distributed;
 use reformer::eval::{self, EvalArgs};
 use reformer::generate::{self, GenerateArgs};
 use reformer::train::{self, TrainArgs};
+use reformer::{distributed, error};
 
 /// jemalloc serves every allocation of the process, libtorch's included (see
 /// `reformer::allocator` for why).
@@ -70,6 +70,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Whether the user asked for libtorch's C++ frames.
+fn backtrace_requested() -> bool {
+    std::env::var("RUST_BACKTRACE").is_ok_and(|v| v != "0")
+}
+
+/// A failure as one line, or whole (C++ frames included) under RUST_BACKTRACE=1.
+fn report(message: &str) -> String {
+    if backtrace_requested() {
+        message.replace("\\n", "\n")
+    } else {
+        error::first_line(message).to_string()
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -82,12 +96,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A libtorch error surfaces in tch as a panic; report it as one line, not a backtrace.
+    // A libtorch error surfaces in tch as a panic: reported below, not by the hook.
     std::panic::set_hook(Box::new(|_| {}));
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report(&format!("{err:#}")));
             ExitCode::FAILURE
         }
         Err(panic) => {
@@ -96,13 +110,7 @@ fn main() -> ExitCode {
                 .map(String::as_str)
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown failure");
-            // libtorch appends its C++ stack to the message: keep the first line.
-            let first = message
-                .lines()
-                .next()
-                .unwrap_or(message)
-                .trim_start_matches("called `Result::unwrap()` on an `Err` value: ");
-            eprintln!("error: internal failure: {first}");
+            eprintln!("error: internal failure: {}", report(message));
             ExitCode::FAILURE
         }
     }

@@ -114,6 +114,26 @@ fn flags_out_of_range_are_refused_with_one_line_naming_them() {
 }
 
 #[test]
+fn a_libtorch_failure_is_one_line_and_its_cpp_frames_only_on_request() {
+    // One training step of a case longer than its model's positions: libtorch refuses the
+    // slice of the position table.
+    let case = serde_json::json!({
+        "suite": "steps", "label": "too-long", "kind": "step",
+        "model": {"vocab_size": 16, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 16,
+                  "positional": {"kind": "learned"}, "attention": ["full"]},
+        "batch_size": 1, "seq_len": 32, "steps": 1, "warmup_steps": 0
+    })
+    .to_string();
+    let args = ["bench", "--device", "cpu", "--case", &case];
+    assert_one_line_error(&args, "exceeds dimension size");
+    let out = reformer(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("frame #") && !stderr.contains("Exception raised"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).env("RUST_BACKTRACE", "1").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("frame #"), "RUST_BACKTRACE=1 shows libtorch's frames");
+}
+
+#[test]
 fn short_text_file_is_refused_with_its_size() {
     let dir = std::env::temp_dir().join(format!("reformer-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
