@@ -99,6 +99,36 @@ fn user_mistakes_give_one_clear_line() {
 }
 
 #[test]
+fn a_configured_task_and_data_stand_without_task_and_data_flags() {
+    let dir = scratch("configured-task");
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(100)).unwrap();
+    let config = tiny_config(&dir, serde_json::json!({"task": "text", "data": text}));
+    let run = trained_run(&dir, &config);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["task"], "text", "{saved}");
+    assert_eq!(saved["data"], text.to_str().unwrap(), "{saved}");
+    // A preset's task stands too: enwik8-cpu is an enwik8 preset.
+    let out = dir.join("preset-run");
+    assert_one_line_error(
+        &[
+            "train",
+            "--preset",
+            "enwik8-cpu",
+            "--data",
+            "/nonexistent/enwik8",
+            "--steps",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "--download",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn flags_out_of_range_are_refused_with_one_line_naming_them() {
     let dir = scratch("ranges");
     let run = trained_run(&dir, &tiny_config(&dir, serde_json::json!({"task": "duplication"})));

@@ -13,10 +13,10 @@ use super::Precision;
 /// Train a model: the duplication task (default), enwik8, or any text file.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
-    /// What to learn.
-    #[arg(long, value_enum, default_value = "duplication")]
-    pub task: TaskKind,
-    /// Data file (enwik8: default data/enwik8; text: required).
+    /// What to learn (default: the task of --config or --preset, else duplication).
+    #[arg(long, value_enum)]
+    pub task: Option<TaskKind>,
+    /// Data file (default: the one of --config; enwik8: data/enwik8; text: required).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// A shipped preset: duplication, enwik8-cpu, enwik8-paper (default: the task's).
@@ -31,8 +31,8 @@ pub struct TrainArgs {
     /// Run folder (default checkpoints/<task>-<unix time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in this folder from its latest checkpoint.
-    #[arg(long, conflicts_with_all = ["preset", "config", "set", "out"])]
+    /// Continue the run in this folder from its latest checkpoint (with its task and data).
+    #[arg(long, conflicts_with_all = ["task", "data", "preset", "config", "set", "out"])]
     pub resume: Option<PathBuf>,
     /// Optimizer steps (overrides train.steps).
     #[arg(long)]

@@ -48,15 +48,23 @@ fn install_interrupt_handler() {
     });
 }
 
+/// The preset or file's configuration, with the command line's changes: `--task` and
+/// `--data` replace the configured ones when given (data configured for another task
+/// does not carry over).
 fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
     let base = match (&opts.config, &opts.preset) {
         (Some(path), _) => RunConfig::from_file(path)?,
         (None, Some(name)) => RunConfig::preset(name)?,
-        (None, None) => RunConfig::preset(opts.task.default_preset())?,
+        (None, None) => RunConfig::preset(opts.task.unwrap_or_default().default_preset())?,
     };
     let mut cfg = base.with_overrides(&opts.set)?;
-    cfg.task = opts.task;
-    cfg.data = opts.data.clone();
+    if let Some(task) = opts.task.filter(|&task| task != cfg.task) {
+        cfg.task = task;
+        cfg.data = None;
+    }
+    if let Some(data) = &opts.data {
+        cfg.data = Some(data.clone());
+    }
     if let Some(steps) = opts.steps {
         cfg.train.steps = steps;
     }
