@@ -164,6 +164,14 @@ fn a_libtorch_failure_is_one_line_and_its_cpp_frames_only_on_request() {
 }
 
 #[test]
+fn bench_refuses_bad_lengths_before_any_case() {
+    assert_one_line_error(&["bench", "--suite", "attention", "--device", "cpu", "--lengths", "0"], "--lengths");
+    // The duplication preset's model has 256 positions.
+    assert_one_line_error(&["bench", "--preset", "duplication", "--device", "cpu", "--lengths", "512"], "max_seq_len");
+    assert_one_line_error(&["bench", "--suite", "depth", "--device", "cpu", "--lengths", "1024"], "--lengths");
+}
+
+#[test]
 fn short_text_file_is_refused_with_its_size() {
     let dir = std::env::temp_dir().join(format!("reformer-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -30,7 +30,7 @@ pub struct BenchArgs {
     pub preset: Option<String>,
     /// Sequence lengths of the attention suite (or of --preset), comma-separated (e.g.
     /// 1024,4096,65536).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = at_least_one::<i64>)]
     pub lengths: Option<Vec<i64>>,
     /// Write every raw number and the machine to this JSON file.
     #[arg(long)]

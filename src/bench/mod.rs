@@ -11,7 +11,7 @@ pub mod steady;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
@@ -175,6 +175,9 @@ fn preset_cases(name: &str, lengths: Option<&[i64]>, steps: usize) -> Result<Vec
     let full = ModelConfig { attention: vec![AttentionKind::Full], ..preset.model.clone() };
     let mut cases = Vec::new();
     for &seq_len in lengths.unwrap_or(&trained_len) {
+        if seq_len > preset.model.max_seq_len {
+            bail!("--lengths {seq_len} is beyond preset '{name}''s max_seq_len {}", preset.model.max_seq_len);
+        }
         for (label, model) in [(name.to_string(), &preset.model), (format!("{name}-full"), &full)] {
             let case = Case::step("preset", label, model.clone(), preset.train.batch_size, seq_len, steps);
             cases.push(case.without_warmup());
@@ -263,12 +266,15 @@ pub fn run(opts: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let peak = matmul_flops(device);
-    eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(device), peak / 1e9);
     let cases = match &opts.preset {
         Some(name) => preset_cases(name, opts.lengths.as_deref(), opts.steps)?,
+        None if opts.lengths.is_some() && !matches!(opts.suite, Suite::Attention | Suite::All) => {
+            bail!("--lengths applies to the attention suite and to --preset, not to --suite {:?}", opts.suite)
+        }
         None => cases(&opts, device),
     };
+    let peak = matmul_flops(device);
+    eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(device), peak / 1e9);
     let mut progress = crate::progress::Progress::new("bench", cases.len() as u64);
     let mut rows = Vec::new();
     let available = match device {
@@ -313,6 +319,17 @@ pub fn run(opts: BenchArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    check_some_measured(&rows)
+}
+
+/// An error when cases ran and every one of them failed (a case predicted not to fit is
+/// skipped, not failed).
+fn check_some_measured(rows: &[serde_json::Value]) -> Result<()> {
+    let count = |status: &[&str]| rows.iter().filter(|r| status.iter().any(|s| r["status"] == *s)).count();
+    let failed = count(&["failed", "oom"]);
+    if failed > 0 && count(&["ok"]) == 0 {
+        bail!("every case that ran failed ({failed} of {}): see the lines above", rows.len());
     }
     Ok(())
 }
@@ -410,4 +427,18 @@ fn machine(device: Device) -> serde_json::Value {
         "git_commit": commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
         "allocator": crate::allocator::describe(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bench_fails_when_no_case_that_ran_succeeded() {
+        let rows =
+            |statuses: &[&str]| -> Vec<serde_json::Value> { statuses.iter().map(|s| json!({ "status": s })).collect() };
+        assert!(check_some_measured(&rows(&["failed", "oom", "skipped"])).is_err());
+        assert!(check_some_measured(&rows(&["failed", "ok"])).is_ok());
+        assert!(check_some_measured(&rows(&["skipped", "skipped"])).is_ok());
+    }
 }
