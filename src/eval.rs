@@ -44,9 +44,10 @@ pub struct EvalArgs {
     /// Data file (default: the run's).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Which part of the data, in non-overlapping windows.
-    #[arg(long, value_enum, default_value = "test")]
-    pub split: Split,
+    /// Which part of the data, in non-overlapping windows (default: the task's scoring
+    /// split: test for enwik8 and text, valid for duplication).
+    #[arg(long, value_enum)]
+    pub split: Option<Split>,
     /// At most this many bytes (tokens) of the split.
     #[arg(long, default_value_t = 1_000_000)]
     pub eval_bytes: usize,
@@ -63,8 +64,8 @@ pub struct EvalArgs {
     /// layers under the strict causal rule (what generate's cache computes).
     #[arg(long, value_enum, default_value = "lsh")]
     pub attention: EvalAttention,
-    /// Score exactly the validation windows the training run logged (ignores --split).
-    #[arg(long)]
+    /// Score exactly the validation windows the training run logged (instead of a --split).
+    #[arg(long, conflicts_with = "split")]
     pub training_windows: bool,
     /// Print one JSON object with every figure and the settings used.
     #[arg(long)]
@@ -126,7 +127,7 @@ pub fn run(opts: EvalArgs) -> Result<()> {
         model.set_strict_causal(true);
     }
     let task = build_task(&cfg)?;
-    let split = opts.split;
+    let split = opts.split.unwrap_or_else(|| task.scoring_split());
     let batches = if opts.training_windows {
         task.valid_batches(cfg.train.batch_size, cfg.train.eval_batches)
     } else {
