@@ -11,14 +11,14 @@
 //!
 //! `MALLOC_CONF` in the environment overrides these settings, e.g.
 //! `MALLOC_CONF=dirty_decay_ms:10000` to return idle memory after ten seconds.
+//!
+//! The executable installs it (`src/main.rs`: the global allocator and the `malloc_conf`
+//! symbol); this module holds the settings and describes them for reports.
 
 use std::os::raw::c_char;
 
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Never purge freed pages: a training loop reallocates the same sizes every step.
-const MALLOC_CONF: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+const SETTINGS: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
 
 /// A C string pointer that may live in a static.
 #[repr(transparent)]
@@ -27,15 +27,12 @@ pub struct ConfString(*const c_char);
 // SAFETY: the pointer targets an immutable static byte string.
 unsafe impl Sync for ConfString {}
 
-/// Read by jemalloc at start-up (its documented compile-time configuration symbol).
-#[no_mangle]
-#[used]
-#[allow(non_upper_case_globals)]
-pub static malloc_conf: ConfString = ConfString(MALLOC_CONF.as_ptr().cast());
+/// The settings, as jemalloc reads them from its `malloc_conf` symbol at start-up.
+pub const MALLOC_CONF: ConfString = ConfString(SETTINGS.as_ptr().cast());
 
 /// A description for reports.
 pub fn describe() -> String {
-    let conf = std::str::from_utf8(&MALLOC_CONF[..MALLOC_CONF.len() - 1]).unwrap_or("");
+    let conf = std::str::from_utf8(&SETTINGS[..SETTINGS.len() - 1]).unwrap_or("");
     match std::env::var("MALLOC_CONF") {
         Ok(env) => format!("jemalloc ({conf}; MALLOC_CONF={env})"),
         Err(_) => format!("jemalloc ({conf})"),

@@ -1,9 +1,51 @@
-//! `--device` and `--threads`: where tensors live and how many CPU threads libtorch uses.
+//! `--device`, `--seed` and `--threads`: where tensors live, the run's seed and how many
+//! CPU threads libtorch uses; the flags every subcommand takes.
 
 use anyhow::{bail, Context, Result};
 use tch::Device;
 
+use crate::arg_values::at_least_one;
+use crate::distributed::LaunchEnv;
 use crate::ffi::checked;
+
+/// The flags every subcommand takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Where tensors live: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Random seed (model initialisation, data order, dropout and hash rotations).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// CPU threads for libtorch's operators (default: all cores; local data-parallel
+    /// workers share them out).
+    #[arg(long, value_parser = at_least_one::<usize>)]
+    pub threads: Option<usize>,
+}
+
+impl RunArgs {
+    /// Sets libtorch's intra-op thread count and resolves `--device`.
+    pub fn setup(&self) -> Result<Device> {
+        let threads = match self.threads {
+            Some(n) => Some(n),
+            None => local_share_of_cores()?,
+        };
+        if let Some(n) = threads {
+            tch::set_num_threads(n as i32);
+        }
+        parse_device(&self.device)
+    }
+}
+
+/// Several workers on one machine (LOCAL_WORLD_SIZE > 1) split its cores between them.
+fn local_share_of_cores() -> Result<Option<usize>> {
+    let Some(launch) = LaunchEnv::from_env()? else { return Ok(None) };
+    if launch.local_world_size <= 1 {
+        return Ok(None);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(Some((cores / launch.local_world_size as usize).max(1)))
+}
 
 /// Parses `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(spec: &str) -> Result<Device> {
@@ -25,17 +67,6 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         }
     }
     Ok(device)
-}
-
-/// Sets libtorch's intra-op thread count (default: all cores).
-pub fn set_threads(threads: Option<usize>) -> Result<()> {
-    if let Some(n) = threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
-        tch::set_num_threads(n as i32);
-    }
-    Ok(())
 }
 
 /// A short description of the device for reports.

@@ -9,7 +9,9 @@ use anyhow::{bail, Result};
 use serde_json::json;
 use tch::Device;
 
+use crate::arg_values::at_least_one;
 use crate::checkpoint::load_model;
+use crate::device::RunArgs;
 use crate::evaluate::{evaluate, Score};
 use crate::model::attention::Attention;
 use crate::model::ReformerLm;
@@ -30,19 +32,46 @@ pub enum EvalAttention {
     Strict,
 }
 
-pub struct EvalOptions {
+/// Score a checkpoint on held-out data, optionally with other hash rounds (Table 2).
+#[derive(clap::Args, Clone, Debug)]
+pub struct EvalArgs {
+    /// A run folder (its best checkpoint is used) or one checkpoint folder.
+    #[arg(long)]
     pub checkpoint: PathBuf,
+    /// The task (default: the run's).
+    #[arg(long, value_enum)]
     pub task: Option<TaskKind>,
+    /// Data file (default: the run's).
+    #[arg(long)]
     pub data: Option<PathBuf>,
-    pub split: Split,
+    /// Which part of the data, in non-overlapping windows (default: the task's scoring
+    /// split: test for enwik8 and text, valid for duplication).
+    #[arg(long, value_enum)]
+    pub split: Option<Split>,
+    /// At most this many bytes (tokens) of the split.
+    #[arg(long, default_value_t = 1_000_000)]
     pub eval_bytes: usize,
+    /// Window length (at most the model's max_seq_len; default: the run's).
+    #[arg(long)]
     pub seq_len: Option<i64>,
+    /// Windows per batch (default: the run's).
+    #[arg(long, value_parser = at_least_one::<i64>)]
     pub batch_size: Option<i64>,
+    /// Hash rounds of the LSH layers, one evaluation each: --n-hashes 1,2,4,8.
+    #[arg(long, value_delimiter = ',', value_parser = at_least_one::<i64>)]
     pub n_hashes: Vec<i64>,
+    /// lsh (as trained); full: LSH layers as dense shared-QK attention; strict: LSH
+    /// layers under the strict causal rule (what generate's cache computes).
+    #[arg(long, value_enum, default_value = "lsh")]
     pub attention: EvalAttention,
+    /// Score exactly the validation windows the training run logged (instead of a --split).
+    #[arg(long, conflicts_with = "split")]
     pub training_windows: bool,
+    /// Print one JSON object with every figure and the settings used.
+    #[arg(long)]
     pub json: bool,
-    pub device: Device,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 fn has_lsh(model: &ReformerLm) -> bool {
@@ -68,8 +97,9 @@ fn score(model: &ReformerLm, batches: &[Batch], device: Device, label: &str) -> 
     (score, tokens as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
-pub fn run(opts: EvalOptions) -> Result<()> {
-    let (_vs, mut model, mut cfg) = load_model(&opts.checkpoint, opts.device)?;
+pub fn run(opts: EvalArgs) -> Result<()> {
+    let device = opts.run.setup()?;
+    let (_vs, mut model, mut cfg) = load_model(&opts.checkpoint, device)?;
     let trained_rounds = cfg.model.lsh.n_hashes;
     if let Some(task) = opts.task {
         cfg.task = task;
@@ -87,9 +117,6 @@ pub fn run(opts: EvalOptions) -> Result<()> {
         cfg.train.seq_len = seq_len;
     }
     if let Some(batch_size) = opts.batch_size {
-        if batch_size < 1 {
-            bail!("--batch-size must be at least 1");
-        }
         cfg.train.batch_size = batch_size;
     }
     if (!opts.n_hashes.is_empty() || opts.attention != EvalAttention::Lsh) && !has_lsh(&model) {
@@ -99,17 +126,15 @@ pub fn run(opts: EvalOptions) -> Result<()> {
         crate::model::decoding::check_decodable(&cfg.model)?;
         model.set_strict_causal(true)?;
     }
-    if let Some(&bad) = opts.n_hashes.iter().find(|&&j| j < 1) {
-        bail!("--n-hashes {bad}: the number of hash rounds must be at least 1");
-    }
     let task = build_task(&cfg)?;
+    let split = opts.split.unwrap_or_else(|| task.scoring_split());
     let batches = if opts.training_windows {
         task.valid_batches(cfg.train.batch_size, cfg.train.eval_batches)
     } else {
-        task.split_batches(opts.split, cfg.train.batch_size, opts.eval_bytes)?
+        task.split_batches(split, cfg.train.batch_size, opts.eval_bytes)?
     };
     if batches.is_empty() {
-        bail!("the {:?} split is shorter than one window of {} tokens", opts.split, task.seq_len());
+        bail!("the {split:?} split is shorter than one window of {} tokens", task.seq_len());
     }
     eprintln!(
         "evaluating {:?} ({}) with seq_len {}, batch size {}, LSH layers as {:?}",
@@ -117,7 +142,7 @@ pub fn run(opts: EvalOptions) -> Result<()> {
         if opts.training_windows {
             "the training run's validation windows".to_string()
         } else {
-            format!("{:?} split", opts.split)
+            format!("{split:?} split")
         },
         task.seq_len(),
         cfg.train.batch_size,
@@ -141,7 +166,7 @@ pub fn run(opts: EvalOptions) -> Result<()> {
                 "eval (dense)".to_string()
             }
         };
-        let (s, tokens_per_sec) = score(&model, &batches, opts.device, &label);
+        let (s, tokens_per_sec) = score(&model, &batches, device, &label);
         results.push(json!({"n_hashes": rounds, "loss": s.loss, "bpc": s.bpc, "accuracy": s.accuracy,
             "n_targets": s.n_targets, "tokens_per_sec": tokens_per_sec}));
         let figure = if task.reports_bpc() {
@@ -170,7 +195,7 @@ pub fn run(opts: EvalOptions) -> Result<()> {
             "{}",
             json!({
                 "checkpoint": opts.checkpoint.display().to_string(), "task": cfg.task,
-                "split": if opts.training_windows { json!("training-validation") } else { json!(opts.split) },
+                "split": if opts.training_windows { json!("training-validation") } else { json!(split) },
                 "seq_len": task.seq_len(), "batch_size": cfg.train.batch_size, "attention": opts.attention,
                 "trained_n_hashes": trained_rounds, "results": results,
             })

@@ -109,8 +109,6 @@ pub(crate) fn guarded(err: *mut c_char, err_len: usize, body: impl FnOnce() -> R
 /// A panic's message, without the C++ backtrace that libtorch appends to its errors.
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     let text = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-    let text = text.unwrap_or("(no message)");
-    // tch panics with the error's Debug form, where the newline before it is escaped.
-    let text = text.split("Exception raised from").next().unwrap_or(text).trim_end_matches("\\n").trim_end();
+    let text = crate::error::first_line(text.unwrap_or("(no message)"));
     format!("panic in a custom autograd function: {text}")
 }

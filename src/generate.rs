@@ -7,33 +7,78 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
+use crate::arg_values::{at_least_one, non_negative, probability};
 use crate::checkpoint::load_model;
+use crate::device::RunArgs;
 use crate::evaluate::EVAL_SEED;
 use crate::model::{Decoder, ForwardMode, ReformerLm};
 
-pub struct GenerateOptions {
+/// Sample text from a trained checkpoint, streamed to stdout.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GenerateArgs {
+    /// A run folder (its best checkpoint is used) or one checkpoint folder.
+    #[arg(long)]
     pub checkpoint: PathBuf,
-    pub prompt: Vec<u8>,
+    /// Text to continue.
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// File whose bytes are the prompt.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Bytes to generate.
+    #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
+    /// Softmax temperature, at least 0 (0 means greedy).
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
     pub temperature: f64,
+    /// Sample among the k most likely bytes only (k at least 1).
+    #[arg(long, value_name = "K", value_parser = at_least_one::<i64>, allow_negative_numbers = true)]
     pub top_k: Option<i64>,
+    /// Sample among the most likely bytes covering probability p, in (0, 1] (nucleus).
+    #[arg(long, value_name = "P", value_parser = probability, allow_negative_numbers = true)]
     pub top_p: Option<f64>,
+    /// Always take the most likely byte.
+    #[arg(long)]
     pub greedy: bool,
+    /// Re-run the forward pass over the whole context for every token instead of
+    /// decoding through the cache. The cache gives the same tokens for full, local
+    /// and strict-causal LSH attention; for LSH layers trained with the paper's rule
+    /// (attend within the query's chunk of the bucket-sorted sequence and one back)
+    /// it applies the strict rule, an approximation: use --no-cache for the exact model.
+    #[arg(long)]
     pub no_cache: bool,
+    /// Independent samples to draw.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>)]
     pub num_samples: usize,
+    /// Print one JSON object with the samples and statistics instead of streaming.
+    #[arg(long)]
     pub json: bool,
-    pub device: Device,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl GenerateArgs {
+    /// The bytes of `--prompt` or `--prompt-file` (none without either).
+    fn prompt_bytes(&self) -> Result<Vec<u8>> {
+        match (&self.prompt, &self.prompt_file) {
+            (Some(text), _) => Ok(text.clone().into_bytes()),
+            (None, Some(path)) => {
+                std::fs::read(path).with_context(|| format!("cannot read prompt file {}", path.display()))
+            }
+            (None, None) => Ok(Vec::new()),
+        }
+    }
 }
 
 /// Picks the next token from the last position's logits.
 ///
 /// # Shapes
 /// `logits`: (V); returns a token id.
-pub fn sample(logits: &Tensor, opts: &GenerateOptions) -> i64 {
+pub fn sample(logits: &Tensor, opts: &GenerateArgs) -> i64 {
     if opts.greedy || opts.temperature == 0.0 {
         return logits.argmax(-1, false).int64_value(&[]);
     }
@@ -112,10 +157,12 @@ impl<'a> NextLogits<'a> {
     }
 }
 
-pub fn run(opts: GenerateOptions) -> Result<()> {
-    let (_vs, model, _) = load_model(&opts.checkpoint, opts.device)?;
+pub fn run(opts: GenerateArgs) -> Result<()> {
+    let device = opts.run.setup()?;
+    tch::manual_seed(opts.run.seed as i64);
+    let mut prompt: Vec<i64> = opts.prompt_bytes()?.into_iter().map(i64::from).collect();
+    let (_vs, model, _) = load_model(&opts.checkpoint, device)?;
     let max_len = model.cfg.max_seq_len;
-    let mut prompt: Vec<i64> = opts.prompt.iter().map(|&b| b as i64).collect();
     if prompt.is_empty() {
         prompt.push(b'\n' as i64);
     }
@@ -138,8 +185,7 @@ pub fn run(opts: GenerateOptions) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for sample_index in 0..opts.num_samples {
-        let mut next_logits =
-            NextLogits { model: &model, use_cache: !opts.no_cache, decoder: None, device: opts.device };
+        let mut next_logits = NextLogits { model: &model, use_cache: !opts.no_cache, decoder: None, device };
         let mut context = prompt.clone();
         let mut generated = Vec::new();
         let mut stream = Utf8Stream { pending: Vec::new() };

@@ -1,11 +1,13 @@
 //! `reformer`: train, sample from and benchmark the Reformer on libtorch.
 
 pub mod allocator;
+pub mod arg_values;
 pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
 pub mod device;
 pub mod distributed;
+pub mod error;
 pub mod eval;
 pub mod evaluate;
 pub mod ffi;

@@ -161,9 +161,9 @@ impl TrainConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
-    /// What the run learns (set from `--task`; default duplication).
+    /// What the run learns (default duplication; `--task` replaces it).
     pub task: TaskKind,
-    /// The data file of the LM tasks (set from `--data`; enwik8 default data/enwik8).
+    /// The data file of the LM tasks (enwik8 default data/enwik8; `--data` replaces it).
     pub data: Option<PathBuf>,
     pub model: ModelConfig,
     pub train: TrainConfig,

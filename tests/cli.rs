@@ -1,9 +1,15 @@
 //! The command line: versions, help, and one clear error line for every user mistake.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The binary as a user without RUST_BACKTRACE runs it.
 fn reformer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).output().expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_reformer"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("the binary runs")
 }
 
 /// A user error: non-zero exit, nothing on stdout, exactly one line on stderr that
@@ -17,6 +23,40 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
     assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
     assert!(lines[0].contains(needle), "{args:?}: expected '{needle}' in: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reformer-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A run configuration of a small model (bytes, 2 layers) that trains for 2 steps,
+/// with `extra` top-level fields (e.g. the task and its data).
+fn tiny_config(dir: &Path, extra: serde_json::Value) -> PathBuf {
+    let mut config = serde_json::json!({
+        "model": {
+            "vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 64,
+            "positional": {"kind": "learned"}, "attention": ["local", "lsh"],
+            "lsh": {"n_hashes": 2, "chunk_len": 8}, "local": {"chunk_len": 8}
+        },
+        "train": {"seq_len": 32, "batch_size": 2, "steps": 2, "eval_every": 2, "eval_batches": 1,
+                  "duplication": {"n_symbols": 16, "copy_len": 15}}
+    });
+    config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// Trains `config` on CPU into `dir/run`; returns the run folder.
+fn trained_run(dir: &Path, config: &Path) -> PathBuf {
+    let run = dir.join("run");
+    let out =
+        reformer(&["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run
 }
 
 #[test]
@@ -56,6 +96,79 @@ fn user_mistakes_give_one_clear_line() {
     assert_one_line_error(&["train", "--config", "/nonexistent/config.json"], "/nonexistent/config.json");
     assert_one_line_error(&["generate", "--checkpoint", "/nonexistent/run"], "does not exist");
     assert_one_line_error(&["train", "--set", "train.duplication.copy_len=400"], "max_seq_len");
+}
+
+#[test]
+fn a_configured_task_and_data_stand_without_task_and_data_flags() {
+    let dir = scratch("configured-task");
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(100)).unwrap();
+    let config = tiny_config(&dir, serde_json::json!({"task": "text", "data": text}));
+    let run = trained_run(&dir, &config);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["task"], "text", "{saved}");
+    assert_eq!(saved["data"], text.to_str().unwrap(), "{saved}");
+    // A preset's task stands too: enwik8-cpu is an enwik8 preset.
+    let out = dir.join("preset-run");
+    assert_one_line_error(
+        &[
+            "train",
+            "--preset",
+            "enwik8-cpu",
+            "--data",
+            "/nonexistent/enwik8",
+            "--steps",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "--download",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn flags_out_of_range_are_refused_with_one_line_naming_them() {
+    let dir = scratch("ranges");
+    let run = trained_run(&dir, &tiny_config(&dir, serde_json::json!({"task": "duplication"})));
+    let generate = ["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--max-new-tokens", "4"];
+    for (flag, value) in [("--top-k", "0"), ("--top-p", "0"), ("--top-p", "1.5"), ("--temperature", "-1")] {
+        assert_one_line_error(&[&generate[..], &[flag, value]].concat(), flag);
+    }
+    assert_one_line_error(&[&generate[..], &["--top-k", "-2"]].concat(), "--top-k");
+    assert_one_line_error(&["train", "--nproc", "0"], "--nproc");
+    assert_one_line_error(&["train", "--dist-timeout", "0"], "--dist-timeout");
+    assert_one_line_error(&["train", "--threads", "0"], "--threads");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_libtorch_failure_is_one_line_and_its_cpp_frames_only_on_request() {
+    // One training step of a case longer than its model's positions: libtorch refuses the
+    // slice of the position table.
+    let case = serde_json::json!({
+        "suite": "steps", "label": "too-long", "kind": "step",
+        "model": {"vocab_size": 16, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 16,
+                  "positional": {"kind": "learned"}, "attention": ["full"]},
+        "batch_size": 1, "seq_len": 32, "steps": 1, "warmup_steps": 0
+    })
+    .to_string();
+    let args = ["bench", "--device", "cpu", "--case", &case];
+    assert_one_line_error(&args, "exceeds dimension size");
+    let out = reformer(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("frame #") && !stderr.contains("Exception raised"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).env("RUST_BACKTRACE", "1").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("frame #"), "RUST_BACKTRACE=1 shows libtorch's frames");
+}
+
+#[test]
+fn bench_refuses_bad_lengths_before_any_case() {
+    assert_one_line_error(&["bench", "--suite", "attention", "--device", "cpu", "--lengths", "0"], "--lengths");
+    // The duplication preset's model has 256 positions.
+    assert_one_line_error(&["bench", "--preset", "duplication", "--device", "cpu", "--lengths", "512"], "max_seq_len");
+    assert_one_line_error(&["bench", "--suite", "depth", "--device", "cpu", "--lengths", "1024"], "--lengths");
 }
 
 #[test]

@@ -89,6 +89,18 @@ fn eval_reproduces_the_logged_validation_and_reports_every_field() {
 }
 
 #[test]
+fn eval_of_a_duplication_run_scores_its_validation_set_by_default() {
+    let dir = scratch("dup-default-split");
+    let run = trained_run(&dir, &[], 16);
+    // The paper's Table 2 row, with no --split: duplication has a validation set only.
+    let row = json_of(&eval(&run, &["--n-hashes", "1,2,4,8", "--eval-bytes", "2000"]));
+    assert_eq!(row["split"], "valid", "{row}");
+    let rounds: Vec<i64> = (0..4).map(|i| row["results"][i]["n_hashes"].as_i64().unwrap()).collect();
+    assert_eq!(rounds, [1, 2, 4, 8]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn eval_of_a_text_run_scores_each_split() {
     let dir = scratch("text");
     let file = text_file(&dir);

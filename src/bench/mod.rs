@@ -1,22 +1,23 @@
 //! `reformer bench`: speed and memory of LSH against full attention as length grows,
 //! and of whole training steps, each case in a fresh child process for clean memory.
 
+mod args;
 pub mod case;
 pub mod memory_model;
 pub mod plot;
 pub mod precision;
 pub mod steady;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::{AttentionKind, ModelConfig, PositionalConfig};
 use crate::run_config::RunConfig;
+pub use args::BenchArgs;
 use case::{run_case, Case, CaseKind, Measurement, WARMUP_STEPS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,24 +35,6 @@ pub enum Suite {
     /// Resident memory over 3000 reversible training steps (a leak shows as growth).
     Steady,
     All,
-}
-
-pub struct BenchOptions {
-    pub suite: Suite,
-    pub steps: usize,
-    pub quick: bool,
-    /// Sequence lengths of the attention suite, replacing the defaults.
-    pub lengths: Option<Vec<i64>>,
-    /// A shipped preset whose training step is measured instead of the suites.
-    pub preset: Option<String>,
-    pub json: Option<PathBuf>,
-    /// Where to draw the SVG figure (time per token over length, memory over depth).
-    pub plot: Option<PathBuf>,
-    /// Earlier JSON reports to tabulate and plot instead of measuring.
-    pub from: Vec<PathBuf>,
-    pub case: Option<String>,
-    pub device: Device,
-    pub threads: Option<usize>,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -192,6 +175,9 @@ fn preset_cases(name: &str, lengths: Option<&[i64]>, steps: usize) -> Result<Vec
     let full = ModelConfig { attention: vec![AttentionKind::Full], ..preset.model.clone() };
     let mut cases = Vec::new();
     for &seq_len in lengths.unwrap_or(&trained_len) {
+        if seq_len > preset.model.max_seq_len {
+            bail!("--lengths {seq_len} is beyond preset '{name}''s max_seq_len {}", preset.model.max_seq_len);
+        }
         for (label, model) in [(name.to_string(), &preset.model), (format!("{name}-full"), &full)] {
             let case = Case::step("preset", label, model.clone(), preset.train.batch_size, seq_len, steps);
             cases.push(case.without_warmup());
@@ -200,8 +186,9 @@ fn preset_cases(name: &str, lengths: Option<&[i64]>, steps: usize) -> Result<Vec
     Ok(cases)
 }
 
-fn cases(opts: &BenchOptions) -> Vec<Case> {
-    let default_lengths: &[i64] = match (opts.quick, opts.device) {
+fn cases(opts: &BenchArgs, device: Device) -> Vec<Case> {
+    let quick = opts.quick_sizes(device);
+    let default_lengths: &[i64] = match (quick, device) {
         (true, _) => &[1024, 4096, 16384],
         (false, Device::Cuda(_)) => &[1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072],
         (false, _) => &[1024, 2048, 4096, 8192, 16384],
@@ -222,10 +209,10 @@ fn cases(opts: &BenchOptions) -> Vec<Case> {
         cases.extend(step_cases(opts.steps));
     }
     if matches!(opts.suite, Suite::Depth | Suite::All) {
-        cases.extend(depth_cases(if opts.quick { 1024 } else { 4096 }, opts.steps));
+        cases.extend(depth_cases(if quick { 1024 } else { 4096 }, opts.steps));
     }
     if matches!(opts.suite, Suite::Ff | Suite::All) {
-        let ff_lengths: &[i64] = if opts.quick { &[16384] } else { &[4096, 16384, 65536] };
+        let ff_lengths: &[i64] = if quick { &[16384] } else { &[4096, 16384, 65536] };
         cases.extend(ff_cases(ff_lengths, opts.steps));
     }
     cases
@@ -233,11 +220,11 @@ fn cases(opts: &BenchOptions) -> Vec<Case> {
 
 /// Runs one case in a child process of this binary; a crash (e.g. out of memory) is
 /// reported as a status, not an error.
-fn run_in_child(case: &Case, opts: &BenchOptions) -> Result<(String, Measurement)> {
+fn run_in_child(case: &Case, device: Device, threads: Option<usize>) -> Result<(String, Measurement)> {
     let exe = std::env::current_exe().context("cannot find the reformer binary")?;
     let mut command = Command::new(exe);
-    command.arg("bench").arg("--case").arg(serde_json::to_string(case)?).arg("--device").arg(device_arg(opts.device));
-    if let Some(threads) = opts.threads {
+    command.arg("bench").arg("--case").arg(serde_json::to_string(case)?).arg("--device").arg(device_arg(device));
+    if let Some(threads) = threads {
         command.arg("--threads").arg(threads.to_string());
     }
     let output = command.output().context("cannot start a bench child process")?;
@@ -259,34 +246,38 @@ fn device_arg(device: Device) -> String {
     }
 }
 
-pub fn run(opts: BenchOptions) -> Result<()> {
+pub fn run(opts: BenchArgs) -> Result<()> {
+    let device = opts.run.setup()?;
     if let Some(spec) = &opts.case {
         let case: Case = serde_json::from_str(spec).context("bad --case JSON")?;
-        println!("{}", serde_json::to_string(&run_case(&case, opts.device)?)?);
+        println!("{}", serde_json::to_string(&run_case(&case, device)?)?);
         return Ok(());
     }
     if !opts.from.is_empty() {
         return report_from(&opts);
     }
     if opts.suite == Suite::Precision {
-        return run_precision(&opts);
+        return run_precision(&opts, device);
     }
     if opts.suite == Suite::Steady {
         println!("{:>6} {:>10}", "step", "RSS KiB");
-        for (step, rss) in steady::rss_over_steps(3000, opts.device) {
+        for (step, rss) in steady::rss_over_steps(3000, device) {
             println!("{step:>6} {rss:>10}");
         }
         return Ok(());
     }
-    let peak = matmul_flops(opts.device);
-    eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(opts.device), peak / 1e9);
     let cases = match &opts.preset {
         Some(name) => preset_cases(name, opts.lengths.as_deref(), opts.steps)?,
-        None => cases(&opts),
+        None if opts.lengths.is_some() && !matches!(opts.suite, Suite::Attention | Suite::All) => {
+            bail!("--lengths applies to the attention suite and to --preset, not to --suite {:?}", opts.suite)
+        }
+        None => cases(&opts, device),
     };
+    let peak = matmul_flops(device);
+    eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(device), peak / 1e9);
     let mut progress = crate::progress::Progress::new("bench", cases.len() as u64);
     let mut rows = Vec::new();
-    let available = match opts.device {
+    let available = match device {
         Device::Cuda(index) => crate::device::cuda_free_bytes(index).ok().map(|free| free as f64),
         _ => memory_model::available_bytes(),
     };
@@ -303,7 +294,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
                 );
                 ("skipped".to_string(), Measurement::default())
             }
-            _ => run_in_child(case, &opts)?,
+            _ => run_in_child(case, device, opts.run.threads)?,
         };
         let flops = case.flops_per_token();
         let utilization = if status == "ok" { flops * m.tokens_per_sec / peak } else { 0.0 };
@@ -320,20 +311,31 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     progress.finish();
     print_table(&rows);
     if opts.suite == Suite::All && opts.preset.is_none() {
-        run_precision(&opts)?;
+        run_precision(&opts, device)?;
     }
     write_plot(&rows, &opts)?;
     if let Some(path) = &opts.json {
-        let report = json!({"machine": machine(opts.device), "matmul_flops": peak, "cases": rows});
+        let report = json!({"machine": machine(device), "matmul_flops": peak, "cases": rows});
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    check_some_measured(&rows)
+}
+
+/// An error when cases ran and every one of them failed (a case predicted not to fit is
+/// skipped, not failed).
+fn check_some_measured(rows: &[serde_json::Value]) -> Result<()> {
+    let count = |status: &[&str]| rows.iter().filter(|r| status.iter().any(|s| r["status"] == *s)).count();
+    let failed = count(&["failed", "oom"]);
+    if failed > 0 && count(&["ok"]) == 0 {
+        bail!("every case that ran failed ({failed} of {}): see the lines above", rows.len());
     }
     Ok(())
 }
 
 /// The figure of `rows` when `--plot` asks for one.
-fn write_plot(rows: &[serde_json::Value], opts: &BenchOptions) -> Result<()> {
+fn write_plot(rows: &[serde_json::Value], opts: &BenchArgs) -> Result<()> {
     if let Some(path) = &opts.plot {
         plot::write_svg(rows, path)?;
         eprintln!("wrote {}", path.display());
@@ -342,7 +344,7 @@ fn write_plot(rows: &[serde_json::Value], opts: &BenchOptions) -> Result<()> {
 }
 
 /// The table and figure of earlier JSON reports, merged.
-fn report_from(opts: &BenchOptions) -> Result<()> {
+fn report_from(opts: &BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     for path in &opts.from {
         let text =
@@ -357,19 +359,19 @@ fn report_from(opts: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
-fn run_precision(opts: &BenchOptions) -> Result<()> {
+fn run_precision(opts: &BenchArgs, device: Device) -> Result<()> {
     println!("{:<8} {:<10} {:>22} {:>22}", "layers", "dtype", "first block rel. error", "worst block rel. error");
     let mut results = Vec::new();
     for kind in [Kind::Float, Kind::BFloat16] {
         for n_layers in [12, 24] {
-            let r = precision::measure(n_layers, kind, 1024, opts.device);
+            let r = precision::measure(n_layers, kind, 1024, device);
             println!("{:<8} {:<10} {:>22.3e} {:>22.3e}", r.n_layers, r.dtype, r.first_block, r.worst_block);
             results.push(r);
         }
     }
     if opts.suite == Suite::Precision {
         if let Some(path) = &opts.json {
-            let report = json!({"machine": machine(opts.device), "reconstruction": results});
+            let report = json!({"machine": machine(device), "reconstruction": results});
             std::fs::write(path, serde_json::to_string_pretty(&report)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
@@ -425,4 +427,18 @@ fn machine(device: Device) -> serde_json::Value {
         "git_commit": commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
         "allocator": crate::allocator::describe(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bench_fails_when_no_case_that_ran_succeeded() {
+        let rows =
+            |statuses: &[&str]| -> Vec<serde_json::Value> { statuses.iter().map(|s| json!({ "status": s })).collect() };
+        assert!(check_some_measured(&rows(&["failed", "oom", "skipped"])).is_err());
+        assert!(check_some_measured(&rows(&["failed", "ok"])).is_ok());
+        assert!(check_some_measured(&rows(&["skipped", "skipped"])).is_ok());
+    }
 }

@@ -69,15 +69,25 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// `--nproc N`: runs this command line again (less `--nproc`) as N local workers of one
-/// group on the loopback, each with its share of the CPU cores, and waits for them. When
+/// `--nproc N`: runs this process's command line again as N local workers (see
+/// `spawn_local`); refused under a launcher, which starts the workers itself.
+pub fn launch_local(n: i64, timeout: Duration) -> Result<()> {
+    if std::env::var_os("WORLD_SIZE").is_some() {
+        bail!("--nproc starts its own workers: do not combine it with a launcher (WORLD_SIZE is set)");
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    spawn_local(n, &args_without_nproc(&args), timeout)
+}
+
+/// Runs the binary with `args` (the command line less `--nproc`) as N local workers of
+/// one group on the loopback, each with its share of the CPU cores, and waits for them. When
 /// one fails, the others stop on their own at their next collective (or its timeout);
 /// any left after `timeout` more are killed. Returns an error naming the failed ranks.
 ///
 /// The workers run in their own process group, so a Ctrl-C at the terminal reaches this
 /// process alone, which passes each interrupt (or SIGTERM) on to every worker once: the
 /// first makes them finish the step, save and stop together, a second stops them at once.
-pub fn spawn_local(n: i64, args: &[String], timeout: Duration) -> Result<()> {
+fn spawn_local(n: i64, args: &[String], timeout: Duration) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the reformer binary")?;
     let port = free_port()?;
@@ -138,7 +148,7 @@ pub fn spawn_local(n: i64, args: &[String], timeout: Duration) -> Result<()> {
 }
 
 /// The command-line arguments without `--nproc N` (or `--nproc=N`).
-pub fn args_without_nproc(args: &[String]) -> Vec<String> {
+fn args_without_nproc(args: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let mut skip_next = false;
     for arg in args {

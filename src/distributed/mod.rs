@@ -13,5 +13,5 @@ mod launch;
 mod process_group;
 
 pub use data_parallel::{average_gradients, broadcast_parameters, check_parameters_agree, BUCKET_BYTES};
-pub use launch::{args_without_nproc, spawn_local, LaunchEnv};
+pub use launch::{launch_local, LaunchEnv};
 pub use process_group::{nccl_built, Backend, ProcessGroup};

@@ -9,6 +9,7 @@ use tch::Tensor;
 use torch_sys::C_tensor;
 
 use super::launch::LaunchEnv;
+use crate::error::first_line;
 use crate::ffi::{self, ErrorBuffer, ERROR_LEN};
 
 /// The c10d backend.
@@ -163,7 +164,8 @@ impl ProcessGroup {
 
     fn call(&self, what: &str, body: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
         if let Err(err) = ffi::checked(body) {
-            let reason = first_line(&err.to_string());
+            let message = err.to_string();
+            let reason = first_line(&message);
             bail!("rank {} of {}: {what} failed (a worker died or timed out?): {reason}", self.rank, self.world_size);
         }
         Ok(())
@@ -175,9 +177,4 @@ impl Drop for ProcessGroup {
         // SAFETY: the handle came from dist_init and is destroyed once.
         unsafe { dist_destroy(self.handle) };
     }
-}
-
-/// The first line of a libtorch message (the rest is a C++ context dump).
-fn first_line(message: &str) -> String {
-    message.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(no message)").to_string()
 }

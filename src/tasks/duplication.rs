@@ -81,6 +81,10 @@ impl Task for Duplication {
         Ok(self.valid_batches(batch_size, (max_bytes / per_batch).max(1) as i64))
     }
 
+    fn scoring_split(&self) -> Split {
+        Split::Valid
+    }
+
     fn check_model(&self, model: &ModelConfig) -> Result<()> {
         if model.vocab_size < self.cfg.n_symbols {
             bail!(

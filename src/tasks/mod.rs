@@ -113,4 +113,7 @@ pub trait Task {
     fn check_model(&self, model: &crate::model::ModelConfig) -> Result<()>;
     /// Non-overlapping windows over `split`, at most `max_bytes` of it, in batches.
     fn split_batches(&self, split: Split, batch_size: i64, max_bytes: usize) -> Result<Vec<Batch>>;
+    /// The split a trained model is scored on: the held-out test split, or the
+    /// validation set where the task has nothing else.
+    fn scoring_split(&self) -> Split;
 }

@@ -124,6 +124,10 @@ impl Task for TextData {
         })
     }
 
+    fn scoring_split(&self) -> Split {
+        Split::Test
+    }
+
     fn check_model(&self, model: &ModelConfig) -> Result<()> {
         if model.vocab_size < 256 {
             bail!("byte-level text needs model.vocab_size >= 256, not {}", model.vocab_size);

@@ -4,20 +4,21 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
 use tch::{Device, Tensor};
 
-use crate::distributed::{Backend, ProcessGroup};
+use crate::distributed::ProcessGroup;
 use crate::evaluate::{evaluate, Score};
 use crate::model::ReformerLm;
 use crate::run_config::RunConfig;
 use crate::tasks::{Batch, TaskKind};
 
+mod args;
 mod metrics;
 mod trainer;
+pub use args::TrainArgs;
 use trainer::Trainer;
 
 /// Hash rounds at which a duplication model is evaluated at the end (paper Table 2).
@@ -30,33 +31,9 @@ pub enum Precision {
     Bf16,
 }
 
-pub struct TrainOptions {
-    pub task: TaskKind,
-    pub data: Option<PathBuf>,
-    pub preset: Option<String>,
-    pub config: Option<PathBuf>,
-    pub set: Vec<String>,
-    pub out: Option<PathBuf>,
-    pub resume: Option<PathBuf>,
-    pub steps: Option<i64>,
-    pub time_limit_minutes: Option<f64>,
-    pub eval_bytes: usize,
-    /// Fetch enwik8 when its file is missing.
-    pub download: bool,
-    pub precision: Precision,
-    pub json: bool,
-    pub device: Device,
-    pub seed: u64,
-    /// The c10d backend when launched as one of several workers (default: NCCL on CUDA,
-    /// Gloo on the CPU).
-    pub dist_backend: Option<Backend>,
-    /// How long a collective may wait for the other workers.
-    pub dist_timeout: Duration,
-}
-
 /// `reformer train`: the loop over `Trainer`'s phases. Every way out (the last step, the
 /// time limit, an interrupt, a non-finite loss) ends in `Trainer::finish`.
-pub fn run(opts: TrainOptions) -> Result<()> {
+pub fn run(opts: TrainArgs) -> Result<()> {
     let mut trainer = Trainer::new(opts)?;
     install_interrupt_handler();
     let stop = loop {
@@ -90,16 +67,23 @@ enum Stop {
 }
 
 /// The configuration of a new run: a config file, a preset or the task's default, then
-/// the `--set` overrides, `--task`, `--data` and `--steps`.
-fn resolve_config(opts: &TrainOptions) -> Result<RunConfig> {
+/// the `--set` overrides and the command line's changes: `--task` and `--data` replace
+/// the configured ones when given (data configured for another task does not carry
+/// over), `--steps` the number of steps.
+fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
     let base = match (&opts.config, &opts.preset) {
         (Some(path), _) => RunConfig::from_file(path)?,
         (None, Some(name)) => RunConfig::preset(name)?,
-        (None, None) => RunConfig::preset(opts.task.default_preset())?,
+        (None, None) => RunConfig::preset(opts.task.unwrap_or_default().default_preset())?,
     };
     let mut cfg = base.with_overrides(&opts.set)?;
-    cfg.task = opts.task;
-    cfg.data = opts.data.clone();
+    if let Some(task) = opts.task.filter(|&task| task != cfg.task) {
+        cfg.task = task;
+        cfg.data = None;
+    }
+    if let Some(data) = &opts.data {
+        cfg.data = Some(data.clone());
+    }
     if let Some(steps) = opts.steps {
         cfg.train.steps = steps;
     }

@@ -12,7 +12,7 @@ use tch::{nn, Device, Tensor};
 use super::metrics::{window_message, MetricsWindow};
 use super::{
     agree_any, default_out, describe_score, interrupt_requested, resolve_config, table2_row, Faults, Precision, Stop,
-    TrainOptions,
+    TrainArgs,
 };
 use crate::checkpoint::{load_train_state, load_weights, RunDir, TrainState};
 use crate::distributed::{self, Backend, LaunchEnv, ProcessGroup};
@@ -64,16 +64,17 @@ impl Trainer {
     /// Resolves the configuration, joins the process group (when launched as a worker),
     /// builds the model and optimizer, and with `--resume` resumes them. The only reader
     /// of the options.
-    pub fn new(opts: TrainOptions) -> Result<Self> {
+    pub fn new(opts: TrainArgs) -> Result<Self> {
+        let device = opts.run.setup()?;
         let bf16 = opts.precision == Precision::Bf16;
-        if bf16 && !opts.device.is_cuda() {
-            bail!("--precision bf16 autocasts on CUDA only: use --precision f32 on {:?}", opts.device);
+        if bf16 && !device.is_cuda() {
+            bail!("--precision bf16 autocasts on CUDA only: use --precision f32 on {device:?}");
         }
         if let Some(steps) = opts.steps.filter(|&steps| steps < 0) {
             bail!("--steps {steps} must not be negative");
         }
         let launch = LaunchEnv::from_env()?;
-        let device = match (&launch, opts.device) {
+        let device = match (&launch, device) {
             (Some(launch), Device::Cuda(_)) => Device::Cuda(launch.local_rank as usize),
             (_, device) => device,
         };
@@ -128,7 +129,7 @@ impl Trainer {
             eprintln!("config: {}", serde_json::to_string(&cfg)?);
         }
 
-        tch::manual_seed(opts.seed as i64);
+        tch::manual_seed(opts.run.seed as i64);
         let vs = nn::VarStore::new(device);
         let model = ReformerLm::new(vs.root(), &cfg.model);
         let optimizer = AdamW::new(&vs, &cfg.train);
@@ -153,7 +154,7 @@ impl Trainer {
             optimizer,
             variables,
             valid_batches,
-            state: TrainState::new(opts.seed),
+            state: TrainState::new(opts.run.seed),
             started: Instant::now(),
             elapsed_before: 0.0,
             progress: if is_main { Progress::new("train", last_step as u64) } else { Progress::silent() },

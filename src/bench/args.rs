@@ -1,0 +1,58 @@
+//! The command line of `reformer bench`.
+
+use std::path::PathBuf;
+
+use tch::Device;
+
+use super::Suite;
+use crate::arg_values::at_least_one;
+use crate::device::RunArgs;
+
+/// Measure speed and memory: LSH against full attention over length, training steps.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Which measurements to run.
+    #[arg(long, value_enum, default_value = "all")]
+    pub suite: Suite,
+    /// Timed steps per case (after warm-up); the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one::<usize>)]
+    pub steps: usize,
+    /// Smaller sizes, for a run of a few minutes on a CPU (the default on a CPU).
+    #[arg(long, conflicts_with = "full")]
+    pub quick: bool,
+    /// The full sizes even on a CPU (the default on a GPU).
+    #[arg(long)]
+    pub full: bool,
+    /// Measure training steps of a shipped preset's model (and of the same model with
+    /// full attention) instead of the suites, the first step timed (no warm-up):
+    /// duplication, enwik8-cpu, enwik8-paper.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Sequence lengths of the attention suite (or of --preset), comma-separated (e.g.
+    /// 1024,4096,65536).
+    #[arg(long, value_delimiter = ',', value_parser = at_least_one::<i64>)]
+    pub lengths: Option<Vec<i64>>,
+    /// Write every raw number and the machine to this JSON file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw the figure (time per token over length, memory over depth) to this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Tabulate (and with --plot draw) earlier --json reports, comma-separated, instead
+    /// of measuring.
+    #[arg(long, value_delimiter = ',')]
+    pub from: Vec<PathBuf>,
+    /// Run one case given as JSON and print its result (used by the suites, which
+    /// run each case in a fresh process).
+    #[arg(long, hide = true)]
+    pub case: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl BenchArgs {
+    /// Whether the suites use their smaller sizes: --quick, or on a CPU unless --full.
+    pub fn quick_sizes(&self, device: Device) -> bool {
+        self.quick || (!self.full && device == Device::Cpu)
+    }
+}

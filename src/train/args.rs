@@ -1,0 +1,68 @@
+//! The command line of `reformer train`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::arg_values::{at_least_one, seconds};
+use crate::device::RunArgs;
+use crate::distributed::Backend;
+use crate::tasks::TaskKind;
+
+use super::Precision;
+
+/// Train a model: the duplication task (default), enwik8, or any text file.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// What to learn (default: the task of --config or --preset, else duplication).
+    #[arg(long, value_enum)]
+    pub task: Option<TaskKind>,
+    /// Data file (default: the one of --config; enwik8: data/enwik8; text: required).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A shipped preset: duplication, enwik8-cpu, enwik8-paper (default: the task's).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A run configuration file (JSON, the layout of config.json); replaces --preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a setting: --set model.lsh.n_hashes=2 --set train.lr=5e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Run folder (default checkpoints/<task>-<unix time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its latest checkpoint (with its task and data).
+    #[arg(long, conflicts_with_all = ["task", "data", "preset", "config", "set", "out"])]
+    pub resume: Option<PathBuf>,
+    /// Optimizer steps (overrides train.steps; with --resume, the lr schedule keeps the run's).
+    #[arg(long)]
+    pub steps: Option<i64>,
+    /// Stop (and save) after this many minutes of training.
+    #[arg(long = "time-limit", value_name = "MINUTES")]
+    pub time_limit_minutes: Option<f64>,
+    /// Fetch enwik8 (enwik8.zip from the Hutter-prize page) when its file is missing.
+    #[arg(long)]
+    pub download: bool,
+    /// Bytes of the test split scored at the end (LM tasks).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub eval_bytes: usize,
+    /// Arithmetic: f32, or bf16 autocast (CUDA only).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: Precision,
+    /// Print a final summary object as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Data-parallel training on N local worker processes (rank 0 writes). Workers
+    /// started by torchrun or a cluster launcher (RANK, WORLD_SIZE, MASTER_ADDR,
+    /// MASTER_PORT set) join their group without it.
+    #[arg(long, value_name = "N", value_parser = at_least_one::<i64>, allow_negative_numbers = true)]
+    pub nproc: Option<i64>,
+    /// The c10d backend between workers (default: nccl on CUDA, gloo on the CPU).
+    #[arg(long, value_enum)]
+    pub dist_backend: Option<Backend>,
+    /// Seconds a worker waits for the others at a collective before failing.
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = seconds, allow_negative_numbers = true)]
+    pub dist_timeout: Duration,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
