@@ -10,13 +10,13 @@ use serde_json::json;
 use tch::Device;
 
 use crate::arg_values::at_least_one;
-use crate::checkpoint::load_model;
 use crate::device::RunArgs;
-use crate::evaluate::{evaluate, Score};
 use crate::model::attention::Attention;
 use crate::model::ReformerLm;
 use crate::progress::Progress;
-use crate::tasks::{build_task, Batch, Split, TaskKind};
+use crate::run_dir::load_model;
+use crate::score::{evaluate, Score};
+use crate::tasks::{Batch, Split, TaskKind};
 
 /// What LSH layers compute at evaluation time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -126,7 +126,7 @@ pub fn run(opts: EvalArgs) -> Result<()> {
         crate::model::decoding::check_decodable(&cfg.model)?;
         model.set_strict_causal(true)?;
     }
-    let task = build_task(&cfg)?;
+    let task = cfg.build_task()?;
     let split = opts.split.unwrap_or_else(|| task.scoring_split());
     let batches = if opts.training_windows {
         task.valid_batches(cfg.train.batch_size, cfg.train.eval_batches)

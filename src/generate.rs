@@ -12,10 +12,10 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::arg_values::{at_least_one, non_negative, probability};
-use crate::checkpoint::load_model;
 use crate::device::RunArgs;
-use crate::evaluate::EVAL_SEED;
 use crate::model::{Decoder, ForwardMode, ReformerLm};
+use crate::run_dir::load_model;
+use crate::score::EVAL_SEED;
 
 /// Sample text from a trained checkpoint, streamed to stdout.
 #[derive(clap::Args, Clone, Debug)]

@@ -9,7 +9,8 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 use crate::model::ModelConfig;
-use crate::tasks::TaskKind;
+use crate::tasks::duplication::{Duplication, DuplicationConfig};
+use crate::tasks::{text::TextData, Task, TaskKind, DEFAULT_ENWIK8_PATH};
 
 /// Presets shipped with the binary: (name, JSON).
 pub const PRESETS: &[(&str, &str)] = &[
@@ -38,22 +39,6 @@ pub enum NonFinitePolicy {
     Stop,
     /// Skip the update and count it.
     Skip,
-}
-
-/// Settings of the synthetic duplication task (paper §5).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DuplicationConfig {
-    /// Symbols, 0 included: w is drawn from 1..n_symbols (default 128, as in the paper).
-    pub n_symbols: i64,
-    /// Length n of w; the model reads 2n + 1 tokens (default 511, as in the paper).
-    pub copy_len: i64,
-}
-
-impl Default for DuplicationConfig {
-    fn default() -> Self {
-        Self { n_symbols: 128, copy_len: 511 }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -201,6 +186,30 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.train.validate()
+    }
+
+    /// The task this configuration names (`task`, `data`), its data loaded and checked
+    /// against the model.
+    pub fn build_task(&self) -> Result<Box<dyn Task>> {
+        let task: Box<dyn Task> = match self.task {
+            TaskKind::Duplication => Box::new(Duplication::new(self.train.duplication.clone())),
+            TaskKind::Enwik8 => {
+                let path = self.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ENWIK8_PATH));
+                if !path.exists() {
+                    bail!(
+                        "enwik8 not found at {}: add --download to fetch it, or pass --data FILE (see data/README.md)",
+                        path.display()
+                    );
+                }
+                Box::new(TextData::load(&path, self.train.seq_len)?)
+            }
+            TaskKind::Text => {
+                let path = self.data.as_deref().context("--task text needs --data FILE")?;
+                Box::new(TextData::load(path, self.train.seq_len)?)
+            }
+        };
+        task.check_model(&self.model)?;
+        Ok(task)
     }
 }
 

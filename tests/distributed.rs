@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use reformer::checkpoint::load_model;
+use reformer::run_dir::load_model;
 use tch::Device;
 
 fn scratch(name: &str) -> PathBuf {

@@ -1,7 +1,7 @@
 //! The data: duplication sequences and their loss mask, text splits and windows.
 
-use reformer::run_config::DuplicationConfig;
 use reformer::tasks::duplication::Duplication;
+use reformer::tasks::duplication::DuplicationConfig;
 use reformer::tasks::text::{split_points, TextData, ENWIK8_BYTES};
 use reformer::tasks::{SamplerRng, Split, Task};
 

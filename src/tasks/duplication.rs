@@ -3,11 +3,27 @@
 //! so second-copy accuracy measures whether attention retrieves far-away tokens.
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::{Batch, SamplerRng, Split, Task};
 use crate::model::ModelConfig;
-use crate::run_config::DuplicationConfig;
+
+/// Settings of the synthetic duplication task (paper §5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DuplicationConfig {
+    /// Symbols, 0 included: w is drawn from 1..n_symbols (default 128, as in the paper).
+    pub n_symbols: i64,
+    /// Length n of w; the model reads 2n + 1 tokens (default 511, as in the paper).
+    pub copy_len: i64,
+}
+
+impl Default for DuplicationConfig {
+    fn default() -> Self {
+        Self { n_symbols: 128, copy_len: 511 }
+    }
+}
 
 /// Seed of the fixed validation sequences (any constant; it names the validation set).
 const VALID_SEED: u64 = 0xD0_0B1E;

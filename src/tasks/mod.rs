@@ -5,15 +5,11 @@ pub mod duplication;
 pub mod rng;
 pub mod text;
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 pub use rng::SamplerRng;
-
-use crate::run_config::RunConfig;
 
 /// Where `--task enwik8` looks when no `--data` is given.
 pub const DEFAULT_ENWIK8_PATH: &str = "data/enwik8";
@@ -48,29 +44,6 @@ pub enum Split {
     Test,
     /// The three splits one after the other.
     All,
-}
-
-/// The task of a run configuration (`cfg.task`, `cfg.data`), checked against its model.
-pub fn build_task(cfg: &RunConfig) -> Result<Box<dyn Task>> {
-    let task: Box<dyn Task> = match cfg.task {
-        TaskKind::Duplication => Box::new(duplication::Duplication::new(cfg.train.duplication.clone())),
-        TaskKind::Enwik8 => {
-            let path = cfg.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ENWIK8_PATH));
-            if !path.exists() {
-                bail!(
-                    "enwik8 not found at {}: add --download to fetch it, or pass --data FILE (see data/README.md)",
-                    path.display()
-                );
-            }
-            Box::new(text::TextData::load(&path, cfg.train.seq_len)?)
-        }
-        TaskKind::Text => {
-            let path: &Path = cfg.data.as_deref().context("--task text needs --data FILE")?;
-            Box::new(text::TextData::load(path, cfg.train.seq_len)?)
-        }
-    };
-    task.check_model(&cfg.model)?;
-    Ok(task)
 }
 
 /// One batch: the model reads `inputs` and is scored on `targets` where `weights` > 0.

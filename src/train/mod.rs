@@ -10,9 +10,9 @@ use serde_json::json;
 use tch::{Device, Tensor};
 
 use crate::distributed::ProcessGroup;
-use crate::evaluate::{evaluate, Score};
 use crate::model::ReformerLm;
 use crate::run_config::RunConfig;
+use crate::score::{evaluate, Score};
 use crate::tasks::{Batch, TaskKind};
 
 mod args;

@@ -14,16 +14,16 @@ use super::{
     agree_any, default_out, describe_score, interrupt_requested, resolve_config, table2_row, Faults, Precision, Stop,
     TrainArgs,
 };
-use crate::checkpoint::{load_train_state, load_weights, RunDir, TrainState};
 use crate::distributed::{self, Backend, LaunchEnv, ProcessGroup};
-use crate::evaluate::{evaluate_shared, Score};
 use crate::model::seeded_random::derive_seed;
 use crate::model::{ForwardMode, ReformerLm};
 use crate::optimizer::{learning_rate, AdamW};
 use crate::progress::Progress;
 use crate::run_config::{NonFinitePolicy, RunConfig};
+use crate::run_dir::{load_train_state, load_weights, RunDir, TrainState};
+use crate::score::{evaluate_shared, Score};
 use crate::tasks::download::download_enwik8;
-use crate::tasks::{build_task, Batch, Split, Task, TaskKind, DEFAULT_ENWIK8_PATH};
+use crate::tasks::{Batch, Split, Task, TaskKind, DEFAULT_ENWIK8_PATH};
 
 pub struct Trainer {
     cfg: RunConfig,
@@ -96,7 +96,7 @@ impl Trainer {
             }
         }
         // The data is checked before anything is written.
-        let task = build_task(&cfg)?;
+        let task = cfg.build_task()?;
         let group = match &launch {
             Some(launch) => {
                 let backend = opts.dist_backend.unwrap_or_else(|| Backend::default_for(device));
