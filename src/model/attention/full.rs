@@ -11,7 +11,7 @@ use crate::model::seeded_random::ForwardMode;
 
 #[derive(Debug)]
 pub struct FullAttention {
-    projection: QkvProjection,
+    pub(super) projection: QkvProjection,
     causal: bool,
     dropout: f64,
 }
@@ -19,11 +19,6 @@ pub struct FullAttention {
 impl FullAttention {
     pub fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
         Self { projection: QkvProjection::new(&vs, cfg), causal: cfg.causal, dropout: cfg.dropout_attention }
-    }
-
-    /// The trainable tensors.
-    pub fn parameters(&self) -> Vec<Tensor> {
-        self.projection.parameters()
     }
 
     /// # Shapes

@@ -15,7 +15,7 @@ use crate::model::seeded_random::MaskShare;
 
 #[derive(Debug)]
 pub struct LocalAttention {
-    projection: QkvProjection,
+    pub(super) projection: QkvProjection,
     window: Window,
     sliced: bool,
 }
@@ -33,11 +33,6 @@ impl LocalAttention {
             },
             sliced: cfg.sliced_attention,
         }
-    }
-
-    /// The trainable tensors.
-    pub fn parameters(&self) -> Vec<Tensor> {
-        self.projection.parameters()
     }
 
     /// # Shapes

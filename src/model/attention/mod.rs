@@ -44,8 +44,8 @@ impl Attention {
     pub fn parameters(&self) -> Vec<Tensor> {
         match self {
             Self::Lsh(a) => a.parameters(),
-            Self::Local(a) => a.parameters(),
-            Self::Full(a) => a.parameters(),
+            Self::Local(a) => a.projection.parameters(),
+            Self::Full(a) => a.projection.parameters(),
         }
     }
 
