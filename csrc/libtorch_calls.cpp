@@ -2,6 +2,7 @@
 // C_tensor). Each function that can fail returns 0, or non-zero with a message in `err`.
 #include <ATen/ATen.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 
 #include "bridge.h"
@@ -44,4 +45,52 @@ int reformer_cuda_reset_peak(int index, char* err, size_t err_len) {
     cuda_allocator()->resetPeakStats(static_cast<c10::DeviceIndex>(index));
   });
 }
+}
+
+extern "C" {
+// Autocast for the device type `device_type` (0 CPU, 1 CUDA) to `dtype` (0 float32 =
+// off, 1 bfloat16, 2 float16). Enters: saves the state it replaces into `saved` (two
+// ints) and increments the nesting; exits: restores `saved` and decrements the nesting,
+// clearing the cast cache when the outermost scope ends (as torch.autocast does).
+int reformer_autocast_enter(int device_type, int dtype, int* saved, char* err, size_t err_len);
+int reformer_autocast_exit(int device_type, const int* saved, char* err, size_t err_len);
+// The autocast state of `device_type` as the codes above: 0 when off.
+int reformer_autocast_state(int device_type);
+}
+
+namespace {
+at::DeviceType device_type_of(int code) { return code == 1 ? at::DeviceType::CUDA : at::DeviceType::CPU; }
+
+int dtype_code(at::ScalarType dtype) {
+  if (dtype == at::kBFloat16) return 1;
+  if (dtype == at::kHalf) return 2;
+  return 0;
+}
+
+at::ScalarType dtype_of(int code) { return code == 2 ? at::kHalf : at::kBFloat16; }
+}  // namespace
+
+int reformer_autocast_state(int device_type) {
+  auto type = device_type_of(device_type);
+  return at::autocast::is_autocast_enabled(type) ? dtype_code(at::autocast::get_autocast_dtype(type)) : 0;
+}
+
+int reformer_autocast_enter(int device_type, int dtype, int* saved, char* err, size_t err_len) {
+  return bridge::guarded(err, err_len, [&] {
+    auto type = device_type_of(device_type);
+    saved[0] = at::autocast::is_autocast_enabled(type) ? 1 : 0;
+    saved[1] = dtype_code(at::autocast::get_autocast_dtype(type));
+    if (dtype != 0) at::autocast::set_autocast_dtype(type, dtype_of(dtype));
+    at::autocast::set_autocast_enabled(type, dtype != 0);
+    at::autocast::increment_nesting();
+  });
+}
+
+int reformer_autocast_exit(int device_type, const int* saved, char* err, size_t err_len) {
+  return bridge::guarded(err, err_len, [&] {
+    auto type = device_type_of(device_type);
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    if (saved[1] != 0) at::autocast::set_autocast_dtype(type, dtype_of(saved[1]));
+    at::autocast::set_autocast_enabled(type, saved[0] != 0);
+  });
 }

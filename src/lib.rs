@@ -12,6 +12,7 @@ pub mod ffi;
 pub mod generate;
 pub mod model;
 pub mod optimizer;
+pub mod precision;
 pub mod progress;
 pub mod run_config;
 pub mod run_dir;

@@ -46,7 +46,7 @@ pub struct TrainArgs {
     /// Bytes of the test split scored at the end (LM tasks).
     #[arg(long, default_value_t = 1_000_000)]
     pub eval_bytes: usize,
-    /// Arithmetic: f32, or bf16 autocast (CUDA only).
+    /// Arithmetic: f32, or bf16 / f16 autocast (CPU and CUDA).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: Precision,
     /// Print a final summary object as JSON on stdout.

@@ -18,18 +18,12 @@ use crate::tasks::{Batch, TaskKind};
 mod args;
 mod metrics;
 mod trainer;
+pub use crate::precision::Precision;
 pub use args::TrainArgs;
 use trainer::Trainer;
 
 /// Hash rounds at which a duplication model is evaluated at the end (paper Table 2).
 pub const TABLE2_ROUNDS: [i64; 4] = [1, 2, 4, 8];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Precision {
-    F32,
-    /// bfloat16 autocast (CUDA only).
-    Bf16,
-}
 
 /// `reformer train`: the loop over `Trainer`'s phases. Every way out (the last step, the
 /// time limit, an interrupt, a non-finite loss) ends in `Trainer::finish`.

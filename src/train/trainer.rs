@@ -31,7 +31,7 @@ pub struct Trainer {
     /// `train.steps` (config.json's) stays the horizon of the learning-rate schedule.
     last_step: i64,
     device: Device,
-    bf16: bool,
+    precision: Precision,
     /// Bytes of the test split scored at the end.
     eval_bytes: usize,
     json: bool,
@@ -66,10 +66,6 @@ impl Trainer {
     /// of the options.
     pub fn new(opts: TrainArgs) -> Result<Self> {
         let device = opts.run.setup()?;
-        let bf16 = opts.precision == Precision::Bf16;
-        if bf16 && !device.is_cuda() {
-            bail!("--precision bf16 autocasts on CUDA only: use --precision f32 on {device:?}");
-        }
         if let Some(steps) = opts.steps.filter(|&steps| steps < 0) {
             bail!("--steps {steps} must not be negative");
         }
@@ -141,7 +137,7 @@ impl Trainer {
         let mut trainer = Self {
             last_step,
             device,
-            bf16,
+            precision: opts.precision,
             eval_bytes: opts.eval_bytes,
             json: opts.json,
             time_limit_secs: opts.time_limit_minutes.map(|m| m * 60.0),
@@ -270,9 +266,9 @@ impl Trainer {
             let batch = self.task.train_batch(train.batch_size * world_size, &mut self.state.sampler);
             let batch = batch.rows(rank * train.batch_size, train.batch_size).to_device(self.device);
             let seed = derive_seed(self.state.seed, (self.state.step * train.grad_accumulation + micro) as u64);
-            let stats = tch::autocast(self.bf16, || {
+            let stats = self.precision.autocast(self.device, || {
                 self.model.loss(&batch.inputs, &batch.targets, Some(&batch.weights), ForwardMode::train(seed))
-            });
+            })?;
             (&stats.loss / train.grad_accumulation as f64).backward();
             loss_sum += stats.loss.double_value(&[]) * stats.weight;
             correct += stats.correct;
