@@ -7,7 +7,10 @@
 // the backward (whichever the function recomputes from), and there passes them with the
 // outputs' gradients and asks for one gradient per input. Tensors cross as `at::Tensor*`
 // (tch's C_tensor): borrowed for a call, or handed over as new heap tensors.
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include <array>
 
 #include "bridge.h"
 
@@ -35,6 +38,43 @@ struct FunctionCallbacks {
 
 namespace {
 
+// Autocast on one device type: whether it is on and in which dtype.
+struct AutocastState {
+  bool enabled = false;
+  at::ScalarType dtype = at::kFloat;
+
+  static AutocastState of(at::DeviceType type) {
+    return {at::autocast::is_autocast_enabled(type), at::autocast::get_autocast_dtype(type)};
+  }
+  void apply(at::DeviceType type) const {
+    at::autocast::set_autocast_dtype(type, dtype);
+    at::autocast::set_autocast_enabled(type, enabled);
+  }
+};
+
+constexpr at::DeviceType kAutocastTypes[] = {at::DeviceType::CPU, at::DeviceType::CUDA};
+
+// The forward's autocast state, set again for the backward's replay and restored after
+// it (the backward runs wherever `backward()` was called, usually outside the forward's
+// autocast scope; recomputing in another precision would differentiate another function).
+class AutocastReplay {
+ public:
+  explicit AutocastReplay(const std::array<AutocastState, 2>& forward) {
+    for (size_t i = 0; i < 2; ++i) {
+      outer_[i] = AutocastState::of(kAutocastTypes[i]);
+      forward[i].apply(kAutocastTypes[i]);
+    }
+    at::autocast::increment_nesting();
+  }
+  ~AutocastReplay() {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    for (size_t i = 0; i < 2; ++i) outer_[i].apply(kAutocastTypes[i]);
+  }
+
+ private:
+  std::array<AutocastState, 2> outer_;
+};
+
 // Owns the Rust function object. It sits in the node's saved_data, so the Rust side is
 // dropped together with the node: after the graph is freed, whether or not backward ran.
 struct RustFunction : torch::CustomClassHolder {
@@ -54,6 +94,8 @@ struct RustFunction : torch::CustomClassHolder {
   bool keep_outputs;
   // The size of the message buffers, as Rust declared it.
   size_t err_len;
+  // Autocast on the CPU and on CUDA when the forward ran.
+  std::array<AutocastState, 2> forward_autocast;
 };
 
 std::vector<const at::Tensor*> pointers(const variable_list& tensors) {
@@ -74,6 +116,7 @@ struct Node : public torch::autograd::Function<Node> {
   static variable_list forward(AutogradContext* ctx, at::TensorList inputs, c10::intrusive_ptr<RustFunction> fn) {
     variable_list input_list(inputs.begin(), inputs.end());
     auto input_ptrs = pointers(input_list);
+    for (size_t i = 0; i < 2; ++i) fn->forward_autocast[i] = AutocastState::of(kAutocastTypes[i]);
     std::vector<at::Tensor*> handed(fn->n_outputs, nullptr);
     std::vector<char> err(fn->err_len, '\0');
     int rc = fn->callbacks.forward(fn->function, input_ptrs.data(), input_ptrs.size(), handed.data(),
@@ -96,6 +139,7 @@ struct Node : public torch::autograd::Function<Node> {
     auto grad_ptrs = pointers(grad_outputs);
     std::vector<at::Tensor*> handed(fn->n_inputs, nullptr);
     std::vector<char> err(fn->err_len, '\0');
+    AutocastReplay autocast(fn->forward_autocast);
     int rc = fn->callbacks.backward(fn->function, kept_ptrs.data(), kept_ptrs.size(), grad_ptrs.data(),
                                     grad_ptrs.size(), handed.data(), handed.size(), err.data(), err.size());
     variable_list grads = take_all(handed);

@@ -10,7 +10,7 @@ use std::ffi::{c_char, c_int};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::ffi::checked;
 
@@ -67,6 +67,21 @@ impl Precision {
     }
 }
 
+/// Runs `f` with autocast off on `device`'s type: for the computations that must stay
+/// in float32 whatever the run's precision (LSH hashing).
+pub fn without_autocast<T>(device: Device, f: impl FnOnce() -> T) -> T {
+    let _scope = AutocastScope::enter(device, Precision::F32).expect("autocast state cannot be set");
+    f()
+}
+
+/// A tensor of bfloat16 or float16 as float32; any other unchanged (float64 stays).
+pub fn at_least_float32(x: &Tensor) -> Tensor {
+    match x.kind() {
+        Kind::BFloat16 | Kind::Half => x.to_kind(Kind::Float),
+        _ => x.shallow_clone(),
+    }
+}
+
 /// Autocast set for a scope: the previous state comes back on drop.
 pub struct AutocastScope {
     device: c_int,
@@ -117,7 +132,6 @@ extern "C" {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Tensor;
 
     #[test]
     fn autocast_on_the_cpu_computes_matmuls_in_the_chosen_dtype_and_restores_the_state() {

@@ -9,6 +9,7 @@ use crate::model::activation_checkpoint::checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::parameters::linear_parameters;
 use crate::model::seeded_random::{self, ForwardMode};
+use crate::precision::{at_least_float32, without_autocast};
 
 /// Logit of a query's own key (paper §2, "Shared-QK Transformer": a query attends to
 /// itself only when it has no other target). The value is the Trax reference's
@@ -76,21 +77,26 @@ const HASH_SLICE_ELEMENTS: i64 = 1 << 22;
 pub fn hash_buckets(qk: &Tensor, rotations: &Tensor) -> Tensor {
     let (b, h, t, dh) = qk.size4().unwrap();
     let (_, r, half) = rotations.size3().unwrap();
+    // In float32 (or wider) whatever the run's precision: a bucket decided by rounding
+    // would differ between precisions, and between a forward and its replay.
+    let qk = at_least_float32(qk);
     let rotations = rotations.to_kind(qk.kind()).view([dh, r * half]); // (Dh, R*NB/2)
     let slice_len = (HASH_SLICE_ELEMENTS / (b * h * r * half)).clamp(1, t.max(1));
-    tch::no_grad(|| {
-        let slices: Vec<Tensor> = (0..t)
-            .step_by(slice_len as usize)
-            .map(|start| {
-                let len = slice_len.min(t - start);
-                let rotated = qk.narrow(2, start, len).matmul(&rotations).view([b, h, len, r, half]); // (B, H, L, R, NB/2)
-                let (largest, at_largest) = rotated.max_dim(-1, false); // (B, H, L, R) each
-                let (smallest, at_smallest) = rotated.min_dim(-1, false);
-                let bucket = at_largest.where_self(&largest.ge_tensor(&-smallest), &(at_smallest + half));
-                bucket.permute([0, 1, 3, 2]) // (B, H, R, L)
-            })
-            .collect();
-        Tensor::cat(&slices, 3) // (B, H, R, T)
+    without_autocast(qk.device(), || {
+        tch::no_grad(|| {
+            let slices: Vec<Tensor> = (0..t)
+                .step_by(slice_len as usize)
+                .map(|start| {
+                    let len = slice_len.min(t - start);
+                    let rotated = qk.narrow(2, start, len).matmul(&rotations).view([b, h, len, r, half]); // (B, H, L, R, NB/2)
+                    let (largest, at_largest) = rotated.max_dim(-1, false); // (B, H, L, R) each
+                    let (smallest, at_smallest) = rotated.min_dim(-1, false);
+                    let bucket = at_largest.where_self(&largest.ge_tensor(&-smallest), &(at_smallest + half));
+                    bucket.permute([0, 1, 3, 2]) // (B, H, R, L)
+                })
+                .collect();
+            Tensor::cat(&slices, 3) // (B, H, R, T)
+        })
     })
 }
 
@@ -191,7 +197,9 @@ fn attend_rounds(
     let (before, after) = (p.n_chunks_before, p.n_chunks_after);
     let sk = look_around(&sk, 3, before, after, 0.0); // (B, h, r, NC, W, Dh), W = (before+1+after)·C
     let sv = look_around(&sv, 3, before, after, 0.0); // (B, h, r, NC, W, Dh)
-    let mut logits = sq.matmul(&sk.transpose(-1, -2)); // (B, h, r, NC, C, W)
+                                                      // Masked and normalised in float32 under autocast: the mask constants are finite
+                                                      // there, and the log-sum-exps that weigh the rounds keep their precision.
+    let mut logits = at_least_float32(&sq.matmul(&sk.transpose(-1, -2))); // (B, h, r, NC, C, W)
 
     // A query's own key: query c of a chunk sits at slot before·C + c of its window (its
     // own chunk follows the `before` ones), so the self mask is that diagonal.

@@ -17,6 +17,7 @@ use super::lsh::{
     MASKED_LOGIT, SELF_LOGIT,
 };
 use crate::model::seeded_random::ForwardMode;
+use crate::precision::at_least_float32;
 
 /// Marks an empty slot in a bucket's list.
 const NO_POSITION: i64 = -1;
@@ -124,7 +125,7 @@ impl LshAttention {
         let keys = gather_rows(all_keys, &index).view([b, h, r, c, dh]); // (B, H, R, C, Dh)
         let values = gather_rows(all_values, &index).view([b, h, r, c, dh]); // (B, H, R, C, Dh)
         let query = qk.unsqueeze(2) * (dh as f64).powf(-0.5); // (B, H, 1, 1, Dh)
-        let logits = query.matmul(&keys.transpose(-1, -2)); // (B, H, R, 1, C)
+        let logits = at_least_float32(&query.matmul(&keys.transpose(-1, -2))); // (B, H, R, 1, C)
         let logits = logits.masked_fill(&seen.view([b, h, r, 1, c]).lt(0), MASKED_LOGIT);
 
         // The token's own key, visible at SELF_LOGIT as in the full pass.
