@@ -262,3 +262,55 @@ fn finite_difference_gradient_with_fixed_buckets() {
         }
     }
 }
+
+/// The position whose bucket in round 0 is decided by the smallest margin, and the
+/// direction that moves it across: the gap between its best and second-best rotated
+/// coordinate (of [xR, -xR]), and the rotation columns of the two.
+fn closest_to_a_boundary(qk: &Tensor, rotations: &Tensor) -> (i64, f64, Tensor) {
+    let (_, _, t, dh) = qk.size4().unwrap();
+    let half = rotations.size()[2];
+    let round0 = rotations.narrow(1, 0, 1).view([dh, half]); // (Dh, NB/2)
+    let both = Tensor::cat(&[&round0, &-&round0], 1); // (Dh, NB)
+    let projections = qk.get(0).get(0).matmul(&both); // (T, NB)
+    let (top, at) = projections.topk(2, -1, true, true); // (T, 2) each
+    let gaps = top.select(1, 0) - top.select(1, 1); // (T)
+    let position = gaps.argmin(0, false).int64_value(&[]);
+    let [best, second] = [0, 1].map(|i| at.get(position).int64_value(&[i]));
+    // Moving x along (column second − column best) lowers the best and raises the second.
+    let direction = both.select(1, second) - both.select(1, best); // (Dh)
+    let _ = t;
+    (position, gaps.double_value(&[position]), direction)
+}
+
+/// A replay under the forward's bucket tape attends with the forward's buckets, even when
+/// its input differs by a rounding-sized amount that moves a vector to another bucket;
+/// without the tape the replay would attend with another pattern.
+#[test]
+fn a_replay_under_the_bucket_tape_attends_with_the_forwards_buckets() {
+    use reformer::model::attention::bucket_tape::BucketTape;
+    let p = params(2, 8, 8, true, false);
+    let qk = Tensor::randn([1, 1, 64, 16], (Kind::Double, Device::Cpu));
+    let v = Tensor::randn([1, 1, 64, 16], (Kind::Double, Device::Cpu));
+    let rotations = random_rotations(3, 16, &p, Device::Cpu).to_kind(Kind::Double);
+    let mode = ForwardMode::eval(4);
+
+    // Nudge the closest-to-a-boundary vector just across it.
+    let (position, gap, direction) = closest_to_a_boundary(&qk, &rotations);
+    let step = direction.square().sum(Kind::Double).double_value(&[]);
+    let nudge = Tensor::zeros_like(&qk);
+    let _ = nudge.get(0).get(0).get(position).copy_(&(direction * (1.01 * gap / step)));
+    let nudged = &qk + &nudge;
+    let moved = hash_buckets(&nudged, &rotations).ne_tensor(&hash_buckets(&qk, &rotations)).sum(Kind::Int64);
+    assert!(moved.int64_value(&[]) >= 1, "the nudge must move a vector to another bucket");
+    assert!(nudge.abs().max().double_value(&[]) < 1e-2, "the nudge must stay small");
+
+    let tape = BucketTape::default();
+    let forward = tape.run(|| lsh_attend(&qk, &v, &rotations, &p, mode));
+    let replay = tape.run(|| lsh_attend(&nudged, &v, &rotations, &p, mode));
+    let rehashed = lsh_attend(&nudged, &v, &rotations, &p, mode);
+    let replay_gap = max_abs_diff(&replay, &forward);
+    let rehashed_gap = max_abs_diff(&rehashed, &forward);
+    assert!(replay_gap < 1e-2, "the replay under the tape moved by {replay_gap}");
+    assert!(rehashed_gap > 10.0 * replay_gap, "without the tape: {rehashed_gap}, with it: {replay_gap}");
+    assert!(tape.bytes() > 0);
+}

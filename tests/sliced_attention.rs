@@ -12,6 +12,7 @@ use reformer::model::attention::lsh::{lsh_attend, random_rotations, LshParams};
 use reformer::model::config::{LocalConfig, LshConfig};
 use reformer::model::seeded_random::{self, dropout, dropout_block};
 use reformer::model::{AttentionKind, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
+use reformer::precision::Precision;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Slices compute the same operations on fewer rows; in float64 only summation order
@@ -128,6 +129,12 @@ fn grads(vs: &nn::VarStore) -> HashMap<String, Tensor> {
 /// Loss and every parameter's gradient of a sliced model against the same weights run
 /// all at once with ordinary autograd.
 fn check_model(reversible: bool, kind: Kind) {
+    check_model_in(reversible, kind, Precision::F32, if kind == Kind::Double { F64_TOLERANCE } else { F32_TOLERANCE });
+}
+
+/// `check_model` with the forward under autocast to `precision` (the backward outside
+/// it), within `tolerance`.
+fn check_model_in(reversible: bool, kind: Kind, precision: Precision, tolerance: f64) {
     tch::manual_seed(7);
     let mut plain_vs = nn::VarStore::new(Device::Cpu);
     let plain = ReformerLm::new(plain_vs.root(), &model_config(false, false));
@@ -143,11 +150,14 @@ fn check_model(reversible: bool, kind: Kind) {
     let (inputs, targets) = (tokens.narrow(1, 0, 60), tokens.narrow(1, 1, 60));
     let mode = ForwardMode::train(FORWARD_SEED);
     let loss = |lm: &ReformerLm| {
-        let log_probs = lm.forward(&inputs, mode).log_softmax(-1, kind); // (B, T, V)
-        -log_probs.gather(-1, &targets.unsqueeze(-1), false).mean(kind)
+        precision
+            .autocast(Device::Cpu, || {
+                let log_probs = lm.forward(&inputs, mode).log_softmax(-1, kind); // (B, T, V)
+                -log_probs.gather(-1, &targets.unsqueeze(-1), false).mean(kind)
+            })
+            .unwrap()
     };
     let (plain_loss, sliced_loss) = (loss(&plain), loss(&sliced));
-    let tolerance = if kind == Kind::Double { F64_TOLERANCE } else { F32_TOLERANCE };
     let loss_gap = (plain_loss.double_value(&[]) - sliced_loss.double_value(&[])).abs();
     assert!(loss_gap <= tolerance, "losses differ by {loss_gap}");
     plain_loss.backward();
@@ -158,6 +168,11 @@ fn check_model(reversible: bool, kind: Kind) {
         let error = (&actual[name] - expected).norm().double_value(&[]) / expected.norm().double_value(&[]).max(1e-30);
         assert!(error <= tolerance * 10.0, "reversible {reversible}, {kind:?}: {name} relative error {error:e}");
     }
+}
+
+#[test]
+fn sliced_reversible_model_gradients_equal_unsliced_under_bf16_autocast() {
+    check_model_in(true, Kind::Float, Precision::Bf16, F32_TOLERANCE);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 use tch::{TchError, Tensor};
 
+use super::attention::bucket_tape::BucketTape;
 use crate::autograd::{self, grad_enabled, Keep};
 
 /// `f(inputs)`, `n_outputs` tensors, keeping only `inputs` for backward when autograd
@@ -22,11 +23,17 @@ pub fn checkpoint(
         return Ok(f(inputs));
     }
     let inputs: Vec<&Tensor> = inputs.iter().collect();
-    autograd::apply(Recomputed(f), &inputs, n_outputs, Keep::Inputs)
+    let recomputed = Recomputed { f, tape: BucketTape::active_or_new() };
+    autograd::apply(recomputed, &inputs, n_outputs, Keep::Inputs)
 }
 
-/// A function whose backward recomputes it under autograd from its kept inputs.
-struct Recomputed<F>(F);
+/// A function whose backward recomputes it under autograd from its kept inputs. Both
+/// runs share one bucket tape, so that the recomputation attends with the buckets the
+/// forward hashed (and, inside the reversible stack, with the stack's).
+struct Recomputed<F> {
+    f: F,
+    tape: BucketTape,
+}
 
 impl<F: Fn(&[Tensor]) -> Vec<Tensor>> autograd::Function for Recomputed<F> {
     fn name(&self) -> &'static str {
@@ -34,13 +41,13 @@ impl<F: Fn(&[Tensor]) -> Vec<Tensor>> autograd::Function for Recomputed<F> {
     }
 
     fn forward(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
-        Ok((self.0)(inputs))
+        Ok(self.tape.run(|| (self.f)(inputs)))
     }
 
     fn backward(&self, inputs: &[Tensor], grad_outputs: &[Tensor]) -> Result<Vec<Option<Tensor>>, TchError> {
         let leaves: Vec<Tensor> = inputs.iter().map(|x| x.detach().set_requires_grad(x.requires_grad())).collect();
         tch::with_grad(|| {
-            let outputs = (self.0)(&leaves);
+            let outputs = self.tape.run(|| (self.f)(&leaves));
             // The gradient of Σ sum(out · grad_out) with respect to each `out` is its
             // `grad_out` exactly; outputs that received no gradient drop out.
             let terms: Vec<Tensor> = outputs

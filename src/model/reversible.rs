@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tch::{TchError, Tensor};
 
+use super::attention::bucket_tape::BucketTape;
 use super::block::Block;
 use super::seeded_random::ForwardMode;
 use crate::autograd::{self, Keep};
@@ -38,16 +39,18 @@ pub fn reversible_blocks(
 ) -> Result<(Tensor, Tensor), TchError> {
     // The parameters are inputs of the node so that it returns their gradients.
     let inputs: Vec<&Tensor> = [x1, x2].into_iter().chain(blocks.iter().flat_map(Block::parameters)).collect();
-    let stack = ReversibleStack { blocks: Arc::clone(blocks), mode };
+    let stack = ReversibleStack { blocks: Arc::clone(blocks), mode, tape: BucketTape::default() };
     let mut outputs = autograd::apply(stack, &inputs, 2, Keep::Outputs)?.into_iter();
     Ok((outputs.next().expect("two outputs"), outputs.next().expect("two outputs")))
 }
 
-/// What the autograd node holds for its lifetime: the blocks and the forward pass's mode.
-/// No activation is kept here.
+/// What the autograd node holds for its lifetime: the blocks, the forward pass's mode and
+/// the LSH buckets it hashed (replayed in the backward instead of hashing the rebuilt
+/// inputs). No activation is kept here.
 struct ReversibleStack {
     blocks: Arc<[Block]>,
     mode: ForwardMode,
+    tape: BucketTape,
 }
 
 impl autograd::Function for ReversibleStack {
@@ -61,9 +64,11 @@ impl autograd::Function for ReversibleStack {
     /// `inputs`: [x1, x2, parameters…], x1 and x2 (B, T, D); returns [y1, y2], each (B, T, D).
     fn forward(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
         let mut streams = (inputs[0].shallow_clone(), inputs[1].shallow_clone());
-        for (i, block) in self.blocks.iter().enumerate() {
-            streams = block.forward(&streams.0, &streams.1, self.mode.child(i as u64));
-        }
+        self.tape.run(|| {
+            for (i, block) in self.blocks.iter().enumerate() {
+                streams = block.forward(&streams.0, &streams.1, self.mode.child(i as u64));
+            }
+        });
         Ok(vec![streams.0, streams.1])
     }
 
@@ -73,7 +78,7 @@ impl autograd::Function for ReversibleStack {
     fn backward(&self, outputs: &[Tensor], grad_outputs: &[Tensor]) -> Result<Vec<Option<Tensor>>, TchError> {
         let y = (outputs[0].shallow_clone(), outputs[1].shallow_clone());
         let dy = (grad_outputs[0].shallow_clone(), grad_outputs[1].shallow_clone());
-        let ((dx1, dx2), param_grads) = self.backward_streams(y, dy)?;
+        let ((dx1, dx2), param_grads) = self.tape.run(|| self.backward_streams(y, dy))?;
         Ok([Some(dx1), Some(dx2)].into_iter().chain(param_grads).collect())
     }
 }

@@ -4,6 +4,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+use super::bucket_tape::recorded_or_hash;
 use super::chunking::{look_around, padding_to_chunks};
 use crate::model::activation_checkpoint::checkpoint;
 use crate::model::config::ModelConfig;
@@ -178,7 +179,9 @@ fn attend_rounds(
 
     // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
     let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
-    let buckets = hash_buckets(qk, rotations).masked_fill(&positions.ge(t), p.n_buckets); // (B, h, r, Tp)
+                                                                  // A replay (reversible backward, sliced attention) reads the forward's buckets.
+    let buckets = recorded_or_hash((mode.seed, slice.head, slice.round), || hash_buckets(qk, rotations));
+    let buckets = buckets.masked_fill(&positions.ge(t), p.n_buckets); // (B, h, r, Tp)
 
     // Sort by (round, bucket, position): one key per (round, position), all distinct.
     let round_offset = Tensor::arange(r, (Kind::Int64, device)).view([r, 1]) * ((p.n_buckets + 1) * t_pad);

@@ -6,6 +6,7 @@
 //! projections (`qkv`), chunks and their neighbours (`chunking`), and the key/value
 //! cache of decoding (`kv_cache`).
 
+pub mod bucket_tape;
 pub mod chunking;
 pub mod full;
 pub mod kv_cache;
