@@ -267,7 +267,7 @@ fn finite_difference_gradient_with_fixed_buckets() {
 /// direction that moves it across: the gap between its best and second-best rotated
 /// coordinate (of [xR, -xR]), and the rotation columns of the two.
 fn closest_to_a_boundary(qk: &Tensor, rotations: &Tensor) -> (i64, f64, Tensor) {
-    let (_, _, t, dh) = qk.size4().unwrap();
+    let dh = qk.size()[3];
     let half = rotations.size()[2];
     let round0 = rotations.narrow(1, 0, 1).view([dh, half]); // (Dh, NB/2)
     let both = Tensor::cat(&[&round0, &-&round0], 1); // (Dh, NB)
@@ -278,7 +278,6 @@ fn closest_to_a_boundary(qk: &Tensor, rotations: &Tensor) -> (i64, f64, Tensor) 
     let [best, second] = [0, 1].map(|i| at.get(position).int64_value(&[i]));
     // Moving x along (column second − column best) lowers the best and raises the second.
     let direction = both.select(1, second) - both.select(1, best); // (Dh)
-    let _ = t;
     (position, gaps.double_value(&[position]), direction)
 }
 
@@ -298,7 +297,7 @@ fn a_replay_under_the_bucket_tape_attends_with_the_forwards_buckets() {
     let (position, gap, direction) = closest_to_a_boundary(&qk, &rotations);
     let step = direction.square().sum(Kind::Double).double_value(&[]);
     let nudge = Tensor::zeros_like(&qk);
-    let _ = nudge.get(0).get(0).get(position).copy_(&(direction * (1.01 * gap / step)));
+    nudge.get(0).get(0).get(position).copy_(&(direction * (1.01 * gap / step)));
     let nudged = &qk + &nudge;
     let moved = hash_buckets(&nudged, &rotations).ne_tensor(&hash_buckets(&qk, &rotations)).sum(Kind::Int64);
     assert!(moved.int64_value(&[]) >= 1, "the nudge must move a vector to another bucket");
