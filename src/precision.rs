@@ -27,6 +27,15 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+
     /// The dtype autocast computes in; None for float32.
     pub fn compute_kind(self) -> Option<Kind> {
         match self {

@@ -10,6 +10,7 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::model::attention::Attention;
 use crate::model::{AttentionKind, ForwardMode, ModelConfig, ReformerLm};
 use crate::optimizer::AdamW;
+use crate::precision::Precision;
 use crate::run_config::TrainConfig;
 
 /// Warm-up steps before timing (the first steps pay for allocation and kernel choice).
@@ -35,6 +36,9 @@ pub struct Case {
     pub steps: usize,
     /// Untimed steps first (allocation, kernel choice).
     pub warmup_steps: usize,
+    /// The forward pass under autocast to this precision (the backward outside it).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -61,13 +65,28 @@ impl Case {
         steps: usize,
     ) -> Self {
         let (suite, label) = (suite.into(), label.into());
-        Self { suite, label, kind: CaseKind::Step, model, batch_size, seq_len, steps, warmup_steps: WARMUP_STEPS }
+        Self {
+            suite,
+            label,
+            kind: CaseKind::Step,
+            model,
+            batch_size,
+            seq_len,
+            steps,
+            warmup_steps: WARMUP_STEPS,
+            precision: Precision::F32,
+        }
     }
 
     /// The case with its first step timed: for steps so long (a preset's model at its
     /// training length) that a warm-up would double the run for little change.
     pub fn without_warmup(self) -> Self {
         Self { warmup_steps: 0, ..self }
+    }
+
+    /// The case with its forward under autocast to `precision`.
+    pub fn in_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
     }
 
     pub fn attention(&self) -> AttentionKind {
@@ -143,14 +162,15 @@ pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
     }
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
+    let precision = case.precision;
     let mut step: Box<dyn FnMut(usize)> = match case.kind {
         CaseKind::Layer => {
             let layer = Attention::new(vs.root(), &case.model, case.attention());
             let x = Tensor::randn([case.batch_size, case.seq_len, case.model.d_model], (Kind::Float, device))
                 .set_requires_grad(true);
             Box::new(move |i| {
-                let out = layer.forward(&x, ForwardMode::train(i as u64));
-                out.sum(Kind::Float).backward();
+                let out = precision.autocast(device, || layer.forward(&x, ForwardMode::train(i as u64)));
+                out.expect("autocast state").sum(Kind::Float).backward();
             })
         }
         CaseKind::Step => {
@@ -161,8 +181,9 @@ pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
             let (inputs, targets) = (tokens.narrow(1, 0, case.seq_len), tokens.narrow(1, 1, case.seq_len));
             Box::new(move |i| {
                 optimizer.zero_grad();
-                let stats = model.loss(&inputs, &targets, None, ForwardMode::train(i as u64));
-                stats.loss.backward();
+                let stats =
+                    precision.autocast(device, || model.loss(&inputs, &targets, None, ForwardMode::train(i as u64)));
+                stats.expect("autocast state").loss.backward();
                 optimizer.clip_grad_norm(Some(1.0));
                 optimizer.step(1e-4);
             })

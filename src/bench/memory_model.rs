@@ -96,10 +96,25 @@ fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train:
     }
 }
 
+/// Bytes per recorded LSH bucket (int32) on a forward's bucket tape.
+const BUCKET_BYTES: f64 = 4.0;
+
+/// Bytes per token that the bucket tape keeps for the replays (reversible backward,
+/// sliced attention): one int32 bucket per (head, round) of every LSH layer, for the
+/// graph's lifetime. None is kept without a replay.
+pub fn bucket_tape_bytes_per_token(cfg: &ModelConfig) -> f64 {
+    if !(cfg.reversible || cfg.sliced_attention) {
+        return 0.0;
+    }
+    let lsh_layers = (0..cfg.n_layers).filter(|&i| cfg.attention_of_layer(i) == AttentionKind::Lsh).count();
+    BUCKET_BYTES * (lsh_layers as i64 * cfg.n_heads * cfg.lsh.n_hashes) as f64
+}
+
 /// Predicted peak bytes of `case`: a fixed working overhead + parameters (with
 /// gradients, and AdamW's moments for a training step) + per token: what every layer keeps for backward (one layer's worth
 /// under reversible layers, which keep none between blocks) + the largest layer's
-/// backward peak + the residual streams + the loss's logits per loss chunk.
+/// backward peak + the residual streams + the loss's logits per loss chunk + the LSH
+/// buckets kept for the replays.
 pub fn predicted_bytes(case: &Case) -> f64 {
     let cfg = &case.model;
     let tokens = (case.batch_size * case.seq_len) as f64;
@@ -128,6 +143,7 @@ pub fn predicted_bytes(case: &Case) -> f64 {
             CASE_OVERHEAD_BYTES
                 + parameters(cfg, case.kind) * STEP_BYTES_PER_PARAMETER
                 + FLOAT_BYTES * (tokens * (kept + peak_max + STREAM_TENSORS * d) + loss)
+                + tokens * bucket_tape_bytes_per_token(cfg)
         }
     }
 }

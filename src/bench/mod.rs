@@ -16,6 +16,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::{AttentionKind, ModelConfig, PositionalConfig};
+use crate::precision::Precision;
 use crate::run_config::RunConfig;
 pub use args::BenchArgs;
 use case::{run_case, Case, CaseKind, Measurement, WARMUP_STEPS};
@@ -30,7 +31,9 @@ pub enum Suite {
     Depth,
     /// Chunked against unchunked feed-forward at long lengths (reversible layers).
     Ff,
-    /// How exactly the reversible backward rebuilds each block's inputs (float32, bfloat16).
+    /// Per precision (f32, bf16 and f16 autocast): the lm4k step's time and memory, how
+    /// exactly the reversible backward rebuilds each block's inputs over depth, and the
+    /// loss a short duplication run reaches.
     Precision,
     /// Resident memory over 3000 reversible training steps (a leak shows as growth).
     Steady,
@@ -81,6 +84,7 @@ fn attention_case(kind: AttentionKind, n_hashes: i64, seq_len: i64, steps: usize
         seq_len,
         steps,
         warmup_steps: WARMUP_STEPS,
+        precision: Precision::F32,
     }
 }
 
@@ -112,6 +116,19 @@ fn step_cases(steps: usize) -> Vec<Case> {
                 lm("lm4k", 6, 256, 4, 1024, 4096, 1, 2, reversible),
                 lm("lm16k", 3, 128, 2, 512, 16384, 1, 2, reversible),
             ]
+        })
+        .collect()
+}
+
+/// The precision suite's steps: the reversible lm4k step in float32 and under bfloat16
+/// and float16 autocast.
+fn precision_cases(steps: usize) -> Vec<Case> {
+    let lm4k = step_cases(steps).into_iter().find(|c| c.label == "lm4k").expect("the steps suite has lm4k");
+    [Precision::F32, Precision::Bf16, Precision::F16]
+        .into_iter()
+        .map(|precision| {
+            let label = format!("lm4k-{}", precision.name());
+            Case { suite: "precision".into(), label, ..lm4k.clone() }.in_precision(precision)
         })
         .collect()
 }
@@ -211,6 +228,9 @@ fn cases(opts: &BenchArgs, device: Device) -> Vec<Case> {
     if matches!(opts.suite, Suite::Depth | Suite::All) {
         cases.extend(depth_cases(if quick { 1024 } else { 4096 }, opts.steps));
     }
+    if matches!(opts.suite, Suite::Precision | Suite::All) {
+        cases.extend(precision_cases(opts.steps));
+    }
     if matches!(opts.suite, Suite::Ff | Suite::All) {
         let ff_lengths: &[i64] = if quick { &[16384] } else { &[4096, 16384, 65536] };
         cases.extend(ff_cases(ff_lengths, opts.steps));
@@ -255,9 +275,6 @@ pub fn run(opts: BenchArgs) -> Result<()> {
     }
     if !opts.from.is_empty() {
         return report_from(&opts);
-    }
-    if opts.suite == Suite::Precision {
-        return run_precision(&opts, device);
     }
     if opts.suite == Suite::Steady {
         println!("{:>6} {:>10}", "step", "RSS KiB");
@@ -310,12 +327,14 @@ pub fn run(opts: BenchArgs) -> Result<()> {
     }
     progress.finish();
     print_table(&rows);
-    if opts.suite == Suite::All && opts.preset.is_none() {
-        run_precision(&opts, device)?;
-    }
+    let precision_report = match opts.suite {
+        Suite::Precision | Suite::All if opts.preset.is_none() => run_precision(&opts, device)?,
+        _ => json!(null),
+    };
     write_plot(&rows, &opts)?;
     if let Some(path) = &opts.json {
-        let report = json!({"machine": machine(device), "matmul_flops": peak, "cases": rows});
+        let report = json!({"machine": machine(device), "matmul_flops": peak, "cases": rows,
+            "precision": precision_report});
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
@@ -359,24 +378,35 @@ fn report_from(opts: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_precision(opts: &BenchArgs, device: Device) -> Result<()> {
-    println!("{:<8} {:<10} {:>22} {:>22}", "layers", "dtype", "first block rel. error", "worst block rel. error");
-    let mut results = Vec::new();
-    for kind in [Kind::Float, Kind::BFloat16] {
+/// The precision suite's measurements beyond step time and memory: how exactly the
+/// reversible backward rebuilds each block's inputs over depth, and what a short
+/// duplication run reaches, per precision. Printed, and returned for the JSON report.
+fn run_precision(opts: &BenchArgs, device: Device) -> Result<serde_json::Value> {
+    println!("{:<8} {:<14} {:>22} {:>22}", "layers", "arithmetic", "first block rel. error", "worst block rel. error");
+    let mut reconstruction = Vec::new();
+    for arithmetic in precision::ARITHMETICS {
         for n_layers in [12, 24] {
-            let r = precision::measure(n_layers, kind, 1024, device);
-            println!("{:<8} {:<10} {:>22.3e} {:>22.3e}", r.n_layers, r.dtype, r.first_block, r.worst_block);
-            results.push(r);
+            let r = precision::measure(n_layers, arithmetic, 1024, device);
+            println!("{:<8} {:<14} {:>22.3e} {:>22.3e}", r.n_layers, r.arithmetic, r.first_block, r.worst_block);
+            reconstruction.push(r);
         }
     }
-    if opts.suite == Suite::Precision {
-        if let Some(path) = &opts.json {
-            let report = json!({"machine": machine(device), "reconstruction": results});
-            std::fs::write(path, serde_json::to_string_pretty(&report)?)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
+    let steps = if opts.quick_sizes(device) { 100 } else { 300 };
+    println!("{:<10} {:>6} {:>12} {:>14} {:>10}", "precision", "steps", "valid loss", "accuracy", "seconds");
+    let mut duplication = Vec::new();
+    for p in [Precision::F32, Precision::Bf16, Precision::F16] {
+        let run = precision::duplication_run(p, steps, device, opts.run.threads)?;
+        println!(
+            "{:<10} {:>6} {:>12.4} {:>13.1}% {:>10.1}",
+            p.name(),
+            run.steps,
+            run.valid_loss,
+            100.0 * run.valid_accuracy,
+            run.elapsed_secs
+        );
+        duplication.push(run);
     }
-    Ok(())
+    Ok(json!({"reconstruction": reconstruction, "duplication": duplication}))
 }
 
 fn print_table(rows: &[serde_json::Value]) {

@@ -229,7 +229,7 @@ fn attend_rounds(
     let offset = [0, slice.head, slice.round, 0, 0, 0];
     let seed = mode.child(DROPOUT_TAG).seed;
     let probs = seeded_random::dropout_block(&probs, p.dropout, seed, mode.train, &whole, &offset);
-    let s_out = probs.matmul(&sv); // (B, h, r, NC, C, Dh)
+    let s_out = probs.to_kind(sv.kind()).matmul(&sv); // (B, h, r, NC, C, Dh)
 
     // Undo the sort.
     let out = gather_rows(&s_out.view([b, h, r * t_pad, dh]), &undo_sort).view([b, h, r, t_pad, dh]); // (B, h, r, Tp, Dh)
@@ -365,7 +365,9 @@ impl LshAttention {
     /// # Shapes
     /// `heads`: (B, H, T, Dh); returns (B, T, D).
     pub fn output(&self, heads: &Tensor) -> Tensor {
-        merge_heads(heads).apply(&self.out)
+        // The rounds are combined in float32 (their log-sum-exps are): back to the
+        // weights' dtype for a model held in bfloat16 (autocast casts either way).
+        merge_heads(heads).to_kind(self.out.ws.kind()).apply(&self.out)
     }
 }
 

@@ -135,7 +135,7 @@ impl LshAttention {
         let values = Tensor::cat(&[values, own_value], 3); // (B, H, R, C+1, Dh)
 
         let (probs, lse) = softmax_and_logsumexp(&logits); // (B, H, R, 1, C+1), (B, H, R, 1, 1)
-        let out = combine_rounds(&probs.matmul(&values), &lse); // (B, H, 1, Dh)
+        let out = combine_rounds(&probs.to_kind(values.kind()).matmul(&values), &lse); // (B, H, 1, Dh)
         cache.kv.push(&normalize(&qk), &v);
         self.output(&out)
     }
