@@ -13,6 +13,7 @@ use crate::arg_values::at_least_one;
 use crate::device::RunArgs;
 use crate::model::attention::Attention;
 use crate::model::ReformerLm;
+use crate::precision::Precision;
 use crate::progress::Progress;
 use crate::run_dir::load_model;
 use crate::score::{evaluate, Score};
@@ -64,6 +65,10 @@ pub struct EvalArgs {
     /// layers under the strict causal rule (what generate's cache computes).
     #[arg(long, value_enum, default_value = "lsh")]
     pub attention: EvalAttention,
+    /// Arithmetic of the forward passes: f32, or bf16 / f16 autocast (default: the run's
+    /// train.precision).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Score exactly the validation windows the training run logged (instead of a --split).
     #[arg(long, conflicts_with = "split")]
     pub training_windows: bool,
@@ -101,6 +106,7 @@ pub fn run(opts: EvalArgs) -> Result<()> {
     let device = opts.run.setup()?;
     let (_vs, mut model, mut cfg) = load_model(&opts.checkpoint, device)?;
     let trained_rounds = cfg.model.lsh.n_hashes;
+    let precision = opts.precision.unwrap_or(cfg.train.precision);
     if let Some(task) = opts.task {
         cfg.task = task;
     }
@@ -137,7 +143,7 @@ pub fn run(opts: EvalArgs) -> Result<()> {
         bail!("the {split:?} split is shorter than one window of {} tokens", task.seq_len());
     }
     eprintln!(
-        "evaluating {:?} ({}) with seq_len {}, batch size {}, LSH layers as {:?}",
+        "evaluating {:?} ({}) with seq_len {}, batch size {}, LSH layers as {:?}, in {}",
         cfg.task,
         if opts.training_windows {
             "the training run's validation windows".to_string()
@@ -146,7 +152,8 @@ pub fn run(opts: EvalArgs) -> Result<()> {
         },
         task.seq_len(),
         cfg.train.batch_size,
-        opts.attention
+        opts.attention,
+        json!(precision).as_str().unwrap_or_default()
     );
 
     let settings: Vec<Option<i64>> = match opts.attention {
@@ -166,7 +173,7 @@ pub fn run(opts: EvalArgs) -> Result<()> {
                 "eval (dense)".to_string()
             }
         };
-        let (s, tokens_per_sec) = score(&model, &batches, device, &label);
+        let (s, tokens_per_sec) = precision.autocast(device, || score(&model, &batches, device, &label))?;
         results.push(json!({"n_hashes": rounds, "loss": s.loss, "bpc": s.bpc, "accuracy": s.accuracy,
             "n_targets": s.n_targets, "tokens_per_sec": tokens_per_sec}));
         let figure = if task.reports_bpc() {
@@ -197,7 +204,7 @@ pub fn run(opts: EvalArgs) -> Result<()> {
                 "checkpoint": opts.checkpoint.display().to_string(), "task": cfg.task,
                 "split": if opts.training_windows { json!("training-validation") } else { json!(split) },
                 "seq_len": task.seq_len(), "batch_size": cfg.train.batch_size, "attention": opts.attention,
-                "trained_n_hashes": trained_rounds, "results": results,
+                "trained_n_hashes": trained_rounds, "precision": precision, "results": results,
             })
         );
     }

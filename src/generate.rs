@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 use crate::arg_values::{at_least_one, non_negative, probability};
 use crate::device::RunArgs;
 use crate::model::{Decoder, ForwardMode, ReformerLm};
+use crate::precision::Precision;
 use crate::run_dir::load_model;
 use crate::score::EVAL_SEED;
 
@@ -51,6 +52,10 @@ pub struct GenerateArgs {
     /// it applies the strict rule, an approximation: use --no-cache for the exact model.
     #[arg(long)]
     pub no_cache: bool,
+    /// Arithmetic of the forward passes: f32, or bf16 / f16 autocast (default: the run's
+    /// train.precision).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Independent samples to draw.
     #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>)]
     pub num_samples: usize,
@@ -120,21 +125,35 @@ impl Utf8Stream {
 }
 
 /// Next-token logits of one growing sequence: through the decoding cache, or (with
-/// `--no-cache`) by re-running the forward pass over the last `max_seq_len` tokens.
+/// `--no-cache`) by re-running the forward pass over the last `max_seq_len` tokens, under
+/// `precision`.
 struct NextLogits<'a> {
     model: &'a ReformerLm,
     use_cache: bool,
     decoder: Option<Decoder<'a>>,
     device: Device,
+    precision: Precision,
 }
 
 impl<'a> NextLogits<'a> {
-    /// The logits after the last token of `context`. Between calls `context` grows by
-    /// one token. When the cache is full it starts over from the last half of the window.
+    /// The logits after the last token of `context`, in float32 (sampling's softmax and
+    /// ranking stay in float32 whatever the forward computed in). Between calls `context`
+    /// grows by one token. When the cache is full it starts over from the last half of the
+    /// window.
     ///
     /// # Shapes
     /// returns (V)
     fn after(&mut self, context: &[i64]) -> Result<Tensor> {
+        let (precision, device) = (self.precision, self.device);
+        let logits = precision.autocast(device, || self.forward(context))??;
+        Ok(logits.to_kind(Kind::Float))
+    }
+
+    /// `after`'s forward pass, in the autocast dtype.
+    ///
+    /// # Shapes
+    /// returns (V)
+    fn forward(&mut self, context: &[i64]) -> Result<Tensor> {
         let max_len = self.model.cfg.max_seq_len as usize;
         let mode = ForwardMode::eval(EVAL_SEED);
         let tensor = |tokens: &[i64]| Tensor::from_slice(tokens).unsqueeze(0).to(self.device); // (1, T)
@@ -161,7 +180,8 @@ pub fn run(opts: GenerateArgs) -> Result<()> {
     let device = opts.run.setup()?;
     tch::manual_seed(opts.run.seed as i64);
     let mut prompt: Vec<i64> = opts.prompt_bytes()?.into_iter().map(i64::from).collect();
-    let (_vs, model, _) = load_model(&opts.checkpoint, device)?;
+    let (_vs, model, cfg) = load_model(&opts.checkpoint, device)?;
+    let precision = opts.precision.unwrap_or(cfg.train.precision);
     let max_len = model.cfg.max_seq_len;
     if prompt.is_empty() {
         prompt.push(b'\n' as i64);
@@ -185,7 +205,7 @@ pub fn run(opts: GenerateArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for sample_index in 0..opts.num_samples {
-        let mut next_logits = NextLogits { model: &model, use_cache: !opts.no_cache, decoder: None, device };
+        let mut next_logits = NextLogits { model: &model, use_cache: !opts.no_cache, decoder: None, device, precision };
         let mut context = prompt.clone();
         let mut generated = Vec::new();
         let mut stream = Utf8Stream { pending: Vec::new() };
@@ -228,6 +248,7 @@ pub fn run(opts: GenerateArgs) -> Result<()> {
             json!({
                 "samples": samples,
                 "cache": !opts.no_cache,
+                "precision": precision,
                 "prompt_tokens": prompt.len(),
                 "new_tokens": total_tokens,
                 "tokens_per_sec": tokens_per_sec,

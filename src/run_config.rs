@@ -9,6 +9,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 use crate::model::ModelConfig;
+use crate::precision::Precision;
 use crate::tasks::duplication::{Duplication, DuplicationConfig};
 use crate::tasks::{text::TextData, Task, TaskKind, DEFAULT_ENWIK8_PATH};
 
@@ -79,8 +80,12 @@ pub struct TrainConfig {
     pub eval_batches: i64,
     /// Most recent checkpoints kept besides the best (default 2).
     pub keep_last: i64,
-    /// Non-finite loss or gradient: stop or skip (default stop).
+    /// Non-finite loss or gradient: stop or skip (default stop). Under f16 an overflowed
+    /// gradient is the loss scaler's (the step is skipped), not this policy's.
     pub on_non_finite: NonFinitePolicy,
+    /// Arithmetic: f32, or bf16 / f16 autocast, f16 with dynamic loss scaling (default
+    /// f32). `eval` and `generate` use it too unless given `--precision`.
+    pub precision: Precision,
     /// The duplication task.
     pub duplication: DuplicationConfig,
 }
@@ -106,6 +111,7 @@ impl Default for TrainConfig {
             eval_batches: 4,
             keep_last: 2,
             on_non_finite: NonFinitePolicy::Stop,
+            precision: Precision::F32,
             duplication: DuplicationConfig::default(),
         }
     }

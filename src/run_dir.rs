@@ -22,6 +22,7 @@ use crate::model::seeded_random::derive_seed;
 use crate::model::ReformerLm;
 use crate::run_config::RunConfig;
 use crate::tasks::SamplerRng;
+use crate::train::LossScale;
 
 const MODEL_FILE: &str = "model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -47,6 +48,9 @@ pub struct TrainState {
     pub skipped_steps: i64,
     /// Training time so far, in seconds, across resumes.
     pub elapsed_secs: f64,
+    /// The float16 loss scaler (f16 runs only; absent from older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
 }
 
 impl TrainState {
@@ -60,6 +64,7 @@ impl TrainState {
             best_valid_loss: None,
             skipped_steps: 0,
             elapsed_secs: 0.0,
+            loss_scale: None,
         }
     }
 }
@@ -237,4 +242,20 @@ pub fn load_train_state(checkpoint: &Path) -> Result<(Vec<(String, Tensor)>, Tra
     let text = fs::read_to_string(checkpoint.join(STATE_FILE))?;
     let state = serde_json::from_str(&text).with_context(|| format!("bad {STATE_FILE} in {}", checkpoint.display()))?;
     Ok((optimizer, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_json_from_before_the_loss_scaler_still_loads() {
+        let mut old = serde_json::to_value(TrainState::new(7)).unwrap();
+        old.as_object_mut().unwrap().remove("loss_scale");
+        let state: TrainState = serde_json::from_value(old).unwrap();
+        assert!(state.loss_scale.is_none());
+        let f16 = TrainState { loss_scale: Some(LossScale::default()), ..TrainState::new(7) };
+        let back: TrainState = serde_json::from_str(&serde_json::to_string(&f16).unwrap()).unwrap();
+        assert_eq!(back.loss_scale, f16.loss_scale);
+    }
 }

@@ -65,6 +65,8 @@ fn text_file(dir: &Path) -> PathBuf {
 }
 
 const SAME: f64 = 1e-6;
+/// How far a loss in bfloat16 autocast may be from the float32 one (nats).
+const BF16_LOSS_TOLERANCE: f64 = 0.05;
 
 #[test]
 fn eval_reproduces_the_logged_validation_and_reports_every_field() {
@@ -85,6 +87,24 @@ fn eval_reproduces_the_logged_validation_and_reports_every_field() {
     let losses: Vec<f64> = (0..3).map(|i| rows["results"][i]["loss"].as_f64().unwrap()).collect();
     assert!((losses[0] - logged).abs() <= SAME);
     assert!((losses[1] - logged).abs() > SAME && (losses[2] - logged).abs() > SAME, "{losses:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn eval_scores_in_the_runs_precision_unless_told_otherwise() {
+    let dir = scratch("bf16");
+    let run = trained_run(&dir, &["--precision", "bf16"], 16);
+    let logged = logged_valid_loss(&run);
+    let default = json_of(&eval(&run, &["--training-windows"]));
+    assert_eq!(default["precision"], "bf16");
+    let bf16 = default["results"][0]["loss"].as_f64().unwrap();
+    assert!((bf16 - logged).abs() <= SAME, "eval {bf16} vs the bf16 run's logged {logged}");
+    let float32 = json_of(&eval(&run, &["--training-windows", "--precision", "f32"]));
+    assert_eq!(float32["precision"], "f32");
+    let f32_loss = float32["results"][0]["loss"].as_f64().unwrap();
+    assert!(f32_loss.is_finite() && bf16.is_finite());
+    // bfloat16 keeps about 3 significant digits: another loss, but not another model.
+    assert!((f32_loss - bf16).abs() > SAME && (f32_loss - bf16).abs() < BF16_LOSS_TOLERANCE, "{f32_loss} vs {bf16}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -285,3 +285,98 @@ fn a_resumed_run_keeps_the_schedule_it_started_with() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The arguments that make `tiny_config`'s model run in float16 on the CPU: local
+/// attention only (the LSH layers' mask values are beyond float16's range).
+const FLOAT16: [&str; 4] = ["--precision", "f16", "--set", "model.attention=[\"local\",\"local\"]"];
+
+fn weights_at(run: &Path, step: i64) -> Vec<u8> {
+    std::fs::read(run.join(format!("checkpoints/step-{step:08}/model.safetensors"))).unwrap()
+}
+
+/// The logged loss scale of each training record, by step.
+fn loss_scales(run: &Path) -> Vec<(i64, f64)> {
+    metrics(run).iter().filter_map(|m| Some((m["step"].as_i64()?, m.get("loss_scale")?.as_f64()?))).collect()
+}
+
+#[test]
+fn an_overflowed_float16_step_is_skipped_halves_the_loss_scale_and_the_run_goes_on() {
+    let dir = scratch("overflow");
+    let config = tiny_config(&dir, 6, 1);
+    let run = dir.join("run");
+    let extra = [&FLOAT16[..], &["--set", "train.keep_last=10", "--json"]].concat();
+    let out = train_with_env(&config, &run, &extra, &[("REFORMER_INJECT_OVERFLOW_AT_STEP", "3")]);
+    assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["steps"], 6);
+    // The overflow is the scaler's, not the non-finite guard's (which would have stopped).
+    assert_eq!((summary["overflow_steps"].as_i64(), summary["skipped_steps"].as_i64()), (Some(1), Some(0)));
+    assert!(weights_at(&run, 2) == weights_at(&run, 3), "the overflowed step 3 changed the parameters");
+    assert!(weights_at(&run, 3) != weights_at(&run, 4), "step 4 applied no update");
+    let scales = loss_scales(&run);
+    let expected: Vec<(i64, f64)> = (1..=6).map(|step| (step, if step < 3 { 65536.0 } else { 32768.0 })).collect();
+    assert_eq!(scales, expected);
+    assert_eq!(summary["loss_scale"], 32768.0);
+    assert_eq!(std::fs::read_to_string(run.join("latest")).unwrap(), "step-00000006");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_resumed_float16_run_keeps_its_loss_scale_and_equals_the_uninterrupted_run() {
+    let dir = scratch("resume-f16");
+    let config = tiny_config(&dir, 8, 4);
+    let (whole, split) = (dir.join("whole"), dir.join("split"));
+    // An overflow before the interruption moves the scale away from its initial value.
+    let overflow = [("REFORMER_INJECT_OVERFLOW_AT_STEP", "2")];
+    assert_success(&train_with_env(&config, &whole, &FLOAT16, &overflow));
+    assert_success(&train_with_env(&config, &split, &[&FLOAT16[..], &["--steps", "4"]].concat(), &overflow));
+    let resume = ["train", "--device", "cpu", "--resume", split.to_str().unwrap(), "--steps", "8"];
+    assert_success(&reformer_with_env(&resume, &overflow));
+    assert!(latest_weights(&whole) == latest_weights(&split), "weights after 8 steps differ");
+    assert_eq!(metrics(&whole), metrics(&split));
+    assert_eq!(loss_scales(&split).last(), Some(&(8, 32768.0)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_precision_is_recorded_in_config_json_and_kept_by_resume_and_generate() {
+    let dir = scratch("precision");
+    let config = tiny_config(&dir, 2, 2);
+    let run = dir.join("run");
+    let out = train(&config, &run, &["--precision", "bf16", "--json"]);
+    assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["precision"], "bf16");
+    let recorded = std::fs::read_to_string(run.join("config.json")).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+    assert_eq!(cfg["train"]["precision"], "bf16");
+    let resume = ["train", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "4", "--json"];
+    let out = reformer(&resume);
+    assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["steps"].as_i64(), summary["precision"].as_str()), (Some(4), Some("bf16")));
+    assert_eq!(std::fs::read_to_string(run.join("config.json")).unwrap(), recorded);
+    // Another precision on resume is refused in one line.
+    let out = reformer(&[&resume[..], &["--precision", "f32"]].concat());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("--precision f32 differs from the run's bf16"), "{stderr}");
+    // generate samples in the run's precision unless told otherwise.
+    let precision_of = |extra: &[&str]| {
+        let out = generate(&run, "3", extra);
+        assert_success(&out);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["precision"].clone()
+    };
+    assert_eq!(precision_of(&[]), "bf16");
+    assert_eq!(precision_of(&["--no-cache"]), "bf16");
+    assert_eq!(precision_of(&["--precision", "f32"]), "f32");
+    // A run given no precision records float32.
+    let plain = dir.join("plain");
+    assert_success(&train(&config, &plain, &["--steps", "1"]));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plain.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["train"]["precision"], "f32");
+    let _ = std::fs::remove_dir_all(&dir);
+}

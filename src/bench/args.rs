@@ -7,6 +7,7 @@ use tch::Device;
 use super::Suite;
 use crate::arg_values::at_least_one;
 use crate::device::RunArgs;
+use crate::precision::Precision;
 
 /// Measure speed and memory: LSH against full attention over length, training steps.
 #[derive(clap::Args, Clone, Debug)]
@@ -42,6 +43,9 @@ pub struct BenchArgs {
     /// of measuring.
     #[arg(long, value_delimiter = ',')]
     pub from: Vec<PathBuf>,
+    /// Arithmetic of the measured passes: f32, or bf16 / f16 autocast.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: Precision,
     /// Run one case given as JSON and print its result (used by the suites, which
     /// run each case in a fresh process).
     #[arg(long, hide = true)]

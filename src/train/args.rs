@@ -46,9 +46,11 @@ pub struct TrainArgs {
     /// Bytes of the test split scored at the end (LM tasks).
     #[arg(long, default_value_t = 1_000_000)]
     pub eval_bytes: usize,
-    /// Arithmetic: f32, or bf16 / f16 autocast (CPU and CUDA).
-    #[arg(long, value_enum, default_value = "f32")]
-    pub precision: Precision,
+    /// Arithmetic: f32, or bf16 / f16 autocast (CPU and CUDA), f16 with dynamic loss
+    /// scaling (default: train.precision of --config or --preset, f32 in the shipped ones;
+    /// with --resume, the run's).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Print a final summary object as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -1,6 +1,6 @@
 //! `reformer train`: the training loop, with validation, checkpoints, exact resume,
-//! graceful interruption and a guard against non-finite losses. The phases of a run are
-//! `Trainer`'s (trainer.rs); `run` is the loop.
+//! graceful interruption, a guard against non-finite losses and float16 loss scaling
+//! (loss_scale.rs). The phases of a run are `Trainer`'s (trainer.rs); `run` is the loop.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,10 +16,12 @@ use crate::score::{evaluate, Score};
 use crate::tasks::{Batch, TaskKind};
 
 mod args;
+mod loss_scale;
 mod metrics;
 mod trainer;
 pub use crate::precision::Precision;
 pub use args::TrainArgs;
+pub use loss_scale::LossScale;
 use trainer::Trainer;
 
 /// Hash rounds at which a duplication model is evaluated at the end (paper Table 2).
@@ -63,7 +65,7 @@ enum Stop {
 /// The configuration of a new run: a config file, a preset or the task's default, then
 /// the `--set` overrides and the command line's changes: `--task` and `--data` replace
 /// the configured ones when given (data configured for another task does not carry
-/// over), `--steps` the number of steps.
+/// over), `--steps` the number of steps, `--precision` the arithmetic.
 fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
     let base = match (&opts.config, &opts.preset) {
         (Some(path), _) => RunConfig::from_file(path)?,
@@ -80,6 +82,9 @@ fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
     }
     if let Some(steps) = opts.steps {
         cfg.train.steps = steps;
+    }
+    if let Some(precision) = opts.precision {
+        cfg.train.precision = precision;
     }
     cfg.validate()?;
     Ok(cfg)
@@ -110,11 +115,14 @@ fn interrupt_requested() -> bool {
 
 /// Fault injection for tests, read from the environment once, at the start:
 /// `REFORMER_INJECT_NAN_AT_STEP=N` makes step N's loss NaN, as a numerical blow-up would
-/// (for the non-finite guard); `REFORMER_INJECT_DIVERGENCE_AT_STEP=N` makes rank 1 nudge
-/// a parameter after step N's update, as a rank that went its own way would (for the
-/// guard that keeps the ranks' parameters equal).
+/// (for the non-finite guard); `REFORMER_INJECT_OVERFLOW_AT_STEP=N` makes step N's
+/// gradients inf, as a float16 overflow would (for the loss scaler);
+/// `REFORMER_INJECT_DIVERGENCE_AT_STEP=N` makes rank 1 nudge a parameter after step N's
+/// update, as a rank that went its own way would (for the guard that keeps the ranks'
+/// parameters equal).
 struct Faults {
     nan_at_step: Option<i64>,
+    overflow_at_step: Option<i64>,
     divergence_at_step: Option<i64>,
 }
 
@@ -123,6 +131,7 @@ impl Faults {
         let step = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<i64>().ok());
         Self {
             nan_at_step: step("REFORMER_INJECT_NAN_AT_STEP"),
+            overflow_at_step: step("REFORMER_INJECT_OVERFLOW_AT_STEP"),
             divergence_at_step: step("REFORMER_INJECT_DIVERGENCE_AT_STEP"),
         }
     }
@@ -133,6 +142,18 @@ impl Faults {
             f64::NAN
         } else {
             0.0
+        }
+    }
+
+    /// After step `step`'s backward (and the ranks' averaging): a gradient made inf at the
+    /// chosen step.
+    fn overflow(&self, step: i64, variables: &[Tensor]) {
+        if self.overflow_at_step == Some(step) {
+            if let Some(mut grad) = variables.iter().map(Tensor::grad).find(Tensor::defined) {
+                tch::no_grad(|| {
+                    let _ = grad.fill_(f64::INFINITY);
+                });
+            }
         }
     }
 
@@ -148,14 +169,19 @@ impl Faults {
 }
 
 /// Accuracy with 1, 2, 4 and 8 hash rounds (and full attention: not swapped in here),
-/// printed like a row of the paper's Table 2.
-fn table2_row(model: &mut ReformerLm, batches: &[Batch], device: Device) -> Result<serde_json::Value> {
+/// printed like a row of the paper's Table 2, scored under `precision`.
+fn table2_row(
+    model: &mut ReformerLm,
+    batches: &[Batch],
+    device: Device,
+    precision: Precision,
+) -> Result<serde_json::Value> {
     let trained = model.cfg.lsh.n_hashes;
     let mut row = serde_json::Map::new();
     let mut line = format!("trained with {trained} rounds, evaluated with:");
     for rounds in TABLE2_ROUNDS {
         model.set_n_hashes(rounds)?;
-        let score = evaluate(model, batches, device);
+        let score = precision.autocast(device, || evaluate(model, batches, device))?;
         line += &format!("  {rounds}: {:.1}%", 100.0 * score.accuracy);
         row.insert(rounds.to_string(), json!(score.accuracy));
     }

@@ -1,6 +1,7 @@
 //! One training run in named phases: `new` (configuration, process group, model, resume),
 //! `step`, `log`, `validate`, `save` and `finish` (the exit save, the final scores, the
-//! Table-2 row, the `--json` summary). `train::run` strings them into the loop.
+//! Table-2 row, the `--json` summary). `train::run` strings them into the loop. Training
+//! and every score run under the run's `train.precision`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,8 +12,8 @@ use tch::{nn, Device, Tensor};
 
 use super::metrics::{window_message, MetricsWindow};
 use super::{
-    agree_any, default_out, describe_score, interrupt_requested, resolve_config, table2_row, Faults, Precision, Stop,
-    TrainArgs,
+    agree_any, default_out, describe_score, interrupt_requested, resolve_config, table2_row, Faults, LossScale,
+    Precision, Stop, TrainArgs,
 };
 use crate::distributed::{self, Backend, LaunchEnv, ProcessGroup};
 use crate::model::seeded_random::derive_seed;
@@ -31,7 +32,6 @@ pub struct Trainer {
     /// `train.steps` (config.json's) stays the horizon of the learning-rate schedule.
     last_step: i64,
     device: Device,
-    precision: Precision,
     /// Bytes of the test split scored at the end.
     eval_bytes: usize,
     json: bool,
@@ -78,6 +78,13 @@ impl Trainer {
             Some(dir) => {
                 let (run_dir, cfg) = RunDir::open(dir)?;
                 cfg.validate()?;
+                if let Some(precision) = opts.precision.filter(|&precision| precision != cfg.train.precision) {
+                    bail!(
+                        "--precision {} differs from the run's {} (its config.json): a resumed run keeps its precision",
+                        precision_name(precision),
+                        precision_name(cfg.train.precision)
+                    );
+                }
                 (Some(run_dir), cfg)
             }
             None => (None, resolve_config(&opts)?),
@@ -137,7 +144,6 @@ impl Trainer {
         let mut trainer = Self {
             last_step,
             device,
-            precision: opts.precision,
             eval_bytes: opts.eval_bytes,
             json: opts.json,
             time_limit_secs: opts.time_limit_minutes.map(|m| m * 60.0),
@@ -163,6 +169,9 @@ impl Trainer {
         };
         if opts.resume.is_some() {
             trainer.resume()?;
+        }
+        if trainer.cfg.train.precision == Precision::F16 {
+            trainer.state.loss_scale.get_or_insert_with(LossScale::default);
         }
         if let Some(group) = &trainer.group {
             distributed::broadcast_parameters(group, &trainer.variables)?;
@@ -223,17 +232,37 @@ impl Trainer {
     }
 
     /// One optimizer step over `train.grad_accumulation` micro-batches, the gradients
-    /// averaged over the ranks and clipped. A non-finite loss or gradient skips the update
-    /// (the step still counts) or, under `train.on_non_finite=stop`, returns the stop.
+    /// averaged over the ranks, unscaled (f16) and clipped. A non-finite loss or gradient
+    /// skips the update (the step still counts) or, under `train.on_non_finite=stop`,
+    /// returns the stop. Under f16 an overflowed gradient (with a finite loss) is the loss
+    /// scaler's: the update is skipped, the step still counts (its batch is consumed, the
+    /// learning-rate schedule moves on, as with PyTorch's GradScaler) and the scale backs off.
     pub fn step(&mut self) -> Result<Option<Stop>> {
         self.window.begin_step();
         let lr = learning_rate(&self.cfg.train, self.state.step);
         self.optimizer.zero_grad();
         let (loss_sum, correct, weight, tokens) = self.accumulate_gradients()?;
         let step = self.state.step + 1;
+        self.faults.overflow(step, &self.variables);
+        if let Some(scaler) = &self.state.loss_scale {
+            scaler.unscale(&self.variables);
+        }
         let loss = loss_sum / weight.max(1.0) + self.faults.loss_offset(step);
         let grad_norm = self.optimizer.clip_grad_norm(self.cfg.train.clip_grad_norm);
-        if loss.is_finite() && grad_norm.is_finite() {
+        // A non-finite loss is not float16's range at fault (the scale applies after the
+        // loss): it leaves the scale as it is and goes to the guard below.
+        let overflowed = match self.state.loss_scale.as_mut() {
+            Some(scaler) if loss.is_finite() => {
+                scaler.update(!grad_norm.is_finite());
+                !grad_norm.is_finite()
+            }
+            _ => false,
+        };
+        if overflowed {
+            let scale = self.state.loss_scale.as_ref().map_or(f64::NAN, |scaler| scaler.scale);
+            self.progress
+                .println(&format!("step {step}: float16 gradients overflowed; update skipped, loss scale {scale}"));
+        } else if loss.is_finite() && grad_norm.is_finite() {
             self.optimizer.step(lr);
             self.faults.diverge(self.rank(), step, &self.variables);
             self.window.add(loss * weight, correct, weight, tokens);
@@ -266,10 +295,14 @@ impl Trainer {
             let batch = self.task.train_batch(train.batch_size * world_size, &mut self.state.sampler);
             let batch = batch.rows(rank * train.batch_size, train.batch_size).to_device(self.device);
             let seed = derive_seed(self.state.seed, (self.state.step * train.grad_accumulation + micro) as u64);
-            let stats = self.precision.autocast(self.device, || {
+            let stats = train.precision.autocast(self.device, || {
                 self.model.loss(&batch.inputs, &batch.targets, Some(&batch.weights), ForwardMode::train(seed))
             })?;
-            (&stats.loss / train.grad_accumulation as f64).backward();
+            let loss = &stats.loss / train.grad_accumulation as f64;
+            match &self.state.loss_scale {
+                Some(scaler) => scaler.scale(&loss).backward(),
+                None => loss.backward(),
+            }
             loss_sum += stats.loss.double_value(&[]) * stats.weight;
             correct += stats.correct;
             weight += stats.weight;
@@ -300,6 +333,9 @@ impl Trainer {
     pub fn log(&mut self) -> Result<()> {
         let lr = learning_rate(&self.cfg.train, self.state.step - 1);
         let mut record = self.window.flush(self.state.step, lr, self.state.elapsed_secs, self.task.reports_bpc());
+        if let Some(scaler) = &self.state.loss_scale {
+            record["loss_scale"] = json!(scaler.scale);
+        }
         if let Some(group) = &self.group {
             distributed::check_parameters_agree(group, &self.variables)?;
             record["world_size"] = json!(group.world_size);
@@ -316,7 +352,7 @@ impl Trainer {
     /// Scores the model on the validation batches (each rank its share), logs the score
     /// and keeps the best loss; returns whether this score is the best so far.
     pub fn validate(&mut self) -> Result<bool> {
-        let score = evaluate_shared(&self.model, &self.valid_batches, self.device, self.group.as_ref())?;
+        let score = self.score(&self.valid_batches)?;
         let is_best = self.state.best_valid_loss.is_none_or(|best| score.loss < best);
         if is_best {
             self.state.best_valid_loss = Some(score.loss);
@@ -364,14 +400,19 @@ impl Trainer {
         }
         let valid = match self.last_valid {
             Some((step, score)) if step == self.state.step => score,
-            _ => evaluate_shared(&self.model, &self.valid_batches, self.device, self.group.as_ref())?,
+            _ => self.score(&self.valid_batches)?,
         };
         let tokens_per_sec = self.window.total_tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         let mut summary = json!({
             "task": self.cfg.task, "steps": self.state.step, "skipped_steps": self.state.skipped_steps,
             "valid_loss": valid.loss, "tokens_per_sec": tokens_per_sec, "elapsed_secs": self.state.elapsed_secs,
             "checkpoint": self.run_dir.latest().map(|p| p.display().to_string()),
+            "precision": self.cfg.train.precision,
         });
+        if let Some(scaler) = &self.state.loss_scale {
+            summary["overflow_steps"] = json!(scaler.overflow_steps);
+            summary["loss_scale"] = json!(scaler.scale);
+        }
         if self.is_main {
             eprintln!("final validation: {}", describe_score(&valid, self.task.reports_bpc()));
         }
@@ -379,7 +420,7 @@ impl Trainer {
             summary["valid_bpc"] = json!(valid.bpc);
             let batch_size = self.cfg.train.batch_size * self.world_size();
             let test_batches = self.task.split_batches(Split::Test, batch_size, self.eval_bytes)?;
-            let test = evaluate_shared(&self.model, &test_batches, self.device, self.group.as_ref())?;
+            let test = self.score(&test_batches)?;
             if self.is_main {
                 eprintln!("test: {:.4} bits per byte over {} bytes", test.bpc, test.n_targets);
             }
@@ -387,7 +428,9 @@ impl Trainer {
         } else {
             summary["valid_accuracy"] = json!(valid.accuracy);
             if self.is_main {
-                summary["accuracy_by_rounds"] = table2_row(&mut self.model, &self.valid_batches, self.device)?;
+                let precision = self.cfg.train.precision;
+                summary["accuracy_by_rounds"] =
+                    table2_row(&mut self.model, &self.valid_batches, self.device, precision)?;
             }
         }
         if let Some(group) = &self.group {
@@ -401,6 +444,12 @@ impl Trainer {
         Ok(())
     }
 
+    /// `batches` scored under the run's precision, each rank its share.
+    fn score(&self, batches: &[Batch]) -> Result<Score> {
+        let precision = self.cfg.train.precision;
+        precision.autocast(self.device, || evaluate_shared(&self.model, batches, self.device, self.group.as_ref()))?
+    }
+
     fn rank(&self) -> i64 {
         self.group.as_ref().map_or(0, |g| g.rank)
     }
@@ -412,4 +461,10 @@ impl Trainer {
     fn elapsed_secs(&self) -> f64 {
         self.elapsed_before + self.started.elapsed().as_secs_f64()
     }
+}
+
+/// The name `--precision` takes: f32, bf16, f16.
+fn precision_name(precision: Precision) -> String {
+    use clap::ValueEnum;
+    precision.to_possible_value().map_or_else(|| format!("{precision:?}"), |value| value.get_name().to_string())
 }
