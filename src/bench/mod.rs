@@ -290,6 +290,11 @@ pub fn run(opts: BenchArgs) -> Result<()> {
         }
         None => cases(&opts, device),
     };
+    // `--precision` for every case but the precision suite's own, which sets each.
+    let cases: Vec<Case> = cases
+        .into_iter()
+        .map(|case| if case.suite == "precision" { case } else { case.in_precision(opts.precision) })
+        .collect();
     let peak = matmul_flops(device);
     eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(device), peak / 1e9);
     let mut progress = crate::progress::Progress::new("bench", cases.len() as u64);
@@ -319,7 +324,7 @@ pub fn run(opts: BenchArgs) -> Result<()> {
             "suite": case.suite, "label": case.label, "attention": case.attention(),
             "n_hashes": case.model.lsh.n_hashes, "seq_len": case.seq_len, "batch_size": case.batch_size,
             "n_layers": if case.kind == CaseKind::Layer { 1 } else { case.model.n_layers }, "reversible": case.model.reversible,
-            "ff_chunked": case.model.ff_chunk_len.is_some(), "status": status,
+            "ff_chunked": case.model.ff_chunk_len.is_some(), "precision": case.precision, "status": status,
             "ms_per_step": m.ms_per_step, "us_per_token": m.us_per_token, "tokens_per_sec": m.tokens_per_sec,
             "peak_bytes": m.peak_bytes, "predicted_bytes": predicted, "flops_per_token": flops, "utilization": utilization, "step_ms": m.step_ms,
         }));

@@ -81,8 +81,8 @@ impl Trainer {
                 if let Some(precision) = opts.precision.filter(|&precision| precision != cfg.train.precision) {
                     bail!(
                         "--precision {} differs from the run's {} (its config.json): a resumed run keeps its precision",
-                        precision_name(precision),
-                        precision_name(cfg.train.precision)
+                        precision.name(),
+                        cfg.train.precision.name()
                     );
                 }
                 (Some(run_dir), cfg)
@@ -461,10 +461,4 @@ impl Trainer {
     fn elapsed_secs(&self) -> f64 {
         self.elapsed_before + self.started.elapsed().as_secs_f64()
     }
-}
-
-/// The name `--precision` takes: f32, bf16, f16.
-fn precision_name(precision: Precision) -> String {
-    use clap::ValueEnum;
-    precision.to_possible_value().map_or_else(|| format!("{precision:?}"), |value| value.get_name().to_string())
 }
