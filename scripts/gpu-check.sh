@@ -31,18 +31,21 @@ step "versions"
 grep -q "cuda available: true" "$out/version.log" || { echo "CUDA is not available to the binary"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.log" || true
 
-step "training on CUDA: duplication preset, 200 steps, float32 and bfloat16; exact resume"
+step "training on CUDA: duplication preset, 200 steps, float32, bfloat16 and float16 (loss scaling); exact resume"
 run train-f32 "$binary" train --device cuda --steps 200 --out "$out/dup-f32" --json
 run train-bf16 "$binary" train --device cuda --steps 200 --precision bf16 --out "$out/dup-bf16" --json
+run train-f16 "$binary" train --device cuda --steps 200 --precision f16 --out "$out/dup-f16" --json
 run train-resume-a "$binary" train --device cuda --steps 20 --out "$out/resume" --set train.eval_every=10
 run train-resume-b "$binary" train --device cuda --resume "$out/resume" --steps 40
-tail -1 "$out/train-f32.log" "$out/train-bf16.log"
+tail -1 "$out/train-f32.log" "$out/train-bf16.log" "$out/train-f16.log"
 
 step "generation on CUDA: cached and uncached greedy continuations"
 prompt=$(printf '\001\002\003\004')
 run generate-cached "$binary" generate --device cuda --checkpoint "$out/dup-f32" --prompt "$prompt" --greedy --max-new-tokens 100 --json
 run generate-uncached "$binary" generate --device cuda --checkpoint "$out/dup-f32" --prompt "$prompt" --greedy --max-new-tokens 100 --json --no-cache
-tail -1 "$out/generate-cached.log" "$out/generate-uncached.log"
+run generate-bf16 "$binary" generate --device cuda --checkpoint "$out/dup-bf16" --prompt "$prompt" --greedy --max-new-tokens 100 --json
+run generate-f16 "$binary" generate --device cuda --checkpoint "$out/dup-f16" --prompt "$prompt" --greedy --max-new-tokens 100 --json
+tail -1 "$out/generate-cached.log" "$out/generate-uncached.log" "$out/generate-bf16.log" "$out/generate-f16.log"
 
 step "data parallel on CUDA: one NCCL worker; two Gloo workers sharing the GPU"
 port=$(( 20000 + RANDOM % 20000 ))
@@ -55,4 +58,9 @@ tail -1 "$out/dist-nccl.log" "$out/dist-gloo.log"
 step "bench at GPU sizes: attention to 128K, depth at 4096, feed-forward chunking"
 run bench "$binary" bench --device cuda --full --suite all --json "$out/bench-cuda.json" --plot "$out/bench-cuda.svg"
 cat "$out/bench.log"
+
+step "bench per precision: the lm4k step, reconstruction error, short duplication runs; the enwik8-paper step at 64K in bf16"
+run bench-precision "$binary" bench --device cuda --suite precision --json "$out/bench-precision-cuda.json"
+run bench-paper-bf16 "$binary" bench --device cuda --preset enwik8-paper --steps 1 --precision bf16 --json "$out/bench-paper-bf16-cuda.json"
+cat "$out/bench-precision.log" "$out/bench-paper-bf16.log"
 echo "all checks passed; results in $out"

@@ -121,11 +121,13 @@ fn step_cases(steps: usize) -> Vec<Case> {
 }
 
 /// The precision suite's steps: the reversible lm4k step in float32 and under bfloat16
-/// and float16 autocast.
-fn precision_cases(steps: usize) -> Vec<Case> {
+/// and float16 autocast (float16 left out when `emulated_f16`: CPUs without float16
+/// arithmetic emulate it, an order of magnitude slower).
+fn precision_cases(steps: usize, emulated_f16: bool) -> Vec<Case> {
     let lm4k = step_cases(steps).into_iter().find(|c| c.label == "lm4k").expect("the steps suite has lm4k");
     [Precision::F32, Precision::Bf16, Precision::F16]
         .into_iter()
+        .filter(|&p| !(emulated_f16 && p == Precision::F16))
         .map(|precision| {
             let label = format!("lm4k-{}", precision.name());
             Case { suite: "precision".into(), label, ..lm4k.clone() }.in_precision(precision)
@@ -229,7 +231,7 @@ fn cases(opts: &BenchArgs, device: Device) -> Vec<Case> {
         cases.extend(depth_cases(if quick { 1024 } else { 4096 }, opts.steps));
     }
     if matches!(opts.suite, Suite::Precision | Suite::All) {
-        cases.extend(precision_cases(opts.steps));
+        cases.extend(precision_cases(opts.steps, skips_f16(quick, device)));
     }
     if matches!(opts.suite, Suite::Ff | Suite::All) {
         let ff_lengths: &[i64] = if quick { &[16384] } else { &[4096, 16384, 65536] };
@@ -383,9 +385,15 @@ fn report_from(opts: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether float16 cases are left out: at CPU sizes on a CPU, which emulates float16.
+fn skips_f16(quick: bool, device: Device) -> bool {
+    quick && !device.is_cuda()
+}
+
 /// The precision suite's measurements beyond step time and memory: how exactly the
-/// reversible backward rebuilds each block's inputs over depth, and what a short
-/// duplication run reaches, per precision. Printed, and returned for the JSON report.
+/// reversible backward rebuilds each block's inputs over depth, and (`--suite precision`
+/// only, not `all`) what a short duplication run reaches, per precision. Printed, and
+/// returned for the JSON report.
 fn run_precision(opts: &BenchArgs, device: Device) -> Result<serde_json::Value> {
     println!("{:<8} {:<14} {:>22} {:>22}", "layers", "arithmetic", "first block rel. error", "worst block rel. error");
     let mut reconstruction = Vec::new();
@@ -396,11 +404,17 @@ fn run_precision(opts: &BenchArgs, device: Device) -> Result<serde_json::Value> 
             reconstruction.push(r);
         }
     }
-    let steps = if opts.quick_sizes(device) { 100 } else { 300 };
+    if opts.suite != Suite::Precision {
+        return Ok(json!({"reconstruction": reconstruction}));
+    }
     println!("{:<10} {:>6} {:>12} {:>14} {:>10}", "precision", "steps", "valid loss", "accuracy", "seconds");
     let mut duplication = Vec::new();
     for p in [Precision::F32, Precision::Bf16, Precision::F16] {
-        let run = precision::duplication_run(p, steps, device, opts.run.threads)?;
+        if p == Precision::F16 && skips_f16(opts.quick_sizes(device), device) {
+            println!("{:<10} skipped at CPU sizes (float16 is emulated on most CPUs): --full runs it", p.name());
+            continue;
+        }
+        let run = precision::duplication_run(p, device, opts.run.threads)?;
         println!(
             "{:<10} {:>6} {:>12.4} {:>13.1}% {:>10.1}",
             p.name(),
