@@ -263,53 +263,66 @@ fn finite_difference_gradient_with_fixed_buckets() {
     }
 }
 
-/// The position whose bucket in round 0 is decided by the smallest margin, and the
-/// direction that moves it across: the gap between its best and second-best rotated
-/// coordinate (of [xR, -xR]), and the rotation columns of the two.
-fn closest_to_a_boundary(qk: &Tensor, rotations: &Tensor) -> (i64, f64, Tensor) {
-    let dh = qk.size()[3];
+/// `qk` with one vector moved just across a bucket boundary of round 0: the vector whose
+/// margin (the gap between its best and second-best rotated coordinate of [xR, -xR]) is
+/// the `rank`-th smallest among the second half's positions (a causal query early in the
+/// sequence sees too few keys for its bucket to matter), nudged along the difference of
+/// the two rotation columns by 1.01 times what closes the gap.
+///
+/// # Shapes
+/// `qk`: (1, 1, T, Dh); `rotations`: (Dh, R, NB/2); returns (1, 1, T, Dh).
+fn nudged_across_a_boundary(qk: &Tensor, rotations: &Tensor, rank: i64) -> Tensor {
+    let (t, dh) = (qk.size()[2], qk.size()[3]);
     let half = rotations.size()[2];
     let round0 = rotations.narrow(1, 0, 1).view([dh, half]); // (Dh, NB/2)
     let both = Tensor::cat(&[&round0, &-&round0], 1); // (Dh, NB)
     let projections = qk.get(0).get(0).matmul(&both); // (T, NB)
     let (top, at) = projections.topk(2, -1, true, true); // (T, 2) each
-    let gaps = top.select(1, 0) - top.select(1, 1); // (T)
-    let position = gaps.argmin(0, false).int64_value(&[]);
+    let gaps = (top.select(1, 0) - top.select(1, 1)).narrow(0, t / 2, t / 2); // (T/2)
+    let (sorted_gaps, order) = gaps.sort(0, false);
+    let position = t / 2 + order.int64_value(&[rank]);
+    let gap = sorted_gaps.double_value(&[rank]);
     let [best, second] = [0, 1].map(|i| at.get(position).int64_value(&[i]));
     // Moving x along (column second − column best) lowers the best and raises the second.
     let direction = both.select(1, second) - both.select(1, best); // (Dh)
-    (position, gaps.double_value(&[position]), direction)
+    let step = direction.square().sum(Kind::Double).double_value(&[]);
+    let nudge = Tensor::zeros_like(qk);
+    nudge.get(0).get(0).get(position).copy_(&(direction * (1.01 * gap / step)));
+    qk + nudge
 }
 
-/// A replay under the forward's bucket tape attends with the forward's buckets, even when
-/// its input differs by a rounding-sized amount that moves a vector to another bucket;
-/// without the tape the replay would attend with another pattern.
+/// Nudges that close a bucket margin are smaller than this (the inputs are unit normals).
+const SMALL_NUDGE: f64 = 0.05;
+
 #[test]
 fn a_replay_under_the_bucket_tape_attends_with_the_forwards_buckets() {
+    for seed in [10, 20, 30] {
+        check_replay_under_the_tape(seed);
+    }
+}
+
+fn check_replay_under_the_tape(seed: u64) {
     use reformer::model::attention::bucket_tape::BucketTape;
-    let p = params(2, 8, 8, true, false);
-    let qk = Tensor::randn([1, 1, 64, 16], (Kind::Double, Device::Cpu));
-    let v = Tensor::randn([1, 1, 64, 16], (Kind::Double, Device::Cpu));
-    let rotations = random_rotations(3, 16, &p, Device::Cpu).to_kind(Kind::Double);
+    use reformer::model::seeded_random;
+    let p = params(2, 32, 8, true, false);
+    let normal = |seed: u64| seeded_random::normal(seed, &[1, 1, 256, 16], Device::Cpu).to_kind(Kind::Double);
+    let (qk, v) = (normal(seed), normal(seed + 1));
+    let rotations = random_rotations(seed + 2, 16, &p, Device::Cpu).to_kind(Kind::Double);
     let mode = ForwardMode::eval(4);
-
-    // Nudge the closest-to-a-boundary vector just across it.
-    let (position, gap, direction) = closest_to_a_boundary(&qk, &rotations);
-    let step = direction.square().sum(Kind::Double).double_value(&[]);
-    let nudge = Tensor::zeros_like(&qk);
-    nudge.get(0).get(0).get(position).copy_(&(direction * (1.01 * gap / step)));
-    let nudged = &qk + &nudge;
-    let moved = hash_buckets(&nudged, &rotations).ne_tensor(&hash_buckets(&qk, &rotations)).sum(Kind::Int64);
-    assert!(moved.int64_value(&[]) >= 1, "the nudge must move a vector to another bucket");
-    assert!(nudge.abs().max().double_value(&[]) < 1e-2, "the nudge must stay small");
-
     let tape = BucketTape::default();
     let forward = tape.run(|| lsh_attend(&qk, &v, &rotations, &p, mode));
+
+    // The construction: a vector nudged across a bucket boundary so that, hashed again, it
+    // joins other keys (a move that keeps its place in the sorted order changes nothing).
+    let constructed = (0..16).map(|rank| nudged_across_a_boundary(&qk, &rotations, rank)).find(|nudged| {
+        let moved = hash_buckets(nudged, &rotations).ne_tensor(&hash_buckets(&qk, &rotations)).any();
+        let small = (nudged - &qk).abs().max().double_value(&[]) < SMALL_NUDGE;
+        let rehashed = lsh_attend(nudged, &v, &rotations, &p, mode);
+        moved.int64_value(&[]) == 1 && small && max_abs_diff(&rehashed, &forward) > 1e-2
+    });
+    let nudged = constructed.unwrap_or_else(|| panic!("seed {seed}: no small nudge changes the attention pattern"));
     let replay = tape.run(|| lsh_attend(&nudged, &v, &rotations, &p, mode));
-    let rehashed = lsh_attend(&nudged, &v, &rotations, &p, mode);
     let replay_gap = max_abs_diff(&replay, &forward);
-    let rehashed_gap = max_abs_diff(&rehashed, &forward);
-    assert!(replay_gap < 1e-2, "the replay under the tape moved by {replay_gap}");
-    assert!(rehashed_gap > 10.0 * replay_gap, "without the tape: {rehashed_gap}, with it: {replay_gap}");
+    assert!(replay_gap < 1e-3, "seed {seed}: the replay under the tape moved by {replay_gap}");
     assert!(tape.bytes() > 0);
 }
