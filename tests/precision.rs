@@ -2,9 +2,10 @@
 //! stays near its float32 value and nothing becomes NaN or infinite, also where a query
 //! has nothing to see but itself (the first positions, padding, the strict causal rule).
 
-use reformer::model::config::{LocalConfig, LshConfig};
+mod common;
+
 use reformer::model::seeded_random;
-use reformer::model::{AttentionKind, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
+use reformer::model::{ForwardMode, ModelConfig, ReformerLm};
 use reformer::precision::Precision;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -16,20 +17,8 @@ const BF16_LOSS_TOLERANCE: f64 = 0.01;
 const F16_LOSS_TOLERANCE: f64 = 0.002;
 
 fn config(strict_causal: bool, reversible: bool) -> ModelConfig {
-    let cfg = ModelConfig {
-        vocab_size: 32,
-        d_model: 32,
-        n_layers: 3,
-        n_heads: 2,
-        d_ff: 64,
-        max_seq_len: 64,
-        positional: PositionalConfig::Axial { shape: [8, 8], dims: [16, 16] },
-        attention: vec![AttentionKind::Lsh, AttentionKind::Local, AttentionKind::Full],
-        lsh: LshConfig { chunk_len: 8, n_hashes: 2, strict_causal, ..Default::default() },
-        local: LocalConfig { chunk_len: 8, ..Default::default() },
-        reversible,
-        ..Default::default()
-    };
+    let mut cfg = ModelConfig { reversible, ..common::tiny_model_config() };
+    cfg.lsh.strict_causal = strict_causal;
     cfg.validate().unwrap();
     cfg
 }

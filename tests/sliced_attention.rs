@@ -4,14 +4,15 @@
 //! and without reversible layers, dropout on everywhere. Also the checkpoint node itself
 //! and the dropout masks that slices draw as their share of the whole's.
 
+mod common;
+
 use std::collections::HashMap;
 
 use reformer::model::activation_checkpoint::checkpoint;
 use reformer::model::attention::local::LocalAttention;
 use reformer::model::attention::lsh::{lsh_attend, random_rotations, LshParams};
-use reformer::model::config::{LocalConfig, LshConfig};
 use reformer::model::seeded_random::{self, dropout, dropout_block};
-use reformer::model::{AttentionKind, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
+use reformer::model::{ForwardMode, ModelConfig, ReformerLm};
 use reformer::precision::Precision;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -83,22 +84,12 @@ fn strict_causal_lsh_one_head_and_round_at_a_time_equals_all_at_once() {
 
 fn model_config(sliced_attention: bool, reversible: bool) -> ModelConfig {
     let cfg = ModelConfig {
-        vocab_size: 32,
-        d_model: 32,
-        n_layers: 3,
-        n_heads: 2,
-        d_ff: 64,
         dropout_hidden: 0.1,
         dropout_attention: 0.2,
         dropout_ff: 0.1,
-        max_seq_len: 64,
-        positional: PositionalConfig::Axial { shape: [8, 8], dims: [16, 16] },
-        attention: vec![AttentionKind::Lsh, AttentionKind::Local, AttentionKind::Full],
-        lsh: LshConfig { chunk_len: 8, n_hashes: 2, ..Default::default() },
-        local: LocalConfig { chunk_len: 8, ..Default::default() },
         reversible,
         sliced_attention,
-        ..Default::default()
+        ..common::tiny_model_config()
     };
     cfg.validate().unwrap();
     cfg
