@@ -2,18 +2,20 @@
 //! graceful interruption, a guard against non-finite losses and float16 loss scaling
 //! (loss_scale.rs). The phases of a run are `Trainer`'s (trainer.rs); `run` is the loop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde_json::json;
 use tch::{Device, Tensor};
 
 use crate::distributed::ProcessGroup;
 use crate::model::ReformerLm;
 use crate::run_config::RunConfig;
+use crate::run_dir::RunDir;
 use crate::score::{evaluate, Score};
-use crate::tasks::{Batch, TaskKind};
+use crate::tasks::download::download_enwik8;
+use crate::tasks::{Batch, TaskKind, DEFAULT_ENWIK8_PATH};
 
 mod args;
 mod loss_scale;
@@ -88,6 +90,31 @@ fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The run folder to resume and its configuration, checked against the command line: a
+/// resumed run keeps its precision.
+fn open_run(dir: &Path, opts: &TrainArgs) -> Result<(RunDir, RunConfig)> {
+    let (run_dir, cfg) = RunDir::open(dir)?;
+    cfg.validate()?;
+    if let Some(precision) = opts.precision.filter(|&precision| precision != cfg.train.precision) {
+        bail!(
+            "--precision {} differs from the run's {} (its config.json): a resumed run keeps its precision",
+            precision.name(),
+            cfg.train.precision.name()
+        );
+    }
+    Ok((run_dir, cfg))
+}
+
+/// Fetches enwik8 to the run's data path (default data/enwik8) when it is not there.
+fn download_enwik8_if_missing(cfg: &RunConfig) -> Result<()> {
+    let path = cfg.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ENWIK8_PATH));
+    if !path.exists() {
+        eprintln!("downloading enwik8 to {}", path.display());
+        download_enwik8(&path)?;
+    }
+    Ok(())
 }
 
 fn default_out(task: TaskKind) -> PathBuf {

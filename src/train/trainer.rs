@@ -3,7 +3,6 @@
 //! Table-2 row, the `--json` summary). `train::run` strings them into the loop. Training
 //! and every score run under the run's `train.precision`.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -12,8 +11,8 @@ use tch::{nn, Device, Tensor};
 
 use super::metrics::{window_message, MetricsWindow};
 use super::{
-    agree_any, default_out, describe_score, interrupt_requested, resolve_config, table2_row, Faults, LossScale,
-    Precision, Stop, TrainArgs,
+    agree_any, default_out, describe_score, download_enwik8_if_missing, interrupt_requested, open_run, resolve_config,
+    table2_row, Faults, LossScale, Precision, Stop, TrainArgs,
 };
 use crate::distributed::{self, Backend, LaunchEnv, ProcessGroup};
 use crate::model::seeded_random::derive_seed;
@@ -23,8 +22,7 @@ use crate::progress::Progress;
 use crate::run_config::{NonFinitePolicy, RunConfig};
 use crate::run_dir::{load_train_state, load_weights, RunDir, TrainState};
 use crate::score::{evaluate_shared, Score};
-use crate::tasks::download::download_enwik8;
-use crate::tasks::{Batch, Split, Task, TaskKind, DEFAULT_ENWIK8_PATH};
+use crate::tasks::{Batch, Split, Task, TaskKind};
 
 pub struct Trainer {
     cfg: RunConfig,
@@ -76,15 +74,7 @@ impl Trainer {
         };
         let (existing_run, cfg) = match &opts.resume {
             Some(dir) => {
-                let (run_dir, cfg) = RunDir::open(dir)?;
-                cfg.validate()?;
-                if let Some(precision) = opts.precision.filter(|&precision| precision != cfg.train.precision) {
-                    bail!(
-                        "--precision {} differs from the run's {} (its config.json): a resumed run keeps its precision",
-                        precision.name(),
-                        cfg.train.precision.name()
-                    );
-                }
+                let (run_dir, cfg) = open_run(dir, &opts)?;
                 (Some(run_dir), cfg)
             }
             None => (None, resolve_config(&opts)?),
@@ -92,11 +82,7 @@ impl Trainer {
         // On resume `--steps` moves only where training stops; config.json stays as it is.
         let last_step = opts.steps.unwrap_or(cfg.train.steps);
         if opts.download && cfg.task == TaskKind::Enwik8 {
-            let path = cfg.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ENWIK8_PATH));
-            if !path.exists() {
-                eprintln!("downloading enwik8 to {}", path.display());
-                download_enwik8(&path)?;
-            }
+            download_enwik8_if_missing(&cfg)?;
         }
         // The data is checked before anything is written.
         let task = cfg.build_task()?;
