@@ -3,9 +3,11 @@
 //! full forward pass gives at that position; LSH layers trained with the paper's rule
 //! decode under the strict rule.
 
+mod common;
+
 use reformer::model::attention::lsh_decoding::BucketRings;
 use reformer::model::decoding::check_decodable;
-use reformer::model::{seeded_random, AttentionKind, Decoder, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
+use reformer::model::{seeded_random, AttentionKind, Decoder, ForwardMode, ModelConfig, ReformerLm};
 use tch::{nn, Device, Kind, Tensor};
 
 const LOGIT_TOLERANCE: f64 = 1e-4;
@@ -13,24 +15,12 @@ const SEED: u64 = 7;
 const WEIGHT_SEED: u64 = 1_000;
 
 fn config(attention: Vec<AttentionKind>, strict: bool) -> ModelConfig {
-    let mut cfg = ModelConfig {
-        vocab_size: 32,
-        d_model: 32,
-        n_layers: 3,
-        n_heads: 2,
-        d_ff: 64,
-        max_seq_len: 64,
-        positional: PositionalConfig::Axial { shape: [8, 8], dims: [16, 16] },
-        attention,
-        reversible: false,
-        ..Default::default()
-    };
+    let mut cfg = ModelConfig { attention, ..common::tiny_model_config() };
     // Four buckets of at most four recent keys: with 60 tokens every list overflows.
     cfg.lsh.chunk_len = 4;
     cfg.lsh.n_buckets = Some(4);
     cfg.lsh.n_hashes = 3;
     cfg.lsh.strict_causal = strict;
-    cfg.local.chunk_len = 8;
     cfg
 }
 

@@ -1,6 +1,8 @@
 //! Properties of the whole model: causality, chunking equals no chunking, local and full
 //! attention against dense references, and config validation.
 
+mod common;
+
 use reformer::model::config::LshConfig;
 use reformer::model::{AttentionKind, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
 use tch::{nn, Device, Kind, Tensor};
@@ -8,21 +10,7 @@ use tch::{nn, Device, Kind, Tensor};
 const TOLERANCE: f64 = 1e-5;
 
 fn small_config(attention: Vec<AttentionKind>) -> ModelConfig {
-    let mut cfg = ModelConfig {
-        d_model: 32,
-        n_layers: 3,
-        n_heads: 2,
-        d_ff: 64,
-        max_seq_len: 64,
-        positional: PositionalConfig::Axial { shape: [8, 8], dims: [16, 16] },
-        attention,
-        reversible: false,
-        ..Default::default()
-    };
-    cfg.lsh.chunk_len = 8;
-    cfg.lsh.n_hashes = 2;
-    cfg.local.chunk_len = 8;
-    cfg
+    ModelConfig { attention, vocab_size: ModelConfig::default().vocab_size, ..common::tiny_model_config() }
 }
 
 /// A model with random weights. Tests run in parallel threads that share libtorch's
