@@ -4,6 +4,7 @@ pub mod allocator;
 pub mod arg_values;
 pub mod autograd;
 pub mod bench;
+pub mod curves;
 pub mod device;
 pub mod distributed;
 pub mod error;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use reformer::allocator::{self, ConfString};
 use reformer::bench::{self, BenchArgs};
+use reformer::curves::{self, PlotArgs};
 use reformer::eval::{self, EvalArgs};
 use reformer::generate::{self, GenerateArgs};
 use reformer::train::{self, TrainArgs};
@@ -41,6 +42,7 @@ enum Command {
     Generate(GenerateArgs),
     Eval(EvalArgs),
     Bench(BenchArgs),
+    Plot(PlotArgs),
 }
 
 fn print_version() {
@@ -60,13 +62,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Plot(args)) => curves::run(args),
         None if cli.version => {
             print_version();
             Ok(())
         }
-        None => anyhow::bail!(
-            "no subcommand: use `reformer train`, `reformer generate`, `reformer eval` or `reformer bench` (see --help)"
-        ),
+        None => {
+            anyhow::bail!("no subcommand: use `reformer train`, `generate`, `eval`, `bench` or `plot` (see --help)")
+        }
     }
 }
 

@@ -215,3 +215,55 @@ fn bench_reports_cases_predicted_not_to_fit_and_goes_on() {
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `train` draws its validation curve into the run folder; `plot` overlays several runs
+/// with their labels; a folder that is not a run, or a run without a validation, is one
+/// clear line.
+#[test]
+fn training_curves_are_drawn_per_run_and_overlaid_by_plot() {
+    let dir = scratch("plot");
+    let config = tiny_config(&dir, serde_json::json!({}));
+    let run = trained_run(&dir, &config);
+    let curve = std::fs::read_to_string(run.join("curve.svg")).expect("train draws curve.svg");
+    assert!(curve.contains("<svg") && curve.contains("second-copy accuracy"), "{curve}");
+
+    let second = dir.join("second");
+    let out = reformer(&[
+        "train",
+        "--device",
+        "cpu",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        second.to_str().unwrap(),
+        "--seed",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let figure = dir.join("both.svg");
+    let out = reformer(&[
+        "plot",
+        run.to_str().unwrap(),
+        second.to_str().unwrap(),
+        "--labels",
+        "first-run,second-run",
+        "--out",
+        figure.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let svg = std::fs::read_to_string(&figure).unwrap();
+    for text in ["first-run", "second-run", "minutes of training", "steps"] {
+        assert!(svg.contains(text), "the figure lacks '{text}'");
+    }
+
+    let not_a_run = dir.join("empty");
+    std::fs::create_dir_all(&not_a_run).unwrap();
+    assert_one_line_error(&["plot", not_a_run.to_str().unwrap(), "--out", figure.to_str().unwrap()], "not a run folder");
+    std::fs::write(run.join("metrics.jsonl"), "").unwrap();
+    assert_one_line_error(&["plot", run.to_str().unwrap(), "--out", figure.to_str().unwrap()], "no validation yet");
+    assert_one_line_error(
+        &["plot", run.to_str().unwrap(), "--labels", "a,b", "--out", "x.svg"],
+        "--labels names 2 runs",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

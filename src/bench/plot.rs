@@ -13,7 +13,7 @@ const SIZE: (u32, u32) = (1200, 480);
 const MIB: f64 = (1 << 20) as f64;
 
 /// One line of a panel: its name and (x, y) points in x order.
-type Series = BTreeMap<String, Vec<(f64, f64)>>;
+pub type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
 /// Points of the cases of `suite` that ran, grouped by case label.
 fn series(cases: &[Value], suite: &str, x: impl Fn(&Value) -> f64, y: impl Fn(&Value) -> f64) -> Series {
@@ -107,7 +107,7 @@ pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
 }
 
 /// Each series as a line with markers, and a legend.
-fn draw_lines<'a, DB, X, Y>(
+pub fn draw_lines<'a, DB, X, Y>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
     lines: &Series,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>

@@ -335,8 +335,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// Scores the model on the validation batches (each rank its share), logs the score
-    /// and keeps the best loss; returns whether this score is the best so far.
+    /// Scores the model on the validation batches (each rank its share), logs the score,
+    /// redraws the run's `curve.svg` and keeps the best loss; returns whether this score
+    /// is the best so far.
     pub fn validate(&mut self) -> Result<bool> {
         let score = self.score(&self.valid_batches)?;
         let is_best = self.state.best_valid_loss.is_none_or(|best| score.loss < best);
@@ -346,6 +347,10 @@ impl Trainer {
         if self.is_main {
             self.run_dir.log_metrics(&json!({"step": self.state.step, "valid_loss": score.loss,
                 "valid_bpc": score.bpc, "valid_accuracy": score.accuracy, "elapsed": self.state.elapsed_secs}))?;
+            // The picture is a convenience: a failure to draw it does not stop the run.
+            if let Err(e) = crate::curves::write_run_curve(&self.run_dir.path) {
+                self.progress.println(&format!("warning: curve.svg not drawn: {e:#}"));
+            }
         }
         let line = format!("step {}: validation {}", self.state.step, describe_score(&score, self.task.reports_bpc()));
         self.progress.println(&line);

@@ -1,0 +1,165 @@
+//! `reformer plot` and the curve `train` draws into its run folder: the validation
+//! figure of one or several runs (bits per byte for the language-model tasks, second-copy
+//! accuracy for duplication) against wall-clock minutes and against steps, read from each
+//! run's `metrics.jsonl`, as an SVG with one line per run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use plotters::prelude::*;
+
+use crate::bench::plot::{draw_lines, Series};
+use crate::run_dir::RunDir;
+use crate::tasks::TaskKind;
+
+const SIZE: (u32, u32) = (1200, 480);
+
+/// Draw the validation curves of training runs into one SVG.
+#[derive(clap::Args, Debug)]
+pub struct PlotArgs {
+    /// Run folders (each with config.json and metrics.jsonl).
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// The SVG file to write.
+    #[arg(long, value_name = "FILE.svg")]
+    pub out: PathBuf,
+    /// Legend labels, one per run, comma-separated (default: the folders' names).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+}
+
+/// What a run's validation is measured in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Figure {
+    /// Bits per byte (language-model tasks): lower is better, drawn on a log scale.
+    BitsPerByte,
+    /// Second-copy accuracy (duplication), in percent.
+    Accuracy,
+}
+
+impl Figure {
+    fn of(task: TaskKind) -> Self {
+        match task {
+            TaskKind::Duplication => Self::Accuracy,
+            TaskKind::Enwik8 | TaskKind::Text => Self::BitsPerByte,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::BitsPerByte => "validation bits per byte",
+            Self::Accuracy => "validation second-copy accuracy (%)",
+        }
+    }
+}
+
+/// One run's validations: (step, minutes of training, figure).
+struct Curve {
+    label: String,
+    figure: Figure,
+    points: Vec<(f64, f64, f64)>,
+}
+
+/// The validation records of the run at `run`.
+fn read_curve(run: &Path, label: String) -> Result<Curve> {
+    let (_, cfg) = RunDir::open(run)?;
+    let figure = Figure::of(cfg.task);
+    let metrics = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).with_context(|| format!("cannot read {}", metrics.display()))?;
+    let key = match figure {
+        Figure::BitsPerByte => "valid_bpc",
+        Figure::Accuracy => "valid_accuracy",
+    };
+    let scale = if figure == Figure::Accuracy { 100.0 } else { 1.0 };
+    let points = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|record| {
+            let value = record[key].as_f64()?;
+            Some((record["step"].as_f64()?, record["elapsed"].as_f64()? / 60.0, value * scale))
+        })
+        .collect();
+    Ok(Curve { label, figure, points })
+}
+
+/// `reformer plot`: the runs' validation curves into `--out`.
+pub fn run(args: PlotArgs) -> Result<()> {
+    if !args.labels.is_empty() && args.labels.len() != args.runs.len() {
+        bail!("--labels names {} runs, but {} were given", args.labels.len(), args.runs.len());
+    }
+    let curves = args
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(i, run)| read_curve(run, args.labels.get(i).cloned().unwrap_or_else(|| folder_name(run))))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(empty) = curves.iter().find(|c| c.points.is_empty()) {
+        bail!("run '{}' has no validation yet (its metrics.jsonl holds no valid_* record)", empty.label);
+    }
+    if curves.iter().any(|c| c.figure != curves[0].figure) {
+        bail!("the runs report different figures (bits per byte and accuracy): plot them separately");
+    }
+    write_svg(&curves, &args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Draws the run at `run` into `run/curve.svg` (after each validation of `train`). Nothing
+/// is drawn before the first validation.
+pub fn write_run_curve(run: &Path) -> Result<()> {
+    let curve = read_curve(run, folder_name(run))?;
+    if curve.points.is_empty() {
+        return Ok(());
+    }
+    write_svg(&[curve], &run.join("curve.svg"))
+}
+
+fn folder_name(run: &Path) -> String {
+    run.file_name().map_or_else(|| run.display().to_string(), |name| name.to_string_lossy().into_owned())
+}
+
+/// Two panels: the figure against minutes, and against steps.
+fn write_svg(curves: &[Curve], path: &Path) -> Result<()> {
+    let err = |e: &dyn std::fmt::Debug| anyhow!("cannot draw {}: {e:?}", path.display());
+    let figure = curves[0].figure;
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((1, 2));
+    let axes = [("minutes of training", 1usize), ("steps", 0usize)];
+    for (panel, (x_desc, x_index)) in panels.iter().zip(axes) {
+        let series: Series = curves
+            .iter()
+            .map(|c| {
+                let x = |p: &(f64, f64, f64)| if x_index == 0 { p.0 } else { p.1 };
+                (c.label.clone(), c.points.iter().map(|p| (x(p), p.2)).collect())
+            })
+            .collect();
+        let points = series.values().flatten();
+        let x_max = points.clone().map(|p| p.0).fold(f64::MIN, f64::max).max(1e-3);
+        let (y_min, y_max) = points.fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+        let mut chart = ChartBuilder::on(panel);
+        chart.caption(format!("{} against {x_desc}", figure.describe()), ("sans-serif", 18));
+        chart.margin(12).x_label_area_size(40).y_label_area_size(60);
+        match figure {
+            Figure::BitsPerByte => {
+                let y_range = (y_min.max(1e-3) * 0.9..y_max.max(1e-3) * 1.1).log_scale();
+                let mut chart = chart.build_cartesian_2d(0.0..x_max * 1.05, y_range).map_err(|e| err(&e))?;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_desc)
+                    .y_desc(figure.describe())
+                    .y_label_formatter(&|y| format!("{y:.2}"))
+                    .draw()
+                    .map_err(|e| err(&e))?;
+                draw_lines(&mut chart, &series).map_err(|e| err(&e))?;
+            }
+            Figure::Accuracy => {
+                let mut chart = chart.build_cartesian_2d(0.0..x_max * 1.05, 0.0..100.0).map_err(|e| err(&e))?;
+                chart.configure_mesh().x_desc(x_desc).y_desc(figure.describe()).draw().map_err(|e| err(&e))?;
+                draw_lines(&mut chart, &series).map_err(|e| err(&e))?;
+            }
+        }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
