@@ -53,10 +53,17 @@ fn tiny_config(dir: &Path, extra: serde_json::Value) -> PathBuf {
 /// Trains `config` on CPU into `dir/run`; returns the run folder.
 fn trained_run(dir: &Path, config: &Path) -> PathBuf {
     let run = dir.join("run");
-    let out =
-        reformer(&["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    train_into(config, &run, &[]);
     run
+}
+
+/// Trains `config` on CPU into `run`, with `extra` arguments; the run must succeed.
+fn train_into(config: &Path, run: &Path, extra: &[&str]) {
+    let mut args =
+        vec!["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = reformer(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -228,18 +235,7 @@ fn training_curves_are_drawn_per_run_and_overlaid_by_plot() {
     assert!(curve.contains("<svg") && curve.contains("second-copy accuracy"), "{curve}");
 
     let second = dir.join("second");
-    let out = reformer(&[
-        "train",
-        "--device",
-        "cpu",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        second.to_str().unwrap(),
-        "--seed",
-        "1",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    train_into(&config, &second, &["--seed", "1"]);
     let figure = dir.join("both.svg");
     let out = reformer(&[
         "plot",
@@ -258,7 +254,10 @@ fn training_curves_are_drawn_per_run_and_overlaid_by_plot() {
 
     let not_a_run = dir.join("empty");
     std::fs::create_dir_all(&not_a_run).unwrap();
-    assert_one_line_error(&["plot", not_a_run.to_str().unwrap(), "--out", figure.to_str().unwrap()], "not a run folder");
+    assert_one_line_error(
+        &["plot", not_a_run.to_str().unwrap(), "--out", figure.to_str().unwrap()],
+        "not a run folder",
+    );
     std::fs::write(run.join("metrics.jsonl"), "").unwrap();
     assert_one_line_error(&["plot", run.to_str().unwrap(), "--out", figure.to_str().unwrap()], "no validation yet");
     assert_one_line_error(
