@@ -61,7 +61,7 @@ pub fn apply(
     keep: Keep,
 ) -> Result<Vec<Tensor>, TchError> {
     let n_inputs = inputs.len();
-    let handle = Box::into_raw(Box::new(Handle { function: Box::new(function), n_inputs, n_outputs }));
+    let handle = Box::into_raw(Box::new(Handle { function: Box::new(function) }));
     let input_ptrs: Vec<*const C_tensor> = inputs.iter().map(|t| t.as_ptr()).collect();
     let mut outputs = vec![std::ptr::null_mut(); n_outputs];
     let mut err = ffi::ErrorBuffer::new();
@@ -87,11 +87,9 @@ pub fn apply(
     Ok(outputs.into_iter().map(|t| unsafe { Tensor::from_ptr(t) }).collect())
 }
 
-/// What the node owns: the function and the arity it promised.
+/// What the node owns (C++ keeps the arity and passes it to every callback).
 struct Handle {
     function: Box<dyn Function>,
-    n_inputs: usize,
-    n_outputs: usize,
 }
 
 /// (function, inputs, n_inputs, outputs, n_outputs, err, err_len) -> 0 or an error code.
@@ -192,7 +190,7 @@ extern "C" fn backward_callback(
         let (kept, grad_outputs) = unsafe { (borrow_all(kept, n_kept), borrow_all(grad_outputs, n_outputs)) };
         let grads = ffi::catch_panic(|| handle.function.backward(&kept, &grad_outputs))
             .map_err(|e| in_pass(handle, "backward", e))?;
-        if grads.len() != n_inputs || n_inputs != handle.n_inputs || n_outputs != handle.n_outputs {
+        if grads.len() != n_inputs {
             let message = format!("{} gradients for {n_inputs} inputs", grads.len());
             return Err(in_pass(handle, "backward", TchError::Torch(message)));
         }

@@ -53,11 +53,17 @@ impl Figure {
     }
 }
 
-/// One run's validations: (step, minutes of training, figure).
+/// One validation: (step, minutes of training, figure).
+type Point = (f64, f64, f64);
+
+/// A panel's x coordinate of a point, and the axis's name.
+type Axis = (&'static str, fn(&Point) -> f64);
+
+/// One run's validations.
 struct Curve {
     label: String,
     figure: Figure,
-    points: Vec<(f64, f64, f64)>,
+    points: Vec<Point>,
 }
 
 /// The validation records of the run at `run`.
@@ -125,15 +131,10 @@ fn write_svg(curves: &[Curve], path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let panels = root.split_evenly((1, 2));
-    let axes = [("minutes of training", 1usize), ("steps", 0usize)];
-    for (panel, (x_desc, x_index)) in panels.iter().zip(axes) {
-        let series: Series = curves
-            .iter()
-            .map(|c| {
-                let x = |p: &(f64, f64, f64)| if x_index == 0 { p.0 } else { p.1 };
-                (c.label.clone(), c.points.iter().map(|p| (x(p), p.2)).collect())
-            })
-            .collect();
+    let axes: [Axis; 2] = [("minutes of training", |p| p.1), ("steps", |p| p.0)];
+    for (panel, (x_desc, x)) in panels.iter().zip(axes) {
+        let series: Series =
+            curves.iter().map(|c| (c.label.clone(), c.points.iter().map(|p| (x(p), p.2)).collect())).collect();
         let points = series.values().flatten();
         let x_max = points.clone().map(|p| p.0).fold(f64::MIN, f64::max).max(1e-3);
         let (y_min, y_max) = points.fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));

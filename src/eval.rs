@@ -153,7 +153,7 @@ pub fn run(opts: EvalArgs) -> Result<()> {
         task.seq_len(),
         cfg.train.batch_size,
         opts.attention,
-        json!(precision).as_str().unwrap_or_default()
+        precision.name()
     );
 
     let settings: Vec<Option<i64>> = match opts.attention {

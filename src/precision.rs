@@ -36,15 +36,6 @@ impl Precision {
         }
     }
 
-    /// The dtype autocast computes in; None for float32.
-    pub fn compute_kind(self) -> Option<Kind> {
-        match self {
-            Self::F32 => None,
-            Self::Bf16 => Some(Kind::BFloat16),
-            Self::F16 => Some(Kind::Half),
-        }
-    }
-
     /// The code `csrc/libtorch_calls.cpp` uses for the autocast dtype (0: off).
     fn code(self) -> c_int {
         match self {

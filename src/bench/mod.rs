@@ -80,7 +80,8 @@ fn run_in_child(case: &Case, device: Device, threads: Option<usize>) -> Result<(
     Ok(("ok".into(), serde_json::from_str(line).context("bench child printed a bad result")?))
 }
 
-fn device_arg(device: Device) -> String {
+/// `device` as `--device` takes it.
+pub(super) fn device_arg(device: Device) -> String {
     match device {
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".into(),

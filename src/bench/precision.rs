@@ -118,7 +118,7 @@ pub fn duplication_run(precision: Precision, device: Device, threads: Option<usi
     let mut command = Command::new(exe);
     command.args(["train", "--preset", "duplication", "--json", "--precision", precision.name()]);
     command.arg("--out").arg(&out);
-    command.arg("--device").arg(if let Device::Cuda(i) = device { format!("cuda:{i}") } else { "cpu".into() });
+    command.arg("--device").arg(super::device_arg(device));
     if let Some(threads) = threads {
         command.arg("--threads").arg(threads.to_string());
     }
