@@ -28,25 +28,11 @@ fn config(strict_causal: bool, reversible: bool) -> ModelConfig {
 const WEIGHT_STD: f64 = 0.1;
 const QK_WEIGHT_STD: f64 = 0.4;
 
-/// A model of `cfg` with weights drawn from explicit seeds (libtorch's global generator
-/// is shared by tests running in parallel), the same on every run.
+/// A model of `cfg` with weights drawn from explicit seeds, the same on every run.
 fn model(cfg: &ModelConfig) -> (nn::VarStore, ReformerLm) {
     let vs = nn::VarStore::new(Device::Cpu);
     let model = ReformerLm::new(vs.root(), cfg);
-    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::no_grad(|| {
-        for (i, (name, mut var)) in variables.into_iter().enumerate() {
-            let std =
-                if name.ends_with("qk.weight") || name.ends_with("qkv.weight") { QK_WEIGHT_STD } else { WEIGHT_STD };
-            let value = if name.contains("norm") {
-                Tensor::ones(var.size(), (Kind::Float, Device::Cpu)) * if name.ends_with("weight") { 1.0 } else { 0.0 }
-            } else {
-                seeded_random::normal(100 + i as u64, &var.size(), Device::Cpu) * std
-            };
-            var.copy_(&value);
-        }
-    });
+    common::draw_weights(&vs, WEIGHT_STD, QK_WEIGHT_STD);
     (vs, model)
 }
 
