@@ -94,3 +94,48 @@ int reformer_autocast_exit(int device_type, const int* saved, char* err, size_t 
     at::autocast::set_autocast_enabled(type, saved[0] != 0);
   });
 }
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <vector>
+
+extern "C" {
+// Standard normal float32 numbers of shape `shape` (`n_dims` sizes) drawn on the CPU from
+// a generator of their own seeded with `seed`: the numbers `torch.manual_seed(seed);
+// torch.randn(shape)` gives, without touching the global generator. The new tensor is
+// written to `out`.
+int reformer_seeded_randn(uint64_t seed, const int64_t* shape, size_t n_dims, at::Tensor** out, char* err,
+                          size_t err_len) {
+  return bridge::guarded(err, err_len, [&] {
+    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+    *out = new at::Tensor(at::randn(at::IntArrayRef(shape, n_dims), generator, at::TensorOptions().dtype(at::kFloat)));
+  });
+}
+
+// Called once per entry of a loaded state dict, with the entry's name and its tensor
+// (handed over: the callee owns it).
+typedef void (*reformer_named_tensor_fn)(void* context, const char* name, at::Tensor* tensor);
+
+// Reads a state dict saved by Python's `torch.save` (the zip format of torch >= 1.6, as
+// transformers' `pytorch_model.bin`) and hands each of its tensors to `visit`.
+int reformer_load_pickled_tensors(const char* path, reformer_named_tensor_fn visit, void* context, char* err,
+                                  size_t err_len) {
+  return bridge::guarded(err, err_len, [&] {
+    std::ifstream file(path, std::ios::binary);
+    TORCH_CHECK(file, "cannot open ", path);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    c10::IValue value = torch::jit::pickle_load(bytes);
+    TORCH_CHECK(value.isGenericDict(), "it holds a ", value.tagKind(), ", not a dictionary of tensors");
+    for (const auto& entry : value.toGenericDict()) {
+      TORCH_CHECK(entry.key().isString(), "a key of its dictionary is a ", entry.key().tagKind(), ", not a name");
+      TORCH_CHECK(entry.value().isTensor(), "its entry ", entry.key().toStringRef(), " is a ",
+                  entry.value().tagKind(), ", not a tensor");
+      visit(context, entry.key().toStringRef().c_str(), new at::Tensor(entry.value().toTensor()));
+    }
+  });
+}
+}

@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod ffi;
 pub mod generate;
+pub mod import;
 pub mod model;
 pub mod optimizer;
 pub mod precision;

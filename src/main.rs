@@ -9,6 +9,7 @@ use reformer::allocator::{self, ConfString};
 use reformer::bench::{self, BenchArgs};
 use reformer::curves::{self, PlotArgs};
 use reformer::eval::{self, EvalArgs};
+use reformer::import::{self, ImportArgs};
 use reformer::generate::{self, GenerateArgs};
 use reformer::train::{self, TrainArgs};
 use reformer::{distributed, error};
@@ -43,6 +44,7 @@ enum Command {
     Eval(EvalArgs),
     Bench(BenchArgs),
     Plot(PlotArgs),
+    Import(ImportArgs),
 }
 
 fn print_version() {
@@ -63,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Plot(args)) => curves::run(args),
+        Some(Command::Import(args)) => import::run(args),
         None if cli.version => {
             print_version();
             Ok(())

@@ -2,9 +2,8 @@
 //! the sorted order, its chunk and the chunks it may see, then a softmax), and against
 //! dense shared-QK attention when one chunk covers everything.
 
-use reformer::model::attention::lsh::{
-    hash_buckets, lsh_attend, normalize, random_rotations, LshParams, MASKED_LOGIT, SELF_LOGIT,
-};
+use reformer::model::attention::hashing::{hash_buckets, random_rotations, HashSpec};
+use reformer::model::attention::lsh::{lsh_attend, normalize, LshParams, MASKED_LOGIT, SELF_LOGIT};
 use reformer::model::ForwardMode;
 use tch::{Device, Kind, Tensor};
 
@@ -13,7 +12,7 @@ const TOLERANCE: f64 = 1e-5;
 fn params(n_hashes: i64, n_buckets: i64, chunk_len: i64, causal: bool, strict: bool) -> LshParams {
     LshParams {
         n_hashes,
-        n_buckets,
+        hash: HashSpec { n_buckets, factors: vec![] },
         chunk_len,
         n_chunks_before: 1,
         n_chunks_after: if causal { 0 } else { 1 },
@@ -21,6 +20,10 @@ fn params(n_hashes: i64, n_buckets: i64, chunk_len: i64, causal: bool, strict: b
         strict_causal: strict,
         dropout: 0.0,
         sliced: false,
+        scale_logits: true,
+        wrap_around: false,
+        pad_multiple: chunk_len,
+        pad_above: chunk_len,
     }
 }
 
@@ -31,7 +34,7 @@ fn to_vec(x: &Tensor) -> Vec<f64> {
 /// The reference: one (batch, head) at a time, one query at a time, in f64.
 fn reference(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams) -> Tensor {
     let (b, h, t, dh) = qk.size4().unwrap();
-    let (_, r, half) = rotations.size3().unwrap();
+    let (_, _, r, half) = rotations.size4().unwrap();
     let c = p.chunk_len;
     let t_pad = (t + c - 1) / c * c;
     let n_chunks = t_pad / c;
@@ -54,7 +57,7 @@ fn reference(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams) -> Tens
                 // Bucket of every (padded) position: argmax over [xR, -xR]; padding last.
                 let bucket = |pos: i64| -> i64 {
                     if pos >= t {
-                        return p.n_buckets;
+                        return p.hash.n_buckets;
                     }
                     let x = vec_of(&q, pos);
                     let mut projections = vec![0f64; (2 * half) as usize];
@@ -143,7 +146,7 @@ fn check_against_reference(t: i64, p: &LshParams, seed: i64) {
     let (b, h, dh) = (2, 2, 8);
     let qk = Tensor::randn([b, h, t, dh], (Kind::Float, Device::Cpu));
     let v = Tensor::randn([b, h, t, dh], (Kind::Float, Device::Cpu));
-    let rotations = random_rotations(seed as u64, dh, p, Device::Cpu);
+    let rotations = random_rotations(seed as u64, dh, p.n_hashes, &p.hash, Device::Cpu);
     let got = lsh_attend(&qk, &v, &rotations, p, ForwardMode::eval(0));
     let want = reference(&qk, &v, &rotations, p);
     let diff = max_abs_diff(&got, &want);
@@ -195,7 +198,7 @@ fn one_round_one_chunk_equals_dense_shared_qk_attention() {
         let v = Tensor::randn([2, 3, t, 8], (Kind::Float, Device::Cpu));
         let mut p = params(1, 2, t, causal, false);
         p.n_chunks_after = 0;
-        let rotations = random_rotations(3, 8, &p, Device::Cpu);
+        let rotations = random_rotations(3, 8, p.n_hashes, &p.hash, Device::Cpu);
         let got = lsh_attend(&qk, &v, &rotations, &p, ForwardMode::eval(0));
         let diff = max_abs_diff(&got, &dense_shared_qk(&qk, &v, causal));
         assert!(diff <= TOLERANCE, "causal={causal}: max diff {diff}");
@@ -208,20 +211,20 @@ fn buckets_are_angular_and_per_round() {
     tch::manual_seed(8);
     let p = params(3, 8, 8, true, false);
     let qk = Tensor::randn([1, 1, 16, 8], (Kind::Float, Device::Cpu));
-    let rotations = random_rotations(9, 8, &p, Device::Cpu);
-    let buckets = hash_buckets(&qk, &rotations);
+    let rotations = random_rotations(9, 8, p.n_hashes, &p.hash, Device::Cpu);
+    let buckets = hash_buckets(&qk, &rotations, &p.hash);
     assert_eq!(buckets.size(), vec![1, 1, 3, 16]);
-    assert!(buckets.equal(&hash_buckets(&(&qk * 3.5), &rotations)));
-    let shifted = (hash_buckets(&-&qk, &rotations) + p.n_buckets / 2).remainder(p.n_buckets);
+    assert!(buckets.equal(&hash_buckets(&(&qk * 3.5), &rotations, &p.hash)));
+    let shifted = (hash_buckets(&-&qk, &rotations, &p.hash) + p.hash.n_buckets / 2).remainder(p.hash.n_buckets);
     assert!(buckets.equal(&shifted));
 }
 
 #[test]
 fn same_seed_same_rotations_different_seed_different() {
     let p = params(2, 4, 8, true, false);
-    let a = random_rotations(11, 8, &p, Device::Cpu);
-    assert!(a.equal(&random_rotations(11, 8, &p, Device::Cpu)));
-    assert!(!a.equal(&random_rotations(12, 8, &p, Device::Cpu)));
+    let a = random_rotations(11, 8, p.n_hashes, &p.hash, Device::Cpu);
+    assert!(a.equal(&random_rotations(11, 8, p.n_hashes, &p.hash, Device::Cpu)));
+    assert!(!a.equal(&random_rotations(12, 8, p.n_hashes, &p.hash, Device::Cpu)));
 }
 
 #[test]
@@ -232,14 +235,14 @@ fn finite_difference_gradient_with_fixed_buckets() {
     let p = params(2, 4, 4, true, false);
     let qk = Tensor::randn([1, 1, 12, 4], (Kind::Double, Device::Cpu)).set_requires_grad(true);
     let v = Tensor::randn([1, 1, 12, 4], (Kind::Double, Device::Cpu)).set_requires_grad(true);
-    let rotations = random_rotations(14, 4, &p, Device::Cpu).to_kind(Kind::Double);
+    let rotations = random_rotations(14, 4, p.n_hashes, &p.hash, Device::Cpu).to_kind(Kind::Double);
     let probe = Tensor::randn([1, 1, 12, 4], (Kind::Double, Device::Cpu));
     let objective =
         |qk: &Tensor, v: &Tensor| (lsh_attend(qk, v, &rotations, &p, ForwardMode::eval(0)) * &probe).sum(Kind::Double);
     let loss = objective(&qk, &v);
     let grads = Tensor::run_backward(&[&loss], &[&qk, &v], false, false);
     let eps = 1e-6;
-    let buckets = hash_buckets(&qk, &rotations);
+    let buckets = hash_buckets(&qk, &rotations, &p.hash);
     for (which, grad) in grads.iter().enumerate() {
         for index in [0i64, 5, 17, 30, 47] {
             let numeric = tch::no_grad(|| {
@@ -247,7 +250,10 @@ fn finite_difference_gradient_with_fixed_buckets() {
                 let _ = step.get(index).fill_(eps);
                 let step = step.view([1, 1, 12, 4]);
                 let (plus, minus) = if which == 0 {
-                    assert!(hash_buckets(&(&qk + &step), &rotations).equal(&buckets), "perturbation moved a bucket");
+                    assert!(
+                        hash_buckets(&(&qk + &step), &rotations, &p.hash).equal(&buckets),
+                        "perturbation moved a bucket"
+                    );
                     (objective(&(&qk + &step), &v), objective(&(&qk - &step), &v))
                 } else {
                     (objective(&qk, &(&v + &step)), objective(&qk, &(&v - &step)))
@@ -273,8 +279,8 @@ fn finite_difference_gradient_with_fixed_buckets() {
 /// `qk`: (1, 1, T, Dh); `rotations`: (Dh, R, NB/2); returns (1, 1, T, Dh).
 fn nudged_across_a_boundary(qk: &Tensor, rotations: &Tensor, rank: i64) -> Tensor {
     let (t, dh) = (qk.size()[2], qk.size()[3]);
-    let half = rotations.size()[2];
-    let round0 = rotations.narrow(1, 0, 1).view([dh, half]); // (Dh, NB/2)
+    let half = rotations.size()[3];
+    let round0 = rotations.narrow(2, 0, 1).view([dh, half]); // (Dh, NB/2)
     let both = Tensor::cat(&[&round0, &-&round0], 1); // (Dh, NB)
     let projections = qk.get(0).get(0).matmul(&both); // (T, NB)
     let (top, at) = projections.topk(2, -1, true, true); // (T, 2) each
@@ -307,7 +313,7 @@ fn check_replay_under_the_tape(seed: u64) {
     let p = params(2, 32, 8, true, false);
     let normal = |seed: u64| seeded_random::normal(seed, &[1, 1, 256, 16], Device::Cpu).to_kind(Kind::Double);
     let (qk, v) = (normal(seed), normal(seed + 1));
-    let rotations = random_rotations(seed + 2, 16, &p, Device::Cpu).to_kind(Kind::Double);
+    let rotations = random_rotations(seed + 2, 16, p.n_hashes, &p.hash, Device::Cpu).to_kind(Kind::Double);
     let mode = ForwardMode::eval(4);
     let tape = BucketTape::default();
     let forward = tape.run(|| lsh_attend(&qk, &v, &rotations, &p, mode));
@@ -315,7 +321,7 @@ fn check_replay_under_the_tape(seed: u64) {
     // The construction: a vector nudged across a bucket boundary so that, hashed again, it
     // joins other keys (a move that keeps its place in the sorted order changes nothing).
     let constructed = (0..16).map(|rank| nudged_across_a_boundary(&qk, &rotations, rank)).find(|nudged| {
-        let moved = hash_buckets(nudged, &rotations).ne_tensor(&hash_buckets(&qk, &rotations)).any();
+        let moved = hash_buckets(nudged, &rotations, &p.hash).ne_tensor(&hash_buckets(&qk, &rotations, &p.hash)).any();
         let small = (nudged - &qk).abs().max().double_value(&[]) < SMALL_NUDGE;
         let rehashed = lsh_attend(nudged, &v, &rotations, &p, mode);
         moved.int64_value(&[]) == 1 && small && max_abs_diff(&rehashed, &forward) > 1e-2

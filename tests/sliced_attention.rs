@@ -9,8 +9,9 @@ mod common;
 use std::collections::HashMap;
 
 use reformer::model::activation_checkpoint::checkpoint;
+use reformer::model::attention::hashing::{random_rotations, HashSpec};
 use reformer::model::attention::local::LocalAttention;
-use reformer::model::attention::lsh::{lsh_attend, random_rotations, LshParams};
+use reformer::model::attention::lsh::{lsh_attend, LshParams};
 use reformer::model::seeded_random::{self, dropout, dropout_block};
 use reformer::model::{ForwardMode, ModelConfig, ReformerLm};
 use reformer::precision::Precision;
@@ -44,7 +45,7 @@ fn value_and_grads(f: impl Fn(&Tensor, &Tensor) -> Tensor, qk: &Tensor, v: &Tens
 fn lsh_params(strict_causal: bool, sliced: bool) -> LshParams {
     LshParams {
         n_hashes: 3,
-        n_buckets: 4,
+        hash: HashSpec { n_buckets: 4, factors: vec![] },
         chunk_len: 4,
         n_chunks_before: 1,
         n_chunks_after: 0,
@@ -52,13 +53,18 @@ fn lsh_params(strict_causal: bool, sliced: bool) -> LshParams {
         strict_causal,
         dropout: 0.2,
         sliced,
+        scale_logits: true,
+        wrap_around: false,
+        pad_multiple: 4,
+        pad_above: 4,
     }
 }
 
 fn check_lsh_slices(strict_causal: bool) {
     // 30 positions: two of padding up to the chunk; 3 heads × 3 rounds = 9 slices.
     let (qk, v) = (normal(1, &[2, 3, 30, 8]), normal(2, &[2, 3, 30, 8]));
-    let rotations = random_rotations(3, 8, &lsh_params(false, false), Device::Cpu).to_kind(Kind::Double);
+    let rotations =
+        random_rotations(3, 8, 3, &HashSpec { n_buckets: 4, factors: vec![] }, Device::Cpu).to_kind(Kind::Double);
     let mode = ForwardMode::train(FORWARD_SEED);
     let run = |sliced: bool| {
         let p = lsh_params(strict_causal, sliced);

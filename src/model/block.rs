@@ -28,9 +28,10 @@ pub struct Block {
 
 impl Block {
     pub fn new(vs: nn::Path, cfg: &ModelConfig, kind: AttentionKind) -> Self {
-        let attention_norm = nn::layer_norm(&vs / "attn_norm", vec![cfg.d_model], Default::default());
+        let norm = nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() };
+        let attention_norm = nn::layer_norm(&vs / "attn_norm", vec![cfg.d_model], norm);
         let attention = Attention::new(&vs / "attn", cfg, kind);
-        let ff_norm = nn::layer_norm(&vs / "ff_norm", vec![cfg.d_model], Default::default());
+        let ff_norm = nn::layer_norm(&vs / "ff_norm", vec![cfg.d_model], norm);
         let ff = FeedForward::new(&vs / "ff", cfg);
         let parameters = [
             layer_norm_parameters(&attention_norm),
@@ -48,6 +49,14 @@ impl Block {
     /// them to its autograd node, which returns their gradients).
     pub fn parameters(&self) -> &[Tensor] {
         &self.parameters
+    }
+
+    /// What F's attention reads: `x2` after F's LayerNorm.
+    ///
+    /// # Shapes
+    /// `x2`: (B, T, D); returns (B, T, D).
+    pub fn attention_input(&self, x2: &Tensor) -> Tensor {
+        x2.apply(&self.attention_norm)
     }
 
     /// F, the attention branch. `mode` is this block's own (see `Block::forward`).

@@ -16,6 +16,16 @@ pub enum AttentionKind {
     Full,
 }
 
+/// The nonlinearity of the feed-forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    #[default]
+    Gelu,
+    /// The released Reformer checkpoints' (transformers' `hidden_act: "relu"`).
+    Relu,
+}
+
 /// How positions enter the model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -37,8 +47,14 @@ pub struct LshConfig {
     pub n_hashes: i64,
     /// Tokens per chunk of the sorted sequence (default 64).
     pub chunk_len: i64,
-    /// Buckets per round, even; default derived from max_seq_len: about 2·T/chunk_len.
+    /// Buckets per round, even; default derived from max_seq_len: about 2·T/chunk_len
+    /// (or the product of `bucket_factors`).
     pub n_buckets: Option<i64>,
+    /// Factorised hashing (the released crime-and-punishment model's `[64, 128]`): one
+    /// rotation of sum(factors)/2 columns, cut into a slice per factor; the bucket is the
+    /// mixed-radix number of the slices' angular hashes, so n_buckets = product(factors).
+    /// Empty: one hash of n_buckets.
+    pub bucket_factors: Vec<i64>,
     /// Chunks before its own that a chunk attends to (default 1).
     pub n_chunks_before: i64,
     /// Chunks after its own that a chunk attends to (default 0; must be 0 when causal).
@@ -47,6 +63,22 @@ pub struct LshConfig {
     /// `chunk_len` most recent such positions, so no output depends on a later token
     /// (default false: the paper's chunk rule).
     pub strict_causal: bool,
+    /// Divide the logits by √d_head (default true). The released checkpoints (Trax,
+    /// transformers) do not: their logits are raw query · unit-length key.
+    pub scale_logits: bool,
+    /// The released checkpoints' chunk windows (default false): the sorted rounds form one
+    /// ring, so the first chunk of a round looks back at the previous round's last chunk
+    /// (the first round's at the last round's), the causal mask removing later positions;
+    /// a key at the query's own position from another round is self-masked too; a
+    /// sequence no longer than a chunk attends densely; lengths are padded to the least
+    /// common multiple of the model's chunk lengths. false: each round's first chunk has
+    /// nothing before it, as the paper describes.
+    pub wrap_around: bool,
+    /// Rotations drawn once per head from a generator seeded with this value, the same in
+    /// every LSH layer and every forward (transformers' `hash_seed`: with it, a model
+    /// computes the same function on every call). None (default): fresh rotations each
+    /// forward, shared by the heads, derived from the run's seed and the step.
+    pub hash_seed: Option<u64>,
 }
 
 impl Default for LshConfig {
@@ -58,6 +90,10 @@ impl Default for LshConfig {
             n_chunks_before: 1,
             n_chunks_after: 0,
             strict_causal: false,
+            bucket_factors: Vec::new(),
+            scale_logits: true,
+            wrap_around: false,
+            hash_seed: None,
         }
     }
 }
@@ -86,6 +122,10 @@ impl Default for LocalConfig {
 pub struct ModelConfig {
     /// Vocabulary size (default 256: bytes).
     pub vocab_size: i64,
+    /// Byte b is token b + token_offset; the ids below are reserved and never input nor
+    /// sampled, though the loss is a softmax over the whole vocabulary (default 0; the
+    /// released enwik8 model: 2, with 0 its padding).
+    pub token_offset: i64,
     /// Width of each residual stream (default 256).
     pub d_model: i64,
     /// Number of two-stream blocks (default 2).
@@ -96,6 +136,13 @@ pub struct ModelConfig {
     pub d_head: Option<i64>,
     /// Hidden width of the feed-forward (default 1024).
     pub d_ff: i64,
+    /// The feed-forward's nonlinearity (default gelu).
+    pub activation: Activation,
+    /// The ε of every LayerNorm (default 1e-5; the released checkpoints: 1e-12).
+    pub layer_norm_eps: f64,
+    /// A bias in the attention output projection (default true; the released
+    /// checkpoints have none).
+    pub attention_output_bias: bool,
     /// Positions per feed-forward chunk; None applies it to the whole sequence at once.
     pub ff_chunk_len: Option<i64>,
     /// Positions per chunk of the output layer and loss; None: all at once.
@@ -131,11 +178,15 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             vocab_size: 256,
+            token_offset: 0,
             d_model: 256,
             n_layers: 2,
             n_heads: 4,
             d_head: None,
             d_ff: 1024,
+            activation: Activation::Gelu,
+            layer_norm_eps: 1e-5,
+            attention_output_bias: true,
             ff_chunk_len: None,
             loss_chunk_len: None,
             dropout_hidden: 0.0,
@@ -159,13 +210,33 @@ impl ModelConfig {
         self.d_head.unwrap_or(self.d_model / self.n_heads.max(1))
     }
 
-    /// Buckets per LSH round: the configured value, or about 2·max_seq_len/chunk_len
-    /// rounded to an even number (at least 2), as the paper sizes them.
+    /// Buckets per LSH round: the configured value, the product of `bucket_factors`, or
+    /// about 2·max_seq_len/chunk_len rounded to an even number (at least 2), as the paper
+    /// sizes them.
     pub fn n_buckets(&self) -> i64 {
+        if self.lsh.n_buckets.is_none() && !self.lsh.bucket_factors.is_empty() {
+            return self.lsh.bucket_factors.iter().product();
+        }
         self.lsh.n_buckets.unwrap_or_else(|| {
             let per_round = 2 * self.max_seq_len / self.lsh.chunk_len.max(1);
             (per_round / 2 * 2).max(2)
         })
+    }
+
+    /// The least common multiple of the chunk lengths of the model's chunked attention
+    /// kinds, and the shortest of them (None without LSH or local layers): a sequence
+    /// longer than the shortest is padded to a multiple of the first under
+    /// `lsh.wrap_around`, as transformers pads its input.
+    pub fn chunk_lengths(&self) -> Option<(i64, i64)> {
+        let lengths: Vec<i64> = (0..self.n_layers)
+            .filter_map(|i| match self.attention_of_layer(i) {
+                AttentionKind::Lsh => Some(self.lsh.chunk_len),
+                AttentionKind::Local => Some(self.local.chunk_len),
+                AttentionKind::Full => None,
+            })
+            .collect();
+        let shortest = *lengths.iter().min()?;
+        Some((lengths.iter().fold(1, |lcm, &c| lcm / gcd(lcm, c) * c), shortest))
     }
 
     /// The attention kind of layer `i` (the pattern is cycled).
@@ -223,6 +294,23 @@ impl ModelConfig {
         if n_buckets < 2 || n_buckets % 2 != 0 {
             bail!("lsh.n_buckets = {n_buckets} must be even and at least 2 (angular LSH uses ±rotations)");
         }
+        let factors = &self.lsh.bucket_factors;
+        if let Some(&bad) = factors.iter().find(|&&f| f < 2 || f % 2 != 0) {
+            bail!("lsh.bucket_factors holds {bad}: each factor must be even and at least 2");
+        }
+        if !factors.is_empty() && factors.iter().product::<i64>() != n_buckets {
+            bail!("lsh.n_buckets = {n_buckets} is not the product of lsh.bucket_factors {factors:?}: drop one of them");
+        }
+        if self.token_offset < 0 || (self.token_offset > 0 && self.token_offset + 256 > self.vocab_size) {
+            bail!(
+                "token_offset {} and vocab_size {} leave no room for 256 bytes (need token_offset + 256 <= vocab_size)",
+                self.token_offset,
+                self.vocab_size
+            );
+        }
+        if !(self.layer_norm_eps > 0.0) {
+            bail!("layer_norm_eps = {} must be positive", self.layer_norm_eps);
+        }
         for (name, before, after) in [
             ("lsh", self.lsh.n_chunks_before, self.lsh.n_chunks_after),
             ("local", self.local.n_chunks_before, self.local.n_chunks_after),
@@ -240,6 +328,9 @@ impl ModelConfig {
             }
             if self.lsh.n_chunks_before < 1 {
                 bail!("lsh.strict_causal needs lsh.n_chunks_before >= 1 (a query's window reaches one chunk back)");
+            }
+            if self.lsh.wrap_around {
+                bail!("lsh.strict_causal and lsh.wrap_around exclude each other: choose one chunk rule");
             }
         }
         match &self.positional {
@@ -262,5 +353,13 @@ impl ModelConfig {
             PositionalConfig::Learned | PositionalConfig::None => {}
         }
         Ok(())
+    }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }

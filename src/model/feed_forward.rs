@@ -3,7 +3,7 @@
 
 use tch::{nn, Tensor};
 
-use super::config::ModelConfig;
+use super::config::{Activation, ModelConfig};
 use super::parameters::linear_parameters;
 use super::seeded_random::{self, ForwardMode};
 
@@ -11,6 +11,7 @@ use super::seeded_random::{self, ForwardMode};
 pub struct FeedForward {
     up: nn::Linear,
     down: nn::Linear,
+    activation: Activation,
     chunk_len: Option<i64>,
     dropout: f64,
 }
@@ -20,6 +21,7 @@ impl FeedForward {
         Self {
             up: nn::linear(&vs / "up", cfg.d_model, cfg.d_ff, Default::default()),
             down: nn::linear(&vs / "down", cfg.d_ff, cfg.d_model, Default::default()),
+            activation: cfg.activation,
             chunk_len: cfg.ff_chunk_len,
             dropout: cfg.dropout_ff,
         }
@@ -76,7 +78,11 @@ impl FeedForward {
     /// # Shapes
     /// `x`: (B, C, D); returns (B, C, D).
     fn forward_chunk(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
-        let hidden = x.apply(&self.up).gelu("none"); // (B, C, d_ff)
+        let hidden = x.apply(&self.up); // (B, C, d_ff)
+        let hidden = match self.activation {
+            Activation::Gelu => hidden.gelu("none"),
+            Activation::Relu => hidden.relu(),
+        };
         seeded_random::dropout(&hidden, self.dropout, mode.seed, mode.train).apply(&self.down)
     }
 }

@@ -49,7 +49,11 @@ impl ReformerLm {
             embedding: nn::embedding(&vs / "embedding", cfg.vocab_size, cfg.d_model, Default::default()),
             positional: PositionalEmbedding::new(&vs / "positional", cfg),
             blocks,
-            final_norm: nn::layer_norm(&vs / "final_norm", vec![2 * cfg.d_model], Default::default()),
+            final_norm: nn::layer_norm(
+                &vs / "final_norm",
+                vec![2 * cfg.d_model],
+                nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() },
+            ),
             head: nn::linear(&vs / "head", 2 * cfg.d_model, cfg.vocab_size, Default::default()),
         }
     }
@@ -107,7 +111,7 @@ impl ReformerLm {
     /// `tokens`: (B, T) int64; returns (B, T, D).
     pub fn embed_at(&self, tokens: &Tensor, start: i64, mode: ForwardMode) -> Tensor {
         let t = tokens.size()[1];
-        let x = tokens.apply(&self.embedding); // (B, T, D)
+        let x = (tokens + self.cfg.token_offset).apply(&self.embedding); // (B, T, D)
         let x = match self.positional.range(start, t) {
             Some(positions) => x + positions, // (T, D) broadcast over B
             None => x,
@@ -150,21 +154,34 @@ impl ReformerLm {
         Tensor::cat(&[y1, y2], -1).apply(&self.final_norm)
     }
 
+    /// The logits of the tokens the model can input and emit: ids token_offset.. of the
+    /// vocabulary, as token 0.. (bytes for a byte model).
+    ///
+    /// # Shapes
+    /// `hidden`: (B, T, 2D); returns (B, T, V - token_offset).
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        let offset = self.cfg.token_offset;
+        self.vocab_logits(hidden).narrow(-1, offset, self.cfg.vocab_size - offset)
+    }
+
+    /// The logits of the whole vocabulary, reserved ids included.
+    ///
     /// # Shapes
     /// `hidden`: (B, T, 2D); returns (B, T, V).
-    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+    pub fn vocab_logits(&self, hidden: &Tensor) -> Tensor {
         hidden.apply(&self.head)
     }
 
     /// # Shapes
-    /// `tokens`: (B, T); returns (B, T, V).
+    /// `tokens`: (B, T); returns (B, T, V - token_offset).
     pub fn forward(&self, tokens: &Tensor, mode: ForwardMode) -> Tensor {
         self.logits(&self.hidden(tokens, mode))
     }
 
     /// Mean cross-entropy of `targets` given `tokens`, each target weighted (a weight of
     /// 0 leaves a position out), computed `loss_chunk_len` positions at a time so that no
-    /// (B, T, V) logits tensor exists for the whole sequence.
+    /// (B, T, V) logits tensor exists for the whole sequence. The softmax runs over the
+    /// whole vocabulary, reserved ids included (as the released models were trained).
     ///
     /// # Shapes
     /// `tokens`, `targets`: (B, T) int64; `weights`: (B, T) float or None (all ones).
@@ -184,8 +201,8 @@ impl ReformerLm {
         let mut correct = Tensor::zeros([], (Kind::Float, targets.device()));
         for start in (0..t).step_by(chunk_len as usize) {
             let len = chunk_len.min(t - start);
-            let logits = self.logits(&hidden.narrow(1, start, len)); // (B, C, V)
-            let target = targets.narrow(1, start, len); // (B, C)
+            let logits = self.vocab_logits(&hidden.narrow(1, start, len)); // (B, C, V)
+            let target = targets.narrow(1, start, len) + self.cfg.token_offset; // (B, C) vocabulary ids
             let weight = weights.narrow(1, start, len); // (B, C)
             let log_probs = logits.log_softmax(-1, Kind::Float); // (B, C, V)
             let nll = -log_probs.gather(-1, &target.unsqueeze(-1), false).squeeze_dim(-1); // (B, C)

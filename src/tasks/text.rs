@@ -129,8 +129,11 @@ impl Task for TextData {
     }
 
     fn check_model(&self, model: &ModelConfig) -> Result<()> {
-        if model.vocab_size < 256 {
-            bail!("byte-level text needs model.vocab_size >= 256, not {}", model.vocab_size);
+        if model.vocab_size - model.token_offset < 256 {
+            bail!(
+                "byte-level text needs model.vocab_size - model.token_offset >= 256, not {}",
+                model.vocab_size - model.token_offset
+            );
         }
         if self.seq_len > model.max_seq_len {
             bail!("train.seq_len {} exceeds model.max_seq_len {}", self.seq_len, model.max_seq_len);

@@ -32,8 +32,14 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this folder from its latest checkpoint (with its task and data).
-    #[arg(long, conflicts_with_all = ["task", "data", "preset", "config", "set", "out"])]
+    #[arg(long, conflicts_with_all = ["task", "data", "preset", "config", "set", "out", "init_from"])]
     pub resume: Option<PathBuf>,
+    /// Start from the weights (best checkpoint) and model settings of another run, or an
+    /// imported one (`reformer import`), with a fresh optimizer: fine-tuning. `--set
+    /// model.KEY=VALUE` still changes what does not change the weights' shapes (dropout,
+    /// sliced_attention, max_seq_len, ...).
+    #[arg(long, value_name = "RUN")]
+    pub init_from: Option<PathBuf>,
     /// Optimizer steps (overrides train.steps; with --resume, the lr schedule keeps the run's).
     #[arg(long)]
     pub steps: Option<i64>,

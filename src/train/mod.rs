@@ -64,16 +64,19 @@ enum Stop {
     NonFinite(String),
 }
 
-/// The configuration of a new run: a config file, a preset or the task's default, then
-/// the `--set` overrides and the command line's changes: `--task` and `--data` replace
+/// The configuration of a new run: a config file, a preset or the task's default (its
+/// model replaced by the `--init-from` run's), then the `--set` overrides and the command line's changes: `--task` and `--data` replace
 /// the configured ones when given (data configured for another task does not carry
 /// over), `--steps` the number of steps, `--precision` the arithmetic.
 fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
-    let base = match (&opts.config, &opts.preset) {
+    let mut base = match (&opts.config, &opts.preset) {
         (Some(path), _) => RunConfig::from_file(path)?,
         (None, Some(name)) => RunConfig::preset(name)?,
         (None, None) => RunConfig::preset(opts.task.unwrap_or_default().default_preset())?,
     };
+    if let Some(source) = &opts.init_from {
+        base.model = RunDir::open(source)?.1.model;
+    }
     let mut cfg = base.with_overrides(&opts.set)?;
     if let Some(task) = opts.task.filter(|&task| task != cfg.task) {
         cfg.task = task;

@@ -3,6 +3,7 @@
 //! Table-2 row, the `--json` summary). `train::run` strings them into the loop. Training
 //! and every score run under the run's `train.precision`.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -156,6 +157,9 @@ impl Trainer {
         if opts.resume.is_some() {
             trainer.resume()?;
         }
+        if let Some(source) = &opts.init_from {
+            trainer.init_from(source)?;
+        }
         if trainer.cfg.train.precision == Precision::F16 {
             trainer.state.loss_scale.get_or_insert_with(LossScale::default);
         }
@@ -171,6 +175,17 @@ impl Trainer {
         }
         trainer.started = Instant::now();
         Ok(trainer)
+    }
+
+    /// Loads the weights of another run's best checkpoint (fine-tuning starts there).
+    fn init_from(&mut self, source: &Path) -> Result<()> {
+        let (run, _) = RunDir::open(source)?;
+        let checkpoint = run.best().with_context(|| format!("{} holds no checkpoint", source.display()))?;
+        load_weights(&mut self.vs, &checkpoint)?;
+        if self.is_main {
+            eprintln!("starting from the weights of {}", checkpoint.display());
+        }
+        Ok(())
     }
 
     /// Loads the model, the optimizer and the train state (data stream, step, seed, best

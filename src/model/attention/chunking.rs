@@ -30,3 +30,18 @@ pub fn look_around(x: &Tensor, chunk_dim: i64, before: i64, after: i64, fill: f6
     let windows: Vec<Tensor> = (0..=before + after).map(|offset| padded.narrow(chunk_dim, offset, n_chunks)).collect();
     Tensor::cat(&windows, chunk_dim + 1)
 }
+
+/// `look_around` on a ring: chunk 0's neighbour before is the last chunk (and the last
+/// chunk's neighbour after is chunk 0), so every window is whole.
+///
+/// # Shapes
+/// `x`: (..., NC, C, ...) with the chunk dimension at `chunk_dim`; returns
+/// (..., NC, (before + 1 + after)·C, ...).
+pub fn look_around_ring(x: &Tensor, chunk_dim: i64, before: i64, after: i64) -> Tensor {
+    if before == 0 && after == 0 {
+        return x.shallow_clone();
+    }
+    // Window j's neighbour at `offset` is chunk j + offset (mod NC): x rolled by -offset.
+    let windows: Vec<Tensor> = (-before..=after).map(|offset| x.roll([-offset], [chunk_dim])).collect();
+    Tensor::cat(&windows, chunk_dim + 1)
+}

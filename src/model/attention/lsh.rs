@@ -5,12 +5,14 @@
 use tch::{nn, Kind, Tensor};
 
 use super::bucket_tape::recorded_or_hash;
-use super::chunking::{look_around, padding_to_chunks};
+use super::chunking::{look_around, look_around_ring, padding_to_chunks};
+use super::hashing::{hash_buckets, random_rotations, seeded_rotations, HashSpec};
+use super::qkv::output_projection;
 use crate::model::activation_checkpoint::checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::parameters::linear_parameters;
 use crate::model::seeded_random::{self, ForwardMode};
-use crate::precision::{at_least_float32, without_autocast};
+use crate::precision::at_least_float32;
 
 /// Logit of a query's own key (paper §2, "Shared-QK Transformer": a query attends to
 /// itself only when it has no other target). The value is the Trax reference's
@@ -27,12 +29,21 @@ const DROPOUT_TAG: u64 = 2;
 #[derive(Clone, Debug, PartialEq)]
 pub struct LshParams {
     pub n_hashes: i64,
-    pub n_buckets: i64,
+    pub hash: HashSpec,
     pub chunk_len: i64,
     pub n_chunks_before: i64,
     pub n_chunks_after: i64,
     pub causal: bool,
     pub strict_causal: bool,
+    /// Logits divided by √Dh (`lsh.scale_logits`).
+    pub scale_logits: bool,
+    /// The released checkpoints' windows and padding (`lsh.wrap_around`).
+    pub wrap_around: bool,
+    /// Under `wrap_around`: a length above `pad_above` is padded to a multiple of
+    /// `pad_multiple` (the model's chunk lengths' lcm and shortest, see
+    /// `ModelConfig::chunk_lengths`).
+    pub pad_multiple: i64,
+    pub pad_above: i64,
     pub dropout: f64,
     /// One (head, round) at a time under activation checkpointing (see `lsh_attend`).
     pub sliced: bool,
@@ -40,95 +51,89 @@ pub struct LshParams {
 
 impl LshParams {
     pub fn new(cfg: &ModelConfig) -> Self {
+        let (pad_multiple, pad_above) = cfg.chunk_lengths().unwrap_or((cfg.lsh.chunk_len, cfg.lsh.chunk_len));
         Self {
             n_hashes: cfg.lsh.n_hashes,
-            n_buckets: cfg.n_buckets(),
+            hash: HashSpec { n_buckets: cfg.n_buckets(), factors: cfg.lsh.bucket_factors.clone() },
             chunk_len: cfg.lsh.chunk_len,
             n_chunks_before: cfg.lsh.n_chunks_before,
             n_chunks_after: cfg.lsh.n_chunks_after,
             causal: cfg.causal,
             strict_causal: cfg.lsh.strict_causal,
+            scale_logits: cfg.lsh.scale_logits,
+            wrap_around: cfg.lsh.wrap_around,
+            pad_multiple,
+            pad_above,
             dropout: cfg.dropout_attention,
             sliced: cfg.sliced_attention,
         }
     }
-}
 
-/// Random rotations of one forward pass, shared by batch and heads.
-///
-/// # Shapes
-/// returns (Dh, R, NB/2)
-pub fn random_rotations(seed: u64, d_head: i64, params: &LshParams, device: tch::Device) -> Tensor {
-    seeded_random::normal(seed, &[d_head, params.n_hashes, params.n_buckets / 2], device)
-}
+    /// The length a `t`-token sequence is padded to.
+    fn padded_len(&self, t: i64) -> i64 {
+        if !self.wrap_around {
+            t + padding_to_chunks(t, self.chunk_len)
+        } else if t > self.pad_above {
+            t + padding_to_chunks(t, self.pad_multiple)
+        } else {
+            t
+        }
+    }
 
-/// Elements of the rotated-vector tensor that hashing materialises at once: with the
-/// paper's n_buckets ≈ 2·T/chunk_len, all T positions at once would take O(T²/chunk_len)
-/// memory (4 GiB at T = 64K), so positions are hashed a slice at a time. 2^22 (16 MiB)
-/// was the fastest of 2^16..2^24 on a 2-core CPU at T = 16K.
-const HASH_SLICE_ELEMENTS: i64 = 1 << 22;
-
-/// Angular LSH: bucket = argmax over [xR; -xR], per round. No gradient flows here.
-/// The argmax over the concatenation is the position of the largest entry of xR, or of
-/// the smallest shifted by NB/2 when its magnitude is larger (ties go to xR, as the
-/// concatenation's first maximum), which spares materialising [xR; -xR] or |xR|.
-///
-/// # Shapes
-/// `qk`: (B, H, T, Dh), `rotations`: (Dh, R, NB/2); returns (B, H, R, T) int64.
-pub fn hash_buckets(qk: &Tensor, rotations: &Tensor) -> Tensor {
-    let (b, h, t, dh) = qk.size4().unwrap();
-    let (_, r, half) = rotations.size3().unwrap();
-    // In float32 (or wider) whatever the run's precision: a bucket decided by rounding
-    // would differ between precisions, and between a forward and its replay.
-    let qk = at_least_float32(qk);
-    let rotations = rotations.to_kind(qk.kind()).view([dh, r * half]); // (Dh, R*NB/2)
-    let slice_len = (HASH_SLICE_ELEMENTS / (b * h * r * half)).clamp(1, t.max(1));
-    without_autocast(qk.device(), || {
-        tch::no_grad(|| {
-            let slices: Vec<Tensor> = (0..t)
-                .step_by(slice_len as usize)
-                .map(|start| {
-                    let len = slice_len.min(t - start);
-                    let rotated = qk.narrow(2, start, len).matmul(&rotations).view([b, h, len, r, half]); // (B, H, L, R, NB/2)
-                    let (largest, at_largest) = rotated.max_dim(-1, false); // (B, H, L, R) each
-                    let (smallest, at_smallest) = rotated.min_dim(-1, false);
-                    let bucket = at_largest.where_self(&largest.ge_tensor(&-smallest), &(at_smallest + half));
-                    bucket.permute([0, 1, 3, 2]) // (B, H, R, L)
-                })
-                .collect();
-            Tensor::cat(&slices, 3) // (B, H, R, T)
-        })
-    })
+    /// The settings for a sequence padded to `t_pad` tokens: under `wrap_around`, one
+    /// that fits in a chunk attends densely (one round, one chunk, nothing before).
+    fn for_padded_len(&self, t_pad: i64) -> Self {
+        if !self.wrap_around || t_pad > self.chunk_len {
+            return self.clone();
+        }
+        Self {
+            n_hashes: 1,
+            chunk_len: t_pad,
+            n_chunks_before: 0,
+            n_chunks_after: 0,
+            wrap_around: false,
+            ..self.clone()
+        }
+    }
 }
 
 /// LSH attention over all rounds, chunks, heads and the batch: at once, or with
 /// `p.sliced` one (head, round) at a time under activation checkpointing, so that the
 /// (heads × rounds × positions × window) tensors of one slice exist at a time in the
 /// forward and in the backward. Both give the same result (the slices' dropout masks
-/// are their share of the whole's).
+/// are their share of the whole's). Under `wrap_around` the rounds form one ring, so a
+/// slice holds all rounds of its head.
 ///
 /// # Shapes
-/// `qk`, `v`: (B, H, T, Dh); `rotations`: (Dh, R, NB/2); returns (B, H, T, Dh).
+/// `qk`, `v`: (B, H, T, Dh); `rotations`: (1 or H, Dh, R, S); returns (B, H, T, Dh).
 pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mode: ForwardMode) -> Tensor {
     let (_, h, t, _) = qk.size4().unwrap();
+    let t_pad = p.padded_len(t);
+    let p = &p.for_padded_len(t_pad);
     let r = p.n_hashes;
-    let pad = [0, 0, 0, padding_to_chunks(t, p.chunk_len)];
+    let rotations = rotations.narrow(2, 0, r); // (1 or H, Dh, R, S)
+    let pad = [0, 0, 0, t_pad - t];
     let qk = qk.constant_pad_nd(pad); // (B, H, Tp, Dh)
     let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
     if !p.sliced {
-        let (out, lse) = attend_rounds(&qk, &v, rotations, p, t, mode, Slice::whole(h, r));
+        let (out, lse) = attend_rounds(&qk, &v, &rotations, p, t, mode, Slice::whole(h, r));
         return combine_rounds(&out, &lse).narrow(2, 0, t);
     }
+    let rounds_per_slice = if p.wrap_around { r } else { 1 };
+    let per_head_rotations = rotations.size()[0] > 1;
     let heads: Vec<Tensor> = (0..h)
         .map(|head| {
             let inputs = [qk.narrow(1, head, 1), v.narrow(1, head, 1)]; // 2 × (B, 1, Tp, Dh)
+            let head_rotations =
+                if per_head_rotations { rotations.narrow(0, head, 1) } else { rotations.shallow_clone() };
             let (outs, lses): (Vec<Tensor>, Vec<Tensor>) = (0..r)
+                .step_by(rounds_per_slice as usize)
                 .map(|round| {
-                    let rotations = rotations.narrow(1, round, 1); // (Dh, 1, NB/2)
+                    let rotations = head_rotations.narrow(2, round, rounds_per_slice); // (1, Dh, r, S)
                     let (p, slice) = (p.clone(), Slice { head, round, n_heads: h, n_rounds: r });
                     let attend = move |x: &[Tensor]| {
                         let (out, lse) = attend_rounds(&x[0], &x[1], &rotations, &p, t, mode, slice);
-                        vec![out, lse] // (B, 1, 1, Tp, Dh), (B, 1, 1, Tp, 1)
+                        vec![out, lse] // (B, 1, r, Tp, Dh), (B, 1, r, Tp, 1)
                     };
                     let mut outputs = checkpoint(&inputs, 2, attend).unwrap_or_else(|e| panic!("{e}")).into_iter();
                     (outputs.next().unwrap(), outputs.next().unwrap())
@@ -161,7 +166,7 @@ impl Slice {
 /// `t` on are padding.
 ///
 /// # Shapes
-/// `qk`, `v`: (B, h, Tp, Dh); `rotations`: (Dh, r, NB/2); returns the outputs
+/// `qk`, `v`: (B, h, Tp, Dh); `rotations`: (1 or h, Dh, r, S); returns the outputs
 /// (B, h, r, Tp, Dh) and their log-sum-exps (B, h, r, Tp, 1).
 fn attend_rounds(
     qk: &Tensor,
@@ -174,17 +179,18 @@ fn attend_rounds(
 ) -> (Tensor, Tensor) {
     let (b, h, t_pad, dh) = qk.size4().unwrap();
     let device = qk.device();
-    let (r, c) = (rotations.size()[1], p.chunk_len);
+    let (r, c) = (rotations.size()[2], p.chunk_len);
+    let n_buckets = p.hash.n_buckets;
     let n_chunks = t_pad / c; // chunks per round
 
     // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
     let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
                                                                   // A replay (reversible backward, sliced attention) reads the forward's buckets.
-    let buckets = recorded_or_hash((mode.seed, slice.head, slice.round), || hash_buckets(qk, rotations));
-    let buckets = buckets.masked_fill(&positions.ge(t), p.n_buckets); // (B, h, r, Tp)
+    let buckets = recorded_or_hash((mode.seed, slice.head, slice.round), || hash_buckets(qk, rotations, &p.hash));
+    let buckets = buckets.masked_fill(&positions.ge(t), n_buckets); // (B, h, r, Tp)
 
     // Sort by (round, bucket, position): one key per (round, position), all distinct.
-    let round_offset = Tensor::arange(r, (Kind::Int64, device)).view([r, 1]) * ((p.n_buckets + 1) * t_pad);
+    let round_offset = Tensor::arange(r, (Kind::Int64, device)).view([r, 1]) * ((n_buckets + 1) * t_pad);
     let sort_keys = (&buckets * t_pad + &positions + round_offset).view([b, h, r * t_pad]); // (B, h, r*Tp)
     let sticker = sort_keys.argsort_stable(true, -1, false); // (B, h, r*Tp): slot -> round*Tp + position
     let undo_sort = sticker.argsort_stable(true, -1, false); // (B, h, r*Tp): round*Tp + position -> slot
@@ -192,25 +198,35 @@ fn attend_rounds(
     let sqk = gather_rows(qk, &s_pos); // (B, h, r*Tp, Dh)
     let sv = gather_rows(v, &s_pos); // (B, h, r*Tp, Dh)
 
-    // Chunks of the sorted sequence, each round on its own.
-    let chunked = [b, h, r, n_chunks, c, dh];
-    let sq = sqk.view(chunked) * (dh as f64).powf(-0.5); // (B, h, r, NC, C, Dh)
-    let sk = normalize(&sqk).view(chunked); // (B, h, r, NC, C, Dh) unit-length keys
-    let sv = sv.view(chunked);
+    // Chunks of the sorted sequence, each with its window of neighbours: within its round,
+    // or under `wrap_around` along the ring of all rounds' chunks.
     let (before, after) = (p.n_chunks_before, p.n_chunks_after);
-    let sk = look_around(&sk, 3, before, after, 0.0); // (B, h, r, NC, W, Dh), W = (before+1+after)·C
-    let sv = look_around(&sv, 3, before, after, 0.0); // (B, h, r, NC, W, Dh)
-                                                      // Masked and normalised in float32 under autocast: the mask constants are finite
-                                                      // there, and the log-sum-exps that weigh the rounds keep their precision.
+    let window = |x: &Tensor, fill: f64| {
+        let x = x.view([b, h, r, n_chunks, c, -1]); // (B, h, r, NC, C, E)
+        if !p.wrap_around {
+            return look_around(&x, 3, before, after, fill); // (B, h, r, NC, W, E)
+        }
+        let ring = look_around_ring(&x.view([b, h, r * n_chunks, c, -1]), 2, before, after); // (B, h, r*NC, W, E)
+        ring.view([b, h, r, n_chunks, -1, x.size()[5]]) // (B, h, r, NC, W, E)
+    };
+    let sq = sqk.view([b, h, r, n_chunks, c, dh]); // (B, h, r, NC, C, Dh)
+    let sq = if p.scale_logits { sq * (dh as f64).powf(-0.5) } else { sq };
+    let sk = window(&normalize(&sqk), 0.0); // (B, h, r, NC, W, Dh) unit-length keys, W = (before+1+after)·C
+    let sv = window(&sv, 0.0); // (B, h, r, NC, W, Dh)
+                               // Masked and normalised in float32 under autocast: the mask constants are finite
+                               // there, and the log-sum-exps that weigh the rounds keep their precision.
     let mut logits = at_least_float32(&sq.matmul(&sk.transpose(-1, -2))); // (B, h, r, NC, C, W)
 
     // A query's own key: query c of a chunk sits at slot before·C + c of its window (its
-    // own chunk follows the `before` ones), so the self mask is that diagonal.
-    let _ = logits.diagonal(before * c, -2, -1).fill_(SELF_LOGIT); // (B, h, r, NC, C)
+    // own chunk follows the `before` ones), so the self mask is that diagonal. (Under
+    // `wrap_around` the window may hold the query's position twice: see below.)
+    if !p.wrap_around {
+        let _ = logits.diagonal(before * c, -2, -1).fill_(SELF_LOGIT); // (B, h, r, NC, C)
+    }
 
     // Masks on original positions; -1 marks a neighbour chunk outside the round.
     let q_pos = s_pos.view([b, h, r, n_chunks, c]);
-    let k_pos = look_around(&q_pos, 3, before, after, -1.0).unsqueeze(-2); // (B, h, r, NC, 1, W)
+    let k_pos = window(&q_pos.unsqueeze(-1), -1.0).squeeze_dim(-1).unsqueeze(-2); // (B, h, r, NC, 1, W)
     let q_pos = q_pos.unsqueeze(-1); // (B, h, r, NC, C, 1)
     let invalid = k_pos.lt(0).logical_or(&k_pos.ge(t)); // (B, h, r, NC, 1, W) outside the round, padding
     let mut hidden = if p.causal {
@@ -223,6 +239,11 @@ fn attend_rounds(
         hidden = hidden.logical_or(&strict_causal_hidden(&buckets, &sticker, p, [b, h, r, n_chunks, c]));
     }
     let _ = logits.masked_fill_(&hidden, MASKED_LOGIT);
+    if p.wrap_around {
+        // Every key at the query's position, its own slot and the same position from the
+        // previous round (after the other masks, as the released models apply it).
+        let _ = logits.masked_fill_(&k_pos.eq_tensor(&q_pos), SELF_LOGIT); // (B, h, r, NC, C, W)
+    }
 
     let (probs, lse) = softmax_and_logsumexp(&logits); // (B, h, r, NC, C, W), (B, h, r, NC, C, 1)
     let whole = [b, slice.n_heads, slice.n_rounds, n_chunks, c, logits.size()[5]];
@@ -298,7 +319,9 @@ pub fn softmax_and_logsumexp(logits: &Tensor) -> (Tensor, Tensor) {
     (probs, lse)
 }
 
-/// Vectors scaled to unit length (the shared keys of paper §2).
+/// Vectors scaled to unit length (the shared keys of paper §2). The released models
+/// divide by √(|x|² + Dh·1e-6) instead of max(|x|, 1e-6): the two differ by less than
+/// Dh·1e-6 / (2|x|²) relatively, nothing at the lengths trained keys have.
 pub fn normalize(x: &Tensor) -> Tensor {
     const NORM_FLOOR: f64 = 1e-6;
     x / x.norm_scalaropt_dim(2, [-1], true).clamp_min(NORM_FLOOR)
@@ -313,6 +336,7 @@ pub struct LshAttention {
     out: nn::Linear,
     n_heads: i64,
     d_head: i64,
+    hash_seed: Option<u64>,
     pub params: LshParams,
 }
 
@@ -323,9 +347,10 @@ impl LshAttention {
         Self {
             qk: nn::linear(&vs / "qk", cfg.d_model, inner, no_bias),
             v: nn::linear(&vs / "v", cfg.d_model, inner, no_bias),
-            out: nn::linear(&vs / "out", inner, cfg.d_model, Default::default()),
+            out: nn::linear(&vs / "out", inner, cfg.d_model, output_projection(cfg)),
             n_heads: cfg.n_heads,
             d_head: cfg.d_head(),
+            hash_seed: cfg.lsh.hash_seed,
             params: LshParams::new(cfg),
         }
     }
@@ -343,6 +368,23 @@ impl LshAttention {
         self.output(&out)
     }
 
+    /// The buckets this layer's forward sorts by, padding positions included (in the
+    /// extra last bucket, n_buckets): for comparing the hashing with another
+    /// implementation's.
+    ///
+    /// # Shapes
+    /// `x`: (B, T, D); returns (B, H, R, Tp) int64.
+    pub fn buckets(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
+        let (qk, _) = self.project(x); // (B, H, T, Dh)
+        let t = qk.size()[2];
+        let t_pad = self.params.padded_len(t);
+        let p = self.params.for_padded_len(t_pad);
+        let rotations = self.rotations(mode, x.device()).narrow(2, 0, p.n_hashes);
+        let qk = qk.constant_pad_nd([0, 0, 0, t_pad - t]); // (B, H, Tp, Dh)
+        let positions = Tensor::arange(t_pad, (Kind::Int64, x.device()));
+        hash_buckets(&qk, &rotations, &p.hash).masked_fill(&positions.ge(t), p.hash.n_buckets)
+    }
+
     /// The shared query/key and the values, split into heads.
     ///
     /// # Shapes
@@ -354,12 +396,17 @@ impl LshAttention {
     }
 
     /// This layer's random rotations for a forward pass in `mode` (the layer's attention
-    /// mode): the same for every call with the same mode, whatever the length.
+    /// mode): the same for every call with the same mode, whatever the length; with
+    /// `lsh.hash_seed`, the same for every call.
     ///
     /// # Shapes
-    /// returns (Dh, R, NB/2)
+    /// returns (1 or H, Dh, R, S)
     pub fn rotations(&self, mode: ForwardMode, device: tch::Device) -> Tensor {
-        random_rotations(mode.child(ROTATIONS_TAG).seed, self.d_head, &self.params, device)
+        let p = &self.params;
+        match self.hash_seed {
+            Some(seed) => seeded_rotations(seed, self.n_heads, self.d_head, p.n_hashes, &p.hash, device),
+            None => random_rotations(mode.child(ROTATIONS_TAG).seed, self.d_head, p.n_hashes, &p.hash, device),
+        }
     }
 
     /// # Shapes

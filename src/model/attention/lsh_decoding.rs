@@ -11,10 +11,11 @@
 
 use tch::Tensor;
 
+use super::hashing::hash_buckets;
 use super::kv_cache::KvCache;
 use super::lsh::{
-    combine_rounds, gather_rows, hash_buckets, lsh_attend, normalize, softmax_and_logsumexp, LshAttention, LshParams,
-    MASKED_LOGIT, SELF_LOGIT,
+    combine_rounds, gather_rows, lsh_attend, normalize, softmax_and_logsumexp, LshAttention, LshParams, MASKED_LOGIT,
+    SELF_LOGIT,
 };
 use crate::model::seeded_random::ForwardMode;
 use crate::precision::at_least_float32;
@@ -79,7 +80,7 @@ pub struct LshCache {
     /// Unit-length keys and the values of every position so far.
     kv: KvCache,
     rings: BucketRings,
-    /// (Dh, R, NB/2): the layer's rotations, drawn once.
+    /// (1 or H, Dh, R, S): the layer's rotations, drawn once.
     rotations: Tensor,
 }
 
@@ -91,10 +92,10 @@ impl LshAttention {
     pub fn prefill(&self, x: &Tensor, mode: ForwardMode, capacity: i64) -> (Tensor, LshCache) {
         let (qk, v) = self.project(x); // (B, H, P, Dh) each
         let rotations = self.rotations(mode, x.device());
-        let strict = LshParams { strict_causal: true, ..self.params.clone() };
+        let strict = LshParams { strict_causal: true, wrap_around: false, ..self.params.clone() };
         let out = lsh_attend(&qk, &v, &rotations, &strict, mode); // (B, H, P, Dh)
-        let buckets = hash_buckets(&qk, &rotations); // (B, H, R, P)
-        let rings = BucketRings::from_buckets(&buckets, strict.chunk_len, strict.n_buckets);
+        let buckets = hash_buckets(&qk, &rotations, &strict.hash); // (B, H, R, P)
+        let rings = BucketRings::from_buckets(&buckets, strict.chunk_len, strict.hash.n_buckets);
         let cache = LshCache { kv: KvCache::new(&normalize(&qk), &v, capacity), rings, rotations };
         (self.output(&out), cache)
     }
@@ -110,7 +111,7 @@ impl LshAttention {
         let position = cache.kv.len();
 
         // Each round's list for the new token's bucket, read before the token joins it.
-        let buckets = hash_buckets(&qk, &cache.rotations); // (B, H, R, 1)
+        let buckets = hash_buckets(&qk, &cache.rotations, &self.params.hash); // (B, H, R, 1)
         let buckets = Vec::<i64>::try_from(buckets.to_device(tch::Device::Cpu).reshape([-1])).expect("bucket ids");
         let mut seen = Vec::with_capacity(buckets.len() * c as usize);
         for (stream, &bucket) in buckets.iter().enumerate() {
@@ -124,7 +125,8 @@ impl LshAttention {
         let index = seen.clamp_min(0);
         let keys = gather_rows(all_keys, &index).view([b, h, r, c, dh]); // (B, H, R, C, Dh)
         let values = gather_rows(all_values, &index).view([b, h, r, c, dh]); // (B, H, R, C, Dh)
-        let query = qk.unsqueeze(2) * (dh as f64).powf(-0.5); // (B, H, 1, 1, Dh)
+        let query = qk.unsqueeze(2); // (B, H, 1, 1, Dh)
+        let query = if self.params.scale_logits { query * (dh as f64).powf(-0.5) } else { query };
         let logits = at_least_float32(&query.matmul(&keys.transpose(-1, -2))); // (B, H, R, 1, C)
         let logits = logits.masked_fill(&seen.view([b, h, r, 1, c]).lt(0), MASKED_LOGIT);
 

@@ -2,6 +2,7 @@
 //! (`lsh`, paper §2: shared query/key, hashing by random rotations, sort, chunk, attend
 //! within a chunk and one back) with its incremental decoding (`lsh_decoding`); local
 //! attention over fixed chunks (`local`); full attention (`full`). Shared pieces: the
+//! angular hash (`hashing`), the
 //! softmax over a window with its masks and dropout (`softmax`), separate Q/K/V
 //! projections (`qkv`), chunks and their neighbours (`chunking`), and the key/value
 //! cache of decoding (`kv_cache`).
@@ -9,6 +10,7 @@
 pub mod bucket_tape;
 pub mod chunking;
 pub mod full;
+pub mod hashing;
 pub mod kv_cache;
 pub mod local;
 pub mod lsh;

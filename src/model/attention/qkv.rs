@@ -23,7 +23,7 @@ impl QkvProjection {
         let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
         Self {
             qkv: nn::linear(vs / "qkv", cfg.d_model, 3 * inner, no_bias),
-            out: nn::linear(vs / "out", inner, cfg.d_model, Default::default()),
+            out: nn::linear(vs / "out", inner, cfg.d_model, output_projection(cfg)),
             n_heads: cfg.n_heads,
             d_head: cfg.d_head(),
         }
@@ -46,4 +46,9 @@ impl QkvProjection {
     pub fn output(&self, heads: &Tensor) -> Tensor {
         merge_heads(heads).apply(&self.out)
     }
+}
+
+/// The attention output projection's settings: with or without its bias.
+pub fn output_projection(cfg: &ModelConfig) -> nn::LinearConfig {
+    nn::LinearConfig { bias: cfg.attention_output_bias, ..Default::default() }
 }

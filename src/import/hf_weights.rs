@@ -1,0 +1,178 @@
+//! The weights of a transformers `ReformerModelWithLMHead` folder (`model.safetensors`,
+//! else `pytorch_model.bin`, read through libtorch's own unpickler) copied into this
+//! project's variables, every name and shape checked.
+//!
+//! transformers → reformer, per layer i (`reformer.encoder.layers.{i}.` → `layers.{i}.`):
+//! ```text
+//! attention.layer_norm.{weight,bias}                  attn_norm.{weight,bias}
+//! attention.self_attention.query_key.weight (LSH)     attn.qk.weight
+//! attention.self_attention.value.weight (LSH)         attn.v.weight
+//! attention.self_attention.{query,key,value}.weight   attn.qkv.weight (stacked in that order)
+//! attention.output.dense.weight                       attn.out.weight
+//! feed_forward.layer_norm.{weight,bias}               ff_norm.{weight,bias}
+//! feed_forward.dense.dense.{weight,bias}              ff.up.{weight,bias}
+//! feed_forward.output.dense.{weight,bias}             ff.down.{weight,bias}
+//! ```
+//! and `reformer.embeddings.word_embeddings.weight` → `embedding.weight`, the axial
+//! tables `position_embeddings.weights.{0,1}` (A1, 1, d1), (1, A2, d2) →
+//! `positional.axial_{rows,cols}`, `reformer.encoder.layer_norm` → `final_norm`,
+//! `lm_head.decoder.{weight,bias}` → `head` (the bias is `lm_head.bias` in files written
+//! by transformers 4.x).
+
+use std::collections::BTreeMap;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tch::{nn, Kind, Tensor};
+use torch_sys::C_tensor;
+
+use crate::ffi::checked;
+use crate::model::config::{AttentionKind, ModelConfig, PositionalConfig};
+
+/// Named tensors of a checkpoint file.
+pub type StateDict = BTreeMap<String, Tensor>;
+
+/// The tensors of the folder's `model.safetensors`, or else its `pytorch_model.bin`.
+pub fn read_folder(dir: &Path) -> Result<StateDict> {
+    let safetensors = dir.join("model.safetensors");
+    let pickled = dir.join("pytorch_model.bin");
+    let tensors = if safetensors.exists() {
+        Tensor::read_safetensors(&safetensors)
+            .map_err(|e| anyhow::anyhow!("{}", crate::error::first_line(&e.to_string())))
+            .with_context(|| format!("cannot read {} (truncated or not safetensors?)", safetensors.display()))?
+    } else if pickled.exists() {
+        read_pickled(&pickled)?
+    } else {
+        bail!(
+            "{} holds no weights: expected model.safetensors or pytorch_model.bin beside config.json",
+            dir.display()
+        );
+    };
+    Ok(tensors.into_iter().collect())
+}
+
+/// The state dict in a file written by Python's `torch.save` (zip format).
+fn read_pickled(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    extern "C" fn collect(context: *mut c_void, name: *const c_char, tensor: *mut C_tensor) {
+        // SAFETY: `context` is the Vec passed below, alive for the call; `name` is a NUL-
+        // terminated string and `tensor` a tensor handed over to us, both from C++.
+        let tensors = unsafe { &mut *context.cast::<Vec<(String, Tensor)>>() };
+        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+        tensors.push((name, unsafe { Tensor::from_ptr(tensor) }));
+    }
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).context("the path holds a NUL byte")?;
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let context = (&mut tensors as *mut Vec<(String, Tensor)>).cast::<c_void>();
+    // SAFETY: `collect` matches the callback type; `context` outlives the call.
+    checked(|err, len| unsafe { reformer_load_pickled_tensors(c_path.as_ptr(), collect, context, err, len) })
+        .with_context(|| {
+            format!(
+                "cannot read {} as a torch.save state dict (files from torch < 1.6 need converting to safetensors)",
+                path.display()
+            )
+        })?;
+    Ok(tensors)
+}
+
+/// Copies `state` into the variables of a model built from `cfg` under `vs`. Fails,
+/// naming them, on missing tensors, tensors of the wrong shape and tensors left over.
+pub fn load_into(vs: &nn::VarStore, cfg: &ModelConfig, mut state: StateDict) -> Result<()> {
+    let mut take = |name: &str| -> Result<Tensor> {
+        state.remove(name).with_context(|| format!("the checkpoint lacks {name}"))
+    };
+    let mut sources: Vec<(String, Tensor)> = vec![
+        ("embedding.weight".into(), take("reformer.embeddings.word_embeddings.weight")?),
+        ("final_norm.weight".into(), take("reformer.encoder.layer_norm.weight")?),
+        ("final_norm.bias".into(), take("reformer.encoder.layer_norm.bias")?),
+        ("head.weight".into(), take("lm_head.decoder.weight")?),
+    ];
+    let head_bias = match take("lm_head.decoder.bias") {
+        Ok(bias) => {
+            // transformers 5.x also keeps an unused `lm_head.bias`.
+            let _ = take("lm_head.bias");
+            bias
+        }
+        Err(_) => take("lm_head.bias").context("the checkpoint lacks lm_head.decoder.bias and lm_head.bias")?,
+    };
+    sources.push(("head.bias".into(), head_bias));
+    match &cfg.positional {
+        PositionalConfig::Axial { .. } => {
+            let prefix = "reformer.embeddings.position_embeddings.weights";
+            sources.push(("positional.axial_rows".into(), take(&format!("{prefix}.0"))?.squeeze_dim(1)));
+            sources.push(("positional.axial_cols".into(), take(&format!("{prefix}.1"))?.squeeze_dim(0)));
+        }
+        PositionalConfig::Learned => sources.push((
+            "positional.learned".into(),
+            take("reformer.embeddings.position_embeddings.embedding.weight")?,
+        )),
+        PositionalConfig::None => {}
+    }
+    for i in 0..cfg.n_layers {
+        let from = format!("reformer.encoder.layers.{i}");
+        let to = format!("layers.{i}");
+        let pairs = [
+            ("attention.layer_norm.weight", "attn_norm.weight"),
+            ("attention.layer_norm.bias", "attn_norm.bias"),
+            ("attention.output.dense.weight", "attn.out.weight"),
+            ("feed_forward.layer_norm.weight", "ff_norm.weight"),
+            ("feed_forward.layer_norm.bias", "ff_norm.bias"),
+            ("feed_forward.dense.dense.weight", "ff.up.weight"),
+            ("feed_forward.dense.dense.bias", "ff.up.bias"),
+            ("feed_forward.output.dense.weight", "ff.down.weight"),
+            ("feed_forward.output.dense.bias", "ff.down.bias"),
+        ];
+        for (hf, ours) in pairs {
+            sources.push((format!("{to}.{ours}"), take(&format!("{from}.{hf}"))?));
+        }
+        let attention = format!("{from}.attention.self_attention");
+        match cfg.attention_of_layer(i) {
+            AttentionKind::Lsh => {
+                sources.push((format!("{to}.attn.qk.weight"), take(&format!("{attention}.query_key.weight"))?));
+                sources.push((format!("{to}.attn.v.weight"), take(&format!("{attention}.value.weight"))?));
+            }
+            AttentionKind::Local => {
+                let [q, k, v] =
+                    ["query", "key", "value"].map(|name| take(&format!("{attention}.{name}.weight")));
+                sources.push((format!("{to}.attn.qkv.weight"), Tensor::cat(&[q?, k?, v?], 0)));
+            }
+            AttentionKind::Full => bail!("layer {i} is full attention, which transformers' Reformer does not have"),
+        }
+    }
+    if !state.is_empty() {
+        let names: Vec<&str> = state.keys().map(String::as_str).collect();
+        bail!("the checkpoint holds tensors this model has no place for: {}", names.join(", "));
+    }
+
+    let mut variables = vs.variables();
+    tch::no_grad(|| -> Result<()> {
+        for (name, source) in &sources {
+            let mut variable =
+                variables.remove(name).with_context(|| format!("the model has no variable {name} (a bug)"))?;
+            if source.size() != variable.size() {
+                bail!(
+                    "{name} has shape {:?} in the checkpoint but {:?} in the model its config.json describes",
+                    source.size(),
+                    variable.size()
+                );
+            }
+            variable.copy_(&source.to_kind(Kind::Float));
+        }
+        Ok(())
+    })?;
+    if !variables.is_empty() {
+        let names: Vec<&String> = variables.keys().collect();
+        bail!("the checkpoint gave no values for {names:?} (a bug in the name mapping)");
+    }
+    Ok(())
+}
+
+extern "C" {
+    fn reformer_load_pickled_tensors(
+        path: *const c_char,
+        visit: extern "C" fn(*mut c_void, *const c_char, *mut C_tensor),
+        context: *mut c_void,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+}
