@@ -432,6 +432,18 @@ def rewrite_v4_layout(path):
     save_file(dict(sorted(tensors.items())), path, metadata={"format": "pt"})
 
 
+def write_pickled(out_root, log):
+    """lsh-only once more as `torch.save` writes it (pytorch_model.bin, zip format), for
+    the importer's libtorch unpickler: pickled/lsh-only/{config.json, pytorch_model.bin}."""
+    source = os.path.join(out_root, "lsh-only")
+    target = os.path.join(out_root, "pickled", "lsh-only")
+    os.makedirs(target, exist_ok=True)
+    shutil.copy(os.path.join(source, "config.json"), os.path.join(target, "config.json"))
+    state = load_file(os.path.join(source, "model.safetensors"))
+    torch.save(dict(sorted(state.items())), os.path.join(target, "pytorch_model.bin"))
+    log(f"  pickled copy in {target}")
+
+
 def build_case(case, out_root, log):
     name = case["name"]
     config = make_config(case)
@@ -595,6 +607,8 @@ def main():
             continue
         log(f"{case['name']}:")
         build_case(case, args.out, log)
+    if not args.case or "lsh-only" in args.case:
+        write_pickled(args.out, log)
     total = 0
     for root, _, files in os.walk(args.out):
         for f in files:

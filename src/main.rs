@@ -9,8 +9,8 @@ use reformer::allocator::{self, ConfString};
 use reformer::bench::{self, BenchArgs};
 use reformer::curves::{self, PlotArgs};
 use reformer::eval::{self, EvalArgs};
-use reformer::import::{self, ImportArgs};
 use reformer::generate::{self, GenerateArgs};
+use reformer::import::{self, ImportArgs};
 use reformer::train::{self, TrainArgs};
 use reformer::{distributed, error};
 

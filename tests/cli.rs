@@ -266,3 +266,90 @@ fn training_curves_are_drawn_per_run_and_overlaid_by_plot() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A transformers Reformer folder (the enwik8-like golden fixture) imported, then scored,
+/// sampled (with and without the decoding cache) and fine-tuned from the command line.
+#[test]
+fn an_imported_transformers_model_scores_generates_and_fine_tunes() {
+    let dir = scratch("import");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-reformer/enwik8-like");
+    let run = dir.join("imported");
+    let out = reformer(&["import", "--from", fixture.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = dir.join("prose.txt");
+    let prose = "It was the best of times, it was the worst of times, it was the age of wisdom. ";
+    std::fs::write(&text, prose.repeat(400)).unwrap();
+    let (run_arg, text_arg) = (run.to_str().unwrap(), text.to_str().unwrap());
+
+    let out = reformer(&[
+        "eval",
+        "--checkpoint",
+        run_arg,
+        "--device",
+        "cpu",
+        "--task",
+        "text",
+        "--data",
+        text_arg,
+        "--split",
+        "test",
+        "--seq-len",
+        "128",
+        "--eval-bytes",
+        "2048",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let score: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval --json prints JSON");
+    let bpc = score["results"][0]["bpc"].as_f64().unwrap_or(f64::NAN);
+    assert!(bpc.is_finite() && bpc > 0.0, "{score}");
+
+    for cache in [&[][..], &["--no-cache"][..]] {
+        let mut args = vec!["generate", "--checkpoint", run_arg, "--device", "cpu", "--prompt", "It was the"];
+        args.extend_from_slice(&["--max-new-tokens", "40", "--greedy"]);
+        args.extend_from_slice(cache);
+        let out = reformer(&args);
+        assert!(out.status.success(), "{cache:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.len() >= 40, "{cache:?}: {} bytes out", out.stdout.len());
+    }
+
+    let tuned = dir.join("tuned");
+    let out = reformer(&[
+        "train",
+        "--device",
+        "cpu",
+        "--init-from",
+        run_arg,
+        "--task",
+        "text",
+        "--data",
+        text_arg,
+        "--out",
+        tuned.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--set",
+        "train.seq_len=128",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "train.warmup_steps=1",
+        "--set",
+        "model.sliced_attention=true",
+        "--eval-bytes",
+        "1024",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("starting from the weights of"), "{stderr}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tuned.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["token_offset"], 2, "the imported model's settings carry over");
+    assert_eq!(config["model"]["lsh"]["wrap_around"], true);
+    assert_eq!(config["model"]["sliced_attention"], true, "--set model.* still applies");
+
+    assert_one_line_error(&["import", "--from", fixture.to_str().unwrap(), "--out", run_arg], "exists already");
+    let _ = std::fs::remove_dir_all(&dir);
+}

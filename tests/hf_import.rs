@@ -128,3 +128,163 @@ fn imported_models_give_transformers_logits_and_loss() {
         }
     }
 }
+
+#[test]
+fn a_pickled_checkpoint_imports_like_its_safetensors_twin() {
+    let dir = scratch("pickled");
+    let (_a, from_safetensors) = imported(&fixtures().join("lsh-only"), &dir);
+    let (_b, from_pickle) = imported(&fixtures().join("pickled/lsh-only"), &dir.join("pickled"));
+    let tokens = Tensor::arange(96, (Kind::Int64, Device::Cpu)).view([1, 96]) + 40;
+    let mode = ForwardMode::eval(0);
+    let a = tch::no_grad(|| from_safetensors.vocab_logits(&from_safetensors.hidden(&tokens, mode)));
+    let b = tch::no_grad(|| from_pickle.vocab_logits(&from_pickle.hidden(&tokens, mode)));
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
+/// The loss and every gradient of an imported model (wrap-around windows, per-head
+/// rotations, dropout on) through the project's reversible stack, and through the
+/// reversible stack with sliced attention, equal ordinary autograd's.
+#[test]
+fn imported_weights_train_alike_through_the_reversible_and_sliced_paths() {
+    use reformer::run_dir::{load_weights, RunDir};
+    let dir = scratch("train");
+    let case = fixtures().join("enwik8-like");
+    let run = dir.join("run");
+    let cfg = import(&case, &run, None).unwrap().model;
+    assert!(cfg.dropout_hidden > 0.0 && cfg.dropout_attention > 0.0, "the fixture should train with dropout");
+    let checkpoint = RunDir::open(&run).unwrap().0.best().unwrap();
+    let text = b"Dropout masks are drawn from the step's seed, so every path draws the same ones. ";
+    let bytes: Vec<i64> = text.iter().cycle().take(2 * 129).map(|&b| b as i64).collect();
+    let batch = Tensor::from_slice(&bytes).view([2, 129]);
+    let (tokens, targets) = (batch.narrow(1, 0, 128), batch.narrow(1, 1, 128));
+    let run_path = |reversible: bool, sliced: bool| {
+        let mut cfg = cfg.clone();
+        cfg.reversible = reversible;
+        cfg.sliced_attention = sliced;
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = ReformerLm::new(vs.root(), &cfg);
+        load_weights(&mut vs, &checkpoint).unwrap();
+        let loss = model.loss(&tokens, &targets, None, ForwardMode::train(21)).loss;
+        loss.backward();
+        let grads: std::collections::HashMap<String, Tensor> =
+            vs.variables().into_iter().map(|(name, var)| (name, var.grad())).collect();
+        (loss.double_value(&[]), grads)
+    };
+    let (plain_loss, plain_grads) = run_path(false, false);
+    for (reversible, sliced) in [(true, false), (true, true), (false, true)] {
+        let (loss, grads) = run_path(reversible, sliced);
+        assert!(
+            (loss - plain_loss).abs() <= 1e-5,
+            "reversible {reversible} sliced {sliced}: loss {loss} vs {plain_loss}"
+        );
+        for (name, expected) in &plain_grads {
+            let error = (&grads[name] - expected).norm().double_value(&[]) / expected.norm().double_value(&[]);
+            assert!(error <= 1e-4, "reversible {reversible} sliced {sliced}: {name} relative error {error:e}");
+        }
+    }
+}
+
+/// A copy of the fixture `case` under `dir`, changed by `edit` (on the folder).
+fn broken_copy(case: &str, dir: &Path, edit: impl FnOnce(&Path)) -> PathBuf {
+    static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let target = dir.join(format!("broken-{n}-{case}"));
+    let _ = fs::remove_dir_all(&target);
+    fs::create_dir_all(&target).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        fs::copy(fixtures().join(case).join(file), target.join(file)).unwrap();
+    }
+    edit(&target);
+    target
+}
+
+fn edit_config(folder: &Path, change: impl FnOnce(&mut serde_json::Value)) {
+    let path = folder.join("config.json");
+    let mut json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    change(&mut json);
+    fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
+}
+
+/// The one-line reason `reformer import` gives for the folder.
+fn import_error(folder: &Path, dir: &Path) -> String {
+    let out = dir.join(format!("out-{}", folder.file_name().unwrap().to_string_lossy()));
+    let error = import(folder, &out, None).expect_err("the import should fail");
+    assert!(!out.exists(), "a failed import left {}", out.display());
+    format!("{error:#}")
+}
+
+#[test]
+fn folders_that_cannot_be_imported_are_refused_with_the_reason() {
+    let dir = scratch("refused");
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (broken_copy("lsh-only", &dir, |f| fs::remove_file(f.join("model.safetensors")).unwrap()), "holds no weights"),
+        (broken_copy("lsh-only", &dir, |f| edit_config(f, |j| j["model_type"] = "bert".into())), "'bert' model"),
+        (
+            broken_copy("crime-like", &dir, |f| edit_config(f, |j| j["vocab_size"] = 320.into())),
+            "needs its own tokenizer",
+        ),
+        (broken_copy("crime-like", &dir, |f| edit_config(f, |j| j["is_decoder"] = false.into())), "is_decoder false"),
+        (
+            broken_copy("enwik8-like", &dir, |f| {
+                let path = f.join("model.safetensors");
+                let bytes = fs::read(&path).unwrap();
+                fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+            }),
+            "truncated",
+        ),
+        (
+            broken_copy("enwik8-like", &dir, |f| edit_config(f, |j| j["feed_forward_size"] = 96.into())),
+            "feed_forward.dense.dense.weight",
+        ),
+        (
+            broken_copy("lsh-only", &dir, |f| edit_config(f, |j| j["attn_layers"] = serde_json::json!(["lsh"]))),
+            "no place for: reformer.encoder.layers.1",
+        ),
+    ];
+    for (folder, expected) in cases {
+        let message = import_error(&folder, &dir);
+        assert!(message.contains(expected), "{}: {message:?} does not say {expected:?}", folder.display());
+    }
+}
+
+/// Parity on a full-size model, run by hand (it needs a transformers folder and that
+/// folder's logits from `scripts/hf-reformer-reference.py --dump-logits`):
+///
+/// ```text
+/// REFORMER_HF_MODEL=DIR REFORMER_HF_REFERENCE=FILE \
+///     cargo test --release --test hf_import -- --ignored --nocapture full_size_parity
+/// ```
+/// Prints one JSON line: the largest logit difference, and both sides' bits per byte.
+#[test]
+#[ignore = "needs REFORMER_HF_MODEL and REFORMER_HF_REFERENCE"]
+fn full_size_parity() {
+    let model_dir = PathBuf::from(std::env::var("REFORMER_HF_MODEL").expect("REFORMER_HF_MODEL=DIR"));
+    let reference = read(Path::new(&std::env::var("REFORMER_HF_REFERENCE").expect("REFORMER_HF_REFERENCE=FILE")));
+    let dir = scratch("full-size");
+    let (_vs, model) = imported(&model_dir, &dir);
+    let tokens = bytes_of(&reference["input_ids"], &model);
+    let t = tokens.size()[1];
+    let mode = ForwardMode::eval(0);
+    let started = std::time::Instant::now();
+    let logits = tch::no_grad(|| model.vocab_logits(&model.hidden(&tokens, mode)));
+    let seconds = started.elapsed().as_secs_f64();
+    let nats = |logits: &Tensor| {
+        let log_probs = logits.narrow(1, 0, t - 1).log_softmax(-1, Kind::Double);
+        let targets = reference["input_ids"].narrow(1, 1, t - 1).unsqueeze(-1);
+        -log_probs.gather(-1, &targets, false).mean(Kind::Double).double_value(&[])
+    };
+    let bits = |nats: f64| nats / std::f64::consts::LN_2;
+    let diff = max_abs_diff(&logits, &reference["logits"]);
+    println!(
+        "{}",
+        serde_json::json!({
+            "tokens": t,
+            "max_abs_logit_difference": diff,
+            "bits_per_byte": bits(nats(&logits)),
+            "transformers_bits_per_byte": bits(nats(&reference["logits"])),
+            "forward_secs": seconds,
+        })
+    );
+    let _ = fs::remove_dir_all(&dir);
+    assert!(diff <= 10.0 * LOGIT_TOLERANCE, "max |logit difference| {diff:e}");
+}

@@ -44,10 +44,7 @@ pub fn read_folder(dir: &Path) -> Result<StateDict> {
     } else if pickled.exists() {
         read_pickled(&pickled)?
     } else {
-        bail!(
-            "{} holds no weights: expected model.safetensors or pytorch_model.bin beside config.json",
-            dir.display()
-        );
+        bail!("{} holds no weights: expected model.safetensors or pytorch_model.bin beside config.json", dir.display());
     };
     Ok(tensors.into_iter().collect())
 }
@@ -78,34 +75,40 @@ fn read_pickled(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// Copies `state` into the variables of a model built from `cfg` under `vs`. Fails,
 /// naming them, on missing tensors, tensors of the wrong shape and tensors left over.
 pub fn load_into(vs: &nn::VarStore, cfg: &ModelConfig, mut state: StateDict) -> Result<()> {
-    let mut take = |name: &str| -> Result<Tensor> {
-        state.remove(name).with_context(|| format!("the checkpoint lacks {name}"))
+    // (our variable, the checkpoint's name for it, its value)
+    let mut sources: Vec<(String, String, Tensor)> = Vec::new();
+    let mut take = |name: &str| -> Result<(String, Tensor)> {
+        let tensor = state.remove(name).with_context(|| format!("the checkpoint lacks {name}"))?;
+        Ok((name.to_string(), tensor))
     };
-    let mut sources: Vec<(String, Tensor)> = vec![
-        ("embedding.weight".into(), take("reformer.embeddings.word_embeddings.weight")?),
-        ("final_norm.weight".into(), take("reformer.encoder.layer_norm.weight")?),
-        ("final_norm.bias".into(), take("reformer.encoder.layer_norm.bias")?),
-        ("head.weight".into(), take("lm_head.decoder.weight")?),
-    ];
+    let mut copy = |ours: &str, theirs: Result<(String, Tensor)>| -> Result<()> {
+        let (name, tensor) = theirs?;
+        sources.push((ours.to_string(), name, tensor));
+        Ok(())
+    };
+    copy("embedding.weight", take("reformer.embeddings.word_embeddings.weight"))?;
+    copy("final_norm.weight", take("reformer.encoder.layer_norm.weight"))?;
+    copy("final_norm.bias", take("reformer.encoder.layer_norm.bias"))?;
+    copy("head.weight", take("lm_head.decoder.weight"))?;
     let head_bias = match take("lm_head.decoder.bias") {
         Ok(bias) => {
             // transformers 5.x also keeps an unused `lm_head.bias`.
             let _ = take("lm_head.bias");
-            bias
+            Ok(bias)
         }
-        Err(_) => take("lm_head.bias").context("the checkpoint lacks lm_head.decoder.bias and lm_head.bias")?,
+        Err(_) => take("lm_head.bias").context("the checkpoint lacks lm_head.decoder.bias and lm_head.bias"),
     };
-    sources.push(("head.bias".into(), head_bias));
+    copy("head.bias", head_bias)?;
     match &cfg.positional {
         PositionalConfig::Axial { .. } => {
             let prefix = "reformer.embeddings.position_embeddings.weights";
-            sources.push(("positional.axial_rows".into(), take(&format!("{prefix}.0"))?.squeeze_dim(1)));
-            sources.push(("positional.axial_cols".into(), take(&format!("{prefix}.1"))?.squeeze_dim(0)));
+            // (A1, 1, d1) and (1, A2, d2): the tables broadcast over the other axis.
+            copy("positional.axial_rows", take(&format!("{prefix}.0")).map(|(n, t)| (n, t.squeeze_dim(1))))?;
+            copy("positional.axial_cols", take(&format!("{prefix}.1")).map(|(n, t)| (n, t.squeeze_dim(0))))?;
         }
-        PositionalConfig::Learned => sources.push((
-            "positional.learned".into(),
-            take("reformer.embeddings.position_embeddings.embedding.weight")?,
-        )),
+        PositionalConfig::Learned => {
+            copy("positional.learned", take("reformer.embeddings.position_embeddings.embedding.weight"))?
+        }
         PositionalConfig::None => {}
     }
     for i in 0..cfg.n_layers {
@@ -122,19 +125,24 @@ pub fn load_into(vs: &nn::VarStore, cfg: &ModelConfig, mut state: StateDict) -> 
             ("feed_forward.output.dense.weight", "ff.down.weight"),
             ("feed_forward.output.dense.bias", "ff.down.bias"),
         ];
-        for (hf, ours) in pairs {
-            sources.push((format!("{to}.{ours}"), take(&format!("{from}.{hf}"))?));
+        for (theirs, ours) in pairs {
+            copy(&format!("{to}.{ours}"), take(&format!("{from}.{theirs}")))?;
         }
         let attention = format!("{from}.attention.self_attention");
         match cfg.attention_of_layer(i) {
             AttentionKind::Lsh => {
-                sources.push((format!("{to}.attn.qk.weight"), take(&format!("{attention}.query_key.weight"))?));
-                sources.push((format!("{to}.attn.v.weight"), take(&format!("{attention}.value.weight"))?));
+                copy(&format!("{to}.attn.qk.weight"), take(&format!("{attention}.query_key.weight")))?;
+                copy(&format!("{to}.attn.v.weight"), take(&format!("{attention}.value.weight")))?;
             }
             AttentionKind::Local => {
-                let [q, k, v] =
-                    ["query", "key", "value"].map(|name| take(&format!("{attention}.{name}.weight")));
-                sources.push((format!("{to}.attn.qkv.weight"), Tensor::cat(&[q?, k?, v?], 0)));
+                let parts = ["query", "key", "value"].map(|name| take(&format!("{attention}.{name}.weight")));
+                let [q, k, v] = parts;
+                let (q, k, v) = (q?, k?, v?);
+                let stacked = Tensor::cat(&[&q.1, &k.1, &v.1], 0); // (3·H·Dh, D)
+                copy(
+                    &format!("{to}.attn.qkv.weight"),
+                    Ok((format!("{attention}.{{query,key,value}}.weight"), stacked)),
+                )?;
             }
             AttentionKind::Full => bail!("layer {i} is full attention, which transformers' Reformer does not have"),
         }
@@ -146,12 +154,12 @@ pub fn load_into(vs: &nn::VarStore, cfg: &ModelConfig, mut state: StateDict) -> 
 
     let mut variables = vs.variables();
     tch::no_grad(|| -> Result<()> {
-        for (name, source) in &sources {
+        for (ours, theirs, source) in &sources {
             let mut variable =
-                variables.remove(name).with_context(|| format!("the model has no variable {name} (a bug)"))?;
+                variables.remove(ours).with_context(|| format!("the model has no variable {ours} (a bug)"))?;
             if source.size() != variable.size() {
                 bail!(
-                    "{name} has shape {:?} in the checkpoint but {:?} in the model its config.json describes",
+                    "{theirs} has shape {:?} in the checkpoint, but the model config.json describes needs {:?}",
                     source.size(),
                     variable.size()
                 );

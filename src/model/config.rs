@@ -1,5 +1,18 @@
 //! `ModelConfig`: every size and switch of the Reformer LM, with its default and unit,
 //! validated once. Saved as `config.json` beside the weights.
+//!
+//! Where the released checkpoints (Trax, as transformers reproduces them) compute what
+//! the paper leaves open or describes otherwise, their behaviour is a setting, and the
+//! default stays the paper's reading (`reformer import` sets the released one):
+//! `token_offset` (2: ids 0 and 1 reserved), `activation` (relu), `layer_norm_eps`
+//! (1e-12), `attention_output_bias` (false), `lsh.scale_logits` (false: raw query · unit
+//! key), `lsh.wrap_around` (true: the rounds' chunks form one ring, the same position
+//! from another round is self-masked, short sequences attend densely, lengths pad to the
+//! chunk lengths' lcm, and the softmax is exp(x − logsumexp x) with its float32 rounding),
+//! `lsh.bucket_factors` (factorised hashing), `lsh.hash_seed` (per-head rotations drawn
+//! once from a seeded generator). The released models match the paper in everything
+//! else here: shared query/key with unit-length keys, the self-mask value (−1e5), no
+//! duplicate-attention correction, keys of other buckets inside a window visible.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -308,7 +321,7 @@ impl ModelConfig {
                 self.vocab_size
             );
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
             bail!("layer_norm_eps = {} must be positive", self.layer_norm_eps);
         }
         for (name, before, after) in [

@@ -66,7 +66,12 @@ impl ReformerLm {
 
     /// Switches LSH layers to the strict causal rule (`lsh.strict_causal`) or back.
     pub fn set_strict_causal(&mut self, strict: bool) -> Result<(), TchError> {
-        self.update_lsh(|params| params.strict_causal = strict)
+        // The strict rule has windows of its own: it replaces `lsh.wrap_around` while on.
+        let wrap_around = self.cfg.lsh.wrap_around && !strict;
+        self.update_lsh(|params| {
+            params.strict_causal = strict;
+            params.wrap_around = wrap_around;
+        })
     }
 
     /// Evaluates LSH layers as dense attention with their shared query/key and self-mask:
@@ -78,6 +83,7 @@ impl ReformerLm {
             params.n_chunks_before = 0;
             params.n_chunks_after = 0;
             params.strict_causal = false;
+            params.wrap_around = false;
         })
     }
 

@@ -190,7 +190,7 @@ mod tests {
         let spec = HashSpec { n_buckets: 24, factors: vec![4, 6] };
         // Factor 4: [0.5, -2, -0.5, 2] → argmax 3. Factor 6: [1, 3, -0.5, -1, -3, 0.5] → 1.
         let bucket = combined_bucket(&rotated, &spec);
-        assert_eq!(bucket.int64_value(&[0]), 3 + 4 * 1);
+        assert_eq!(bucket.int64_value(&[0]), 3 + 4);
         let plain = HashSpec { n_buckets: 10, factors: vec![] };
         // [0.5, -2, 1, 3, -0.5, -0.5, 2, -1, -3, 0.5] → argmax 3.
         assert_eq!(combined_bucket(&rotated, &plain).int64_value(&[0]), 3);

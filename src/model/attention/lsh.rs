@@ -80,6 +80,35 @@ impl LshParams {
         }
     }
 
+    /// The softmax over a window and its log-sum-exp. Under `wrap_around` as the released
+    /// models compute them, exp(logits − logsumexp(logits)): in float32 a row whose only
+    /// visible keys sit at SELF_LOGIT then sums to 1 only within ±0.4% (the spacing of
+    /// float32 numbers near 1e5 is 2^-7), and so do their outputs.
+    ///
+    /// # Shapes
+    /// `logits`: (..., W); returns (..., W) and (..., 1).
+    fn softmax_and_logsumexp(&self, logits: &Tensor) -> (Tensor, Tensor) {
+        if !self.wrap_around {
+            return softmax_and_logsumexp(logits);
+        }
+        let lse = logits.logsumexp([-1], true);
+        ((logits - &lse).exp(), lse)
+    }
+
+    /// `combine_rounds`; under `wrap_around` with the round weights
+    /// exp(lse − logsumexp(lse)), as the released models compute them (see
+    /// `softmax_and_logsumexp`).
+    ///
+    /// # Shapes
+    /// `out`: (B, H, R, N, Dh); `lse`: (B, H, R, N, 1); returns (B, H, N, Dh).
+    fn combine_rounds(&self, out: &Tensor, lse: &Tensor) -> Tensor {
+        if !self.wrap_around || out.size()[2] == 1 {
+            return combine_rounds(out, lse);
+        }
+        let weights = (lse - lse.logsumexp([2], true)).exp(); // (B, H, R, N, 1)
+        (out * weights).sum_dim_intlist(2, false, None::<Kind>)
+    }
+
     /// The settings for a sequence padded to `t_pad` tokens: under `wrap_around`, one
     /// that fits in a chunk attends densely (one round, one chunk, nothing before).
     fn for_padded_len(&self, t_pad: i64) -> Self {
@@ -117,7 +146,7 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
     if !p.sliced {
         let (out, lse) = attend_rounds(&qk, &v, &rotations, p, t, mode, Slice::whole(h, r));
-        return combine_rounds(&out, &lse).narrow(2, 0, t);
+        return p.combine_rounds(&out, &lse).narrow(2, 0, t);
     }
     let rounds_per_slice = if p.wrap_around { r } else { 1 };
     let per_head_rotations = rotations.size()[0] > 1;
@@ -139,7 +168,7 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
                     (outputs.next().unwrap(), outputs.next().unwrap())
                 })
                 .unzip();
-            combine_rounds(&Tensor::cat(&outs, 2), &Tensor::cat(&lses, 2)) // (B, 1, Tp, Dh)
+            p.combine_rounds(&Tensor::cat(&outs, 2), &Tensor::cat(&lses, 2)) // (B, 1, Tp, Dh)
         })
         .collect();
     Tensor::cat(&heads, 1).narrow(2, 0, t) // (B, H, T, Dh)
@@ -245,7 +274,7 @@ fn attend_rounds(
         let _ = logits.masked_fill_(&k_pos.eq_tensor(&q_pos), SELF_LOGIT); // (B, h, r, NC, C, W)
     }
 
-    let (probs, lse) = softmax_and_logsumexp(&logits); // (B, h, r, NC, C, W), (B, h, r, NC, C, 1)
+    let (probs, lse) = p.softmax_and_logsumexp(&logits); // (B, h, r, NC, C, W), (B, h, r, NC, C, 1)
     let whole = [b, slice.n_heads, slice.n_rounds, n_chunks, c, logits.size()[5]];
     let offset = [0, slice.head, slice.round, 0, 0, 0];
     let seed = mode.child(DROPOUT_TAG).seed;
