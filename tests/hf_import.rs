@@ -240,6 +240,18 @@ fn folders_that_cannot_be_imported_are_refused_with_the_reason() {
             broken_copy("lsh-only", &dir, |f| edit_config(f, |j| j["attn_layers"] = serde_json::json!(["lsh"]))),
             "no place for: reformer.encoder.layers.1",
         ),
+        (
+            broken_copy("lsh-only", &dir, |f| {
+                let path = f.join("model.safetensors");
+                let kept: Vec<(String, Tensor)> = Tensor::read_safetensors(&path)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|(name, _)| name != "reformer.encoder.layer_norm.bias")
+                    .collect();
+                Tensor::write_safetensors(&kept, &path).unwrap();
+            }),
+            "lacks reformer.encoder.layer_norm.bias",
+        ),
     ];
     for (folder, expected) in cases {
         let message = import_error(&folder, &dir);

@@ -12,6 +12,11 @@ use crate::model::config::{Activation, AttentionKind, LocalConfig, LshConfig, Mo
 /// byte b is id b + 2.
 const BYTE_MODEL_OFFSET: i64 = 2;
 
+/// Positions per chunk of the feed-forward and of the output layer when the config sets
+/// none (transformers' 0): chunking computes the same numbers, and keeps a 64K-token
+/// training step of the enwik8 model from holding (64K × d_ff) activations at once.
+const DEFAULT_CHUNK_LEN: i64 = 4096;
+
 /// The `ModelConfig` that computes what transformers computes with `json`, or a line
 /// saying why this model cannot run here. `hash_seed` replaces the file's `hash_seed`.
 pub fn model_config(json: &Value, hash_seed: Option<u64>) -> Result<ModelConfig> {
@@ -80,7 +85,10 @@ pub fn model_config(json: &Value, hash_seed: Option<u64>) -> Result<ModelConfig>
     } else {
         PositionalConfig::Learned
     };
-    let chunk = |key: &str| -> Result<Option<i64>> { Ok(Some(reader.int_or(key, 0)?).filter(|&c| c > 0)) };
+    let chunk = |key: &str| -> Result<Option<i64>> {
+        let configured = reader.int_or(key, 0)?;
+        Ok(Some(if configured > 0 { configured } else { DEFAULT_CHUNK_LEN }))
+    };
     let cfg = ModelConfig {
         vocab_size,
         token_offset,

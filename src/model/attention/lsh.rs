@@ -69,6 +69,11 @@ impl LshParams {
         }
     }
 
+    /// Keys a query's window holds: (before + 1 + after)·C.
+    fn window_len(&self) -> i64 {
+        (self.n_chunks_before + 1 + self.n_chunks_after) * self.chunk_len
+    }
+
     /// The length a `t`-token sequence is padded to.
     fn padded_len(&self, t: i64) -> i64 {
         if !self.wrap_around {
@@ -80,19 +85,24 @@ impl LshParams {
         }
     }
 
-    /// The softmax over a window and its log-sum-exp. Under `wrap_around` as the released
-    /// models compute them, exp(logits − logsumexp(logits)): in float32 a row whose only
-    /// visible keys sit at SELF_LOGIT then sums to 1 only within ±0.4% (the spacing of
-    /// float32 numbers near 1e5 is 2^-7), and so do their outputs.
+    /// The softmax over a window and its log-sum-exp, and under `wrap_around` the factor
+    /// per row that turns the softmax into what the released models compute,
+    /// exp(logits − logsumexp(logits)) with the log-sum-exp rounded to float32: near
+    /// SELF_LOGIT (a row that sees only the query itself) float32 numbers are 2^-7
+    /// apart, and such a row then sums to 1 only within ±0.4%, and so does its output.
+    /// The factor, exp(max logit − lse) / max probability, is 1 within float32 rounding
+    /// elsewhere; applied to the row's output it spares a pass over the probabilities.
     ///
     /// # Shapes
-    /// `logits`: (..., W); returns (..., W) and (..., 1).
-    fn softmax_and_logsumexp(&self, logits: &Tensor) -> (Tensor, Tensor) {
+    /// `logits`: (..., W); returns (..., W), (..., 1) and (..., 1) or None.
+    fn softmax_and_logsumexp(&self, logits: &Tensor) -> (Tensor, Tensor, Option<Tensor>) {
+        let (probs, lse) = softmax_and_logsumexp(logits);
         if !self.wrap_around {
-            return softmax_and_logsumexp(logits);
+            return (probs, lse, None);
         }
-        let lse = logits.logsumexp([-1], true);
-        ((logits - &lse).exp(), lse)
+        let max_logit = logits.amax([-1], true); // (..., 1)
+        let released_scale = (max_logit - &lse).exp() / probs.amax([-1], true); // (..., 1)
+        (probs, lse, Some(released_scale))
     }
 
     /// `combine_rounds`; under `wrap_around` with the round weights
@@ -131,7 +141,8 @@ impl LshParams {
 /// (heads × rounds × positions × window) tensors of one slice exist at a time in the
 /// forward and in the backward. Both give the same result (the slices' dropout masks
 /// are their share of the whole's). Under `wrap_around` the rounds form one ring, so a
-/// slice holds all rounds of its head.
+/// slice holds all rounds of its head. Without autograd, attention too large for one
+/// pass runs slice by slice as well (see `too_large_for_one_pass`).
 ///
 /// # Shapes
 /// `qk`, `v`: (B, H, T, Dh); `rotations`: (1 or H, Dh, R, S); returns (B, H, T, Dh).
@@ -144,7 +155,7 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let pad = [0, 0, 0, t_pad - t];
     let qk = qk.constant_pad_nd(pad); // (B, H, Tp, Dh)
     let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
-    if !p.sliced {
+    if !p.sliced && !too_large_for_one_pass(qk.size()[0] * h * r * t_pad * p.window_len()) {
         let (out, lse) = attend_rounds(&qk, &v, &rotations, p, t, mode, Slice::whole(h, r));
         return p.combine_rounds(&out, &lse).narrow(2, 0, t);
     }
@@ -172,6 +183,18 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
         })
         .collect();
     Tensor::cat(&heads, 1).narrow(2, 0, t) // (B, H, T, Dh)
+}
+
+/// Logits above which attention without autograd runs a slice at a time as under
+/// `sliced` (the same result; without autograd nothing is recomputed): 2^26 float32
+/// logits, 256 MiB, each with its mask and probability alongside.
+const MOST_LOGITS_AT_ONCE: i64 = 1 << 26;
+
+/// Whether `n_logits` logits would be computed a slice at a time (evaluation and
+/// generation only: under autograd the slices cost a recomputation, which is
+/// `sliced_attention`'s choice).
+fn too_large_for_one_pass(n_logits: i64) -> bool {
+    !crate::autograd::grad_enabled() && n_logits > MOST_LOGITS_AT_ONCE
 }
 
 /// Where the heads and rounds given to `attend_rounds` start among all of them (for the
@@ -213,8 +236,8 @@ fn attend_rounds(
     let n_chunks = t_pad / c; // chunks per round
 
     // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
-    let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
-                                                                  // A replay (reversible backward, sliced attention) reads the forward's buckets.
+    // (Tp); a replay (reversible backward, sliced attention) reads the forward's buckets.
+    let positions = Tensor::arange(t_pad, (Kind::Int64, device));
     let buckets = recorded_or_hash((mode.seed, slice.head, slice.round), || hash_buckets(qk, rotations, &p.hash));
     let buckets = buckets.masked_fill(&positions.ge(t), n_buckets); // (B, h, r, Tp)
 
@@ -242,8 +265,9 @@ fn attend_rounds(
     let sq = if p.scale_logits { sq * (dh as f64).powf(-0.5) } else { sq };
     let sk = window(&normalize(&sqk), 0.0); // (B, h, r, NC, W, Dh) unit-length keys, W = (before+1+after)·C
     let sv = window(&sv, 0.0); // (B, h, r, NC, W, Dh)
-                               // Masked and normalised in float32 under autocast: the mask constants are finite
-                               // there, and the log-sum-exps that weigh the rounds keep their precision.
+
+    // Masked and normalised in float32 under autocast: the mask constants are finite
+    // there, and the log-sum-exps that weigh the rounds keep their precision.
     let mut logits = at_least_float32(&sq.matmul(&sk.transpose(-1, -2))); // (B, h, r, NC, C, W)
 
     // A query's own key: query c of a chunk sits at slot before·C + c of its window (its
@@ -274,12 +298,16 @@ fn attend_rounds(
         let _ = logits.masked_fill_(&k_pos.eq_tensor(&q_pos), SELF_LOGIT); // (B, h, r, NC, C, W)
     }
 
-    let (probs, lse) = p.softmax_and_logsumexp(&logits); // (B, h, r, NC, C, W), (B, h, r, NC, C, 1)
+    let (probs, lse, row_scale) = p.softmax_and_logsumexp(&logits); // (B, h, r, NC, C, W), 2 × (B, h, r, NC, C, 1)
     let whole = [b, slice.n_heads, slice.n_rounds, n_chunks, c, logits.size()[5]];
     let offset = [0, slice.head, slice.round, 0, 0, 0];
     let seed = mode.child(DROPOUT_TAG).seed;
     let probs = seeded_random::dropout_block(&probs, p.dropout, seed, mode.train, &whole, &offset);
     let s_out = probs.to_kind(sv.kind()).matmul(&sv); // (B, h, r, NC, C, Dh)
+    let s_out = match row_scale {
+        Some(scale) => s_out * scale,
+        None => s_out,
+    };
 
     // Undo the sort.
     let out = gather_rows(&s_out.view([b, h, r * t_pad, dh]), &undo_sort).view([b, h, r, t_pad, dh]); // (B, h, r, Tp, Dh)
