@@ -4,6 +4,12 @@
 #include <c10/core/CachingDeviceAllocator.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <fstream>
+#include <iterator>
+#include <vector>
 
 #include "bridge.h"
 
@@ -95,13 +101,6 @@ int reformer_autocast_exit(int device_type, const int* saved, char* err, size_t 
   });
 }
 
-#include <ATen/CPUGeneratorImpl.h>
-#include <torch/csrc/jit/serialization/pickle.h>
-
-#include <fstream>
-#include <iterator>
-#include <mutex>
-#include <vector>
 
 extern "C" {
 // Standard normal float32 numbers of shape `shape` (`n_dims` sizes) drawn on the CPU from

@@ -82,7 +82,7 @@ impl GenerateArgs {
 /// Picks the next token from the last position's logits.
 ///
 /// # Shapes
-/// `logits`: (V); returns a token id.
+/// `logits`: (V − token_offset); returns a token (a byte, for a byte model).
 pub fn sample(logits: &Tensor, opts: &GenerateArgs) -> i64 {
     if opts.greedy || opts.temperature == 0.0 {
         return logits.argmax(-1, false).int64_value(&[]);

@@ -142,8 +142,9 @@ fn a_pickled_checkpoint_imports_like_its_safetensors_twin() {
 }
 
 /// The loss and every gradient of an imported model (wrap-around windows, per-head
-/// rotations, dropout on) through the project's reversible stack, and through the
-/// reversible stack with sliced attention, equal ordinary autograd's.
+/// rotations, dropout on) through the project's reversible stack, through the reversible
+/// stack with sliced attention, and through the reversible stack whose forward (run
+/// without autograd) slices attention by its size, equal ordinary autograd's.
 #[test]
 fn imported_weights_train_alike_through_the_reversible_and_sliced_paths() {
     use reformer::run_dir::{load_weights, RunDir};
@@ -157,12 +158,19 @@ fn imported_weights_train_alike_through_the_reversible_and_sliced_paths() {
     let bytes: Vec<i64> = text.iter().cycle().take(2 * 129).map(|&b| b as i64).collect();
     let batch = Tensor::from_slice(&bytes).view([2, 129]);
     let (tokens, targets) = (batch.narrow(1, 0, 128), batch.narrow(1, 1, 128));
-    let run_path = |reversible: bool, sliced: bool| {
+    let run_path = |reversible: bool, sliced: bool, sliced_by_size: bool| {
         let mut cfg = cfg.clone();
         cfg.reversible = reversible;
         cfg.sliced_attention = sliced;
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let model = ReformerLm::new(vs.root(), &cfg);
+        let mut model = ReformerLm::new(vs.root(), &cfg);
+        if sliced_by_size {
+            for block in std::sync::Arc::get_mut(&mut model.blocks).unwrap() {
+                if let Attention::Lsh(lsh) = &mut block.attention {
+                    lsh.params.max_logits_at_once = 1;
+                }
+            }
+        }
         load_weights(&mut vs, &checkpoint).unwrap();
         let loss = model.loss(&tokens, &targets, None, ForwardMode::train(21)).loss;
         loss.backward();
@@ -170,9 +178,11 @@ fn imported_weights_train_alike_through_the_reversible_and_sliced_paths() {
             vs.variables().into_iter().map(|(name, var)| (name, var.grad())).collect();
         (loss.double_value(&[]), grads)
     };
-    let (plain_loss, plain_grads) = run_path(false, false);
-    for (reversible, sliced) in [(true, false), (true, true), (false, true)] {
-        let (loss, grads) = run_path(reversible, sliced);
+    let (plain_loss, plain_grads) = run_path(false, false, false);
+    for (reversible, sliced, by_size) in
+        [(true, false, false), (true, true, false), (false, true, false), (true, false, true)]
+    {
+        let (loss, grads) = run_path(reversible, sliced, by_size);
         assert!(
             (loss - plain_loss).abs() <= 1e-5,
             "reversible {reversible} sliced {sliced}: loss {loss} vs {plain_loss}"

@@ -20,10 +20,7 @@ fn params(n_hashes: i64, n_buckets: i64, chunk_len: i64, causal: bool, strict: b
         strict_causal: strict,
         dropout: 0.0,
         sliced: false,
-        scale_logits: true,
-        wrap_around: false,
-        pad_multiple: chunk_len,
-        pad_above: chunk_len,
+        ..Default::default()
     }
 }
 

@@ -53,10 +53,7 @@ fn lsh_params(strict_causal: bool, sliced: bool) -> LshParams {
         strict_causal,
         dropout: 0.2,
         sliced,
-        scale_logits: true,
-        wrap_around: false,
-        pad_multiple: 4,
-        pad_above: 4,
+        ..Default::default()
     }
 }
 

@@ -176,8 +176,11 @@ pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
         CaseKind::Step => {
             let model = ReformerLm::new(vs.root(), &case.model);
             let mut optimizer = AdamW::new(&vs, &TrainConfig::default());
-            let tokens =
-                Tensor::randint(case.model.vocab_size, [case.batch_size, case.seq_len + 1], (Kind::Int64, device));
+            let tokens = Tensor::randint(
+                case.model.vocab_size - case.model.token_offset,
+                [case.batch_size, case.seq_len + 1],
+                (Kind::Int64, device),
+            );
             let (inputs, targets) = (tokens.narrow(1, 0, case.seq_len), tokens.narrow(1, 1, case.seq_len));
             Box::new(move |i| {
                 optimizer.zero_grad();

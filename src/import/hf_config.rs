@@ -61,7 +61,9 @@ pub fn model_config(json: &Value, hash_seed: Option<u64>) -> Result<ModelConfig>
     };
     let (n_buckets, bucket_factors) = match json.get("num_buckets") {
         Some(Value::Number(n)) => (Some(n.as_i64().context("num_buckets is not an integer")?), Vec::new()),
-        Some(Value::Array(factors)) if factors.len() == 1 => (factors[0].as_i64(), Vec::new()),
+        Some(Value::Array(factors)) if factors.len() == 1 => {
+            (Some(factors[0].as_i64().context("num_buckets holds a non-integer")?), Vec::new())
+        }
         Some(Value::Array(factors)) => {
             let factors: Vec<i64> =
                 factors.iter().map(|f| f.as_i64().context("num_buckets holds a non-integer")).collect::<Result<_>>()?;

@@ -20,7 +20,7 @@
 //! by transformers 4.x).
 
 use std::collections::BTreeMap;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -65,7 +65,7 @@ fn read_pickled(path: &Path) -> Result<Vec<(String, Tensor)>> {
     checked(|err, len| unsafe { reformer_load_pickled_tensors(c_path.as_ptr(), collect, context, err, len) })
         .with_context(|| {
             format!(
-                "cannot read {} as a torch.save state dict (files from torch < 1.6 need converting to safetensors)",
+                "cannot read {} as a torch.save state dict (a file from torch < 1.6, not a zip archive, needs converting to safetensors)",
                 path.display()
             )
         })?;
@@ -159,7 +159,7 @@ pub fn load_into(vs: &nn::VarStore, cfg: &ModelConfig, mut state: StateDict) -> 
                 variables.remove(ours).with_context(|| format!("the model has no variable {ours} (a bug)"))?;
             if source.size() != variable.size() {
                 bail!(
-                    "{theirs} has shape {:?} in the checkpoint, but the model config.json describes needs {:?}",
+                    "{theirs} has shape {:?} in the checkpoint, but the model that config.json describes needs {:?}",
                     source.size(),
                     variable.size()
                 );
@@ -182,5 +182,5 @@ extern "C" {
         context: *mut c_void,
         err: *mut c_char,
         err_len: usize,
-    ) -> i32;
+    ) -> c_int;
 }

@@ -61,6 +61,18 @@ pub fn import(from: &Path, out: &Path, hash_seed: Option<u64>) -> Result<RunConf
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", config_path.display()))?;
     let model = hf_config::model_config(&json, hash_seed)?;
+    let dropout = |key: &str| json.get(key).and_then(serde_json::Value::as_f64);
+    let (lsh_dropout, local_dropout) =
+        (dropout("lsh_attention_probs_dropout_prob"), dropout("local_attention_probs_dropout_prob"));
+    if local_dropout.is_some() && local_dropout != lsh_dropout {
+        eprintln!(
+            "note: local attention dropout {} differs from LSH attention dropout {}; reformer has one \
+             (model.dropout_attention = {}) for both: it matters only when fine-tuning",
+            local_dropout.unwrap_or(0.0),
+            lsh_dropout.unwrap_or(0.0),
+            model.dropout_attention
+        );
+    }
     let state = hf_weights::read_folder(from)?;
 
     let vs = nn::VarStore::new(Device::Cpu);

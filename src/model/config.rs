@@ -9,8 +9,8 @@
 //! key), `lsh.wrap_around` (true: the rounds' chunks form one ring, the same position
 //! from another round is self-masked, short sequences attend densely, lengths pad to the
 //! chunk lengths' lcm, and the softmax is exp(x − logsumexp x) with its float32 rounding),
-//! `lsh.bucket_factors` (factorised hashing), `lsh.hash_seed` (per-head rotations drawn
-//! once from a seeded generator). The released models match the paper in everything
+//! `lsh.bucket_factors` (factorised hashing), `lsh.hash_seed` (per-head rotations, the
+//! same draw from a seeded generator on every call). The released models match the paper in everything
 //! else here: shared query/key with unit-length keys, the self-mask value (−1e5), no
 //! duplicate-attention correction, keys of other buckets inside a window visible.
 
@@ -85,12 +85,14 @@ pub struct LshConfig {
     /// a key at the query's own position from another round is self-masked too; a
     /// sequence no longer than a chunk attends densely; lengths are padded to the least
     /// common multiple of the model's chunk lengths. false: each round's first chunk has
-    /// nothing before it, as the paper describes.
+    /// nothing before it, as the paper describes. (Lengths pad to the lcm only when longer
+    /// than the shortest chunk length, as transformers pads its input.)
     pub wrap_around: bool,
-    /// Rotations drawn once per head from a generator seeded with this value, the same in
-    /// every LSH layer and every forward (transformers' `hash_seed`: with it, a model
-    /// computes the same function on every call). None (default): fresh rotations each
-    /// forward, shared by the heads, derived from the run's seed and the step.
+    /// Rotations per head from a generator seeded with this value: the same draw in every
+    /// LSH layer and every forward (transformers' `hash_seed`, drawn as it draws them on
+    /// the CPU in float32; with it, a model computes the same function on every call).
+    /// None (default): fresh rotations each forward, shared by the heads, derived from
+    /// the run's seed and the step.
     pub hash_seed: Option<u64>,
 }
 
@@ -369,6 +371,7 @@ impl ModelConfig {
     }
 }
 
+/// The greatest common divisor (Euclid).
 fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 {
         a

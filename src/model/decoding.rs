@@ -53,7 +53,7 @@ impl<'a> Decoder<'a> {
     /// logits after the last prompt token.
     ///
     /// # Shapes
-    /// `tokens`: (B, P) int64, 1 ≤ P ≤ max_seq_len; returns logits (B, V).
+    /// `tokens`: (B, P) int64, 1 ≤ P ≤ max_seq_len; returns logits (B, V − token_offset).
     pub fn prefill(model: &'a ReformerLm, tokens: &Tensor, mode: ForwardMode) -> Result<(Self, Tensor)> {
         check_decodable(&model.cfg)?;
         let (_, len) = tokens.size2()?;
@@ -75,7 +75,7 @@ impl<'a> Decoder<'a> {
                 layers.push(layer.expect("the block ran its attention"));
             }
             let last = |stream: &Tensor| stream.narrow(1, len - 1, 1); // (B, 1, D)
-            let logits = model.logits(&model.join_streams(&last(&streams.0), &last(&streams.1))).squeeze_dim(1); // (B, V)
+            let logits = model.logits(&model.join_streams(&last(&streams.0), &last(&streams.1))).squeeze_dim(1); // (B, V − token_offset)
             Ok((Self { model, layers, mode, len }, logits))
         })
     }
@@ -97,7 +97,7 @@ impl<'a> Decoder<'a> {
     /// Feeds one token per sequence at position `len()`.
     ///
     /// # Shapes
-    /// `tokens`: (B, 1) int64; returns logits (B, V).
+    /// `tokens`: (B, 1) int64; returns logits (B, V − token_offset).
     pub fn step(&mut self, tokens: &Tensor) -> Tensor {
         assert!(!self.is_full(), "the decoding cache is full: start over with a shorter prompt");
         let (model, mode) = (self.model, self.mode);
@@ -111,7 +111,7 @@ impl<'a> Decoder<'a> {
             }
             self.len += 1;
             model.logits(&model.join_streams(&streams.0, &streams.1)).squeeze_dim(1)
-            // (B, V)
+            // (B, V − token_offset)
         })
     }
 }

@@ -1,10 +1,12 @@
 //! The Reformer (Kitaev, Kaiser, Levskaya, ICLR 2020) on libtorch.
 //!
 //! Dimension letters used in shape comments:
-//! B batch, T length (tokens), Tp length padded to a multiple of the chunk, H heads,
+//! B batch, T length (tokens), Tp length padded (to a multiple of the chunk, or under
+//! `lsh.wrap_around` of the chunk lengths' lcm), H heads,
 //! Dh head width, D model width (one residual stream), V vocabulary, R hash rounds,
 //! NB buckets per round, C chunk length (tokens), NC chunks (per round), W keys a chunk
-//! attends to ((before + 1 + after)·C).
+//! attends to ((before + 1 + after)·C), S rotated columns per hash round (NB/2, or half
+//! the sum of the bucket factors), E any trailing width.
 //! Tensors in bucket-sorted order carry an `s` prefix (`sqk`, `sv`, `s_pos`).
 
 pub mod activation_checkpoint;

@@ -36,8 +36,8 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     /// Start from the weights (best checkpoint) and model settings of another run, or an
     /// imported one (`reformer import`), with a fresh optimizer: fine-tuning. `--set
-    /// model.KEY=VALUE` still changes what does not change the weights' shapes (dropout,
-    /// sliced_attention, max_seq_len, ...).
+    /// model.KEY=VALUE` still applies; change only what keeps the weights' shapes and
+    /// meaning (dropout, sliced_attention, reversible, ff_chunk_len, ...).
     #[arg(long, value_name = "RUN")]
     pub init_from: Option<PathBuf>,
     /// Optimizer steps (overrides train.steps; with --resume, the lr schedule keeps the run's).

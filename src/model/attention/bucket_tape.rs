@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use tch::{Kind, Tensor};
 
-/// Which hashing call: the LSH layer's forward seed (unique per layer and pass), and the
-/// first head and round of the slice it hashes.
-pub type CallKey = (u64, i64, i64);
+/// Which hashing call: the LSH layer's forward seed (unique per layer and pass; a layer
+/// hashes all its heads and rounds in one call, however its attention is sliced).
+pub type CallKey = u64;
 
 /// Buckets recorded by one forward pass, shared by its replays.
 #[derive(Clone, Default)]

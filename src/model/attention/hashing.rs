@@ -3,7 +3,7 @@
 //! round; optionally factorised into several smaller hashes whose buckets combine as the
 //! digits of a mixed-radix number (the released crime-and-punishment model's).
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
 
 use tch::{Device, Tensor};
 
@@ -157,7 +157,7 @@ extern "C" {
         out: *mut *mut C_tensor,
         err: *mut c_char,
         err_len: usize,
-    ) -> i32;
+    ) -> c_int;
 }
 
 #[cfg(test)]

@@ -45,8 +45,21 @@ pub struct LshParams {
     pub pad_multiple: i64,
     pub pad_above: i64,
     pub dropout: f64,
-    /// One (head, round) at a time under activation checkpointing (see `lsh_attend`).
+    /// One slice (a head and round, or a head) at a time under activation checkpointing
+    /// (see `lsh_attend`).
     pub sliced: bool,
+    /// Without autograd, attention with more logits than this runs a slice at a time
+    /// (the same numbers, nothing recomputed), so that evaluation and generation at long
+    /// context hold one slice's logits at once: default 2^26 float32 logits, 256 MiB,
+    /// each with its mask and probability alongside.
+    pub max_logits_at_once: i64,
+}
+
+impl Default for LshParams {
+    /// The settings of the default model's LSH layers.
+    fn default() -> Self {
+        Self::new(&ModelConfig::default())
+    }
 }
 
 impl LshParams {
@@ -66,6 +79,7 @@ impl LshParams {
             pad_above,
             dropout: cfg.dropout_attention,
             sliced: cfg.sliced_attention,
+            max_logits_at_once: MOST_LOGITS_AT_ONCE,
         }
     }
 
@@ -95,7 +109,7 @@ impl LshParams {
     ///
     /// # Shapes
     /// `logits`: (..., W); returns (..., W), (..., 1) and (..., 1) or None.
-    fn softmax_and_logsumexp(&self, logits: &Tensor) -> (Tensor, Tensor, Option<Tensor>) {
+    fn window_softmax(&self, logits: &Tensor) -> (Tensor, Tensor, Option<Tensor>) {
         let (probs, lse) = softmax_and_logsumexp(logits);
         if !self.wrap_around {
             return (probs, lse, None);
@@ -111,7 +125,7 @@ impl LshParams {
     ///
     /// # Shapes
     /// `out`: (B, H, R, N, Dh); `lse`: (B, H, R, N, 1); returns (B, H, N, Dh).
-    fn combine_rounds(&self, out: &Tensor, lse: &Tensor) -> Tensor {
+    fn weigh_rounds(&self, out: &Tensor, lse: &Tensor) -> Tensor {
         if !self.wrap_around || out.size()[2] == 1 {
             return combine_rounds(out, lse);
         }
@@ -141,8 +155,8 @@ impl LshParams {
 /// (heads × rounds × positions × window) tensors of one slice exist at a time in the
 /// forward and in the backward. Both give the same result (the slices' dropout masks
 /// are their share of the whole's). Under `wrap_around` the rounds form one ring, so a
-/// slice holds all rounds of its head. Without autograd, attention too large for one
-/// pass runs slice by slice as well (see `too_large_for_one_pass`).
+/// slice holds all rounds of its head. Without autograd, attention with more than
+/// `p.max_logits_at_once` logits runs slice by slice as well.
 ///
 /// # Shapes
 /// `qk`, `v`: (B, H, T, Dh); `rotations`: (1 or H, Dh, R, S); returns (B, H, T, Dh).
@@ -155,47 +169,43 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let pad = [0, 0, 0, t_pad - t];
     let qk = qk.constant_pad_nd(pad); // (B, H, Tp, Dh)
     let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
-    if !p.sliced && !too_large_for_one_pass(qk.size()[0] * h * r * t_pad * p.window_len()) {
-        let (out, lse) = attend_rounds(&qk, &v, &rotations, p, t, mode, Slice::whole(h, r));
-        return p.combine_rounds(&out, &lse).narrow(2, 0, t);
+                                    // Every head and round hashed at once, however the attention is sliced: a replay (the
+                                    // reversible backward) reads these buckets back from the tape, and slices share them.
+    let positions = Tensor::arange(t_pad, (Kind::Int64, qk.device())); // (Tp)
+    let buckets = recorded_or_hash(mode.seed, || hash_buckets(&qk, &rotations, &p.hash)); // (B, H, R, Tp)
+                                                                                          // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
+    let buckets = buckets.masked_fill(&positions.ge(t), p.hash.n_buckets);
+    let n_logits = qk.size()[0] * h * r * t_pad * p.window_len();
+    if !p.sliced && (crate::autograd::grad_enabled() || n_logits <= p.max_logits_at_once) {
+        let (out, lse) = attend_rounds(&qk, &v, &buckets, p, t, mode, Slice::whole(h, r));
+        return p.weigh_rounds(&out, &lse).narrow(2, 0, t);
     }
     let rounds_per_slice = if p.wrap_around { r } else { 1 };
-    let per_head_rotations = rotations.size()[0] > 1;
     let heads: Vec<Tensor> = (0..h)
         .map(|head| {
             let inputs = [qk.narrow(1, head, 1), v.narrow(1, head, 1)]; // 2 × (B, 1, Tp, Dh)
-            let head_rotations =
-                if per_head_rotations { rotations.narrow(0, head, 1) } else { rotations.shallow_clone() };
             let (outs, lses): (Vec<Tensor>, Vec<Tensor>) = (0..r)
                 .step_by(rounds_per_slice as usize)
                 .map(|round| {
-                    let rotations = head_rotations.narrow(2, round, rounds_per_slice); // (1, Dh, r, S)
+                    let buckets = buckets.narrow(1, head, 1).narrow(2, round, rounds_per_slice); // (B, 1, r, Tp)
                     let (p, slice) = (p.clone(), Slice { head, round, n_heads: h, n_rounds: r });
                     let attend = move |x: &[Tensor]| {
-                        let (out, lse) = attend_rounds(&x[0], &x[1], &rotations, &p, t, mode, slice);
+                        let (out, lse) = attend_rounds(&x[0], &x[1], &buckets, &p, t, mode, slice);
                         vec![out, lse] // (B, 1, r, Tp, Dh), (B, 1, r, Tp, 1)
                     };
                     let mut outputs = checkpoint(&inputs, 2, attend).unwrap_or_else(|e| panic!("{e}")).into_iter();
                     (outputs.next().unwrap(), outputs.next().unwrap())
                 })
                 .unzip();
-            p.combine_rounds(&Tensor::cat(&outs, 2), &Tensor::cat(&lses, 2)) // (B, 1, Tp, Dh)
+            p.weigh_rounds(&Tensor::cat(&outs, 2), &Tensor::cat(&lses, 2)) // (B, 1, Tp, Dh)
         })
         .collect();
     Tensor::cat(&heads, 1).narrow(2, 0, t) // (B, H, T, Dh)
 }
 
-/// Logits above which attention without autograd runs a slice at a time as under
-/// `sliced` (the same result; without autograd nothing is recomputed): 2^26 float32
-/// logits, 256 MiB, each with its mask and probability alongside.
+/// The default of `LshParams::max_logits_at_once`. (Under autograd, slices cost a
+/// recomputation: that is `sliced_attention`'s choice, not this limit's.)
 const MOST_LOGITS_AT_ONCE: i64 = 1 << 26;
-
-/// Whether `n_logits` logits would be computed a slice at a time (evaluation and
-/// generation only: under autograd the slices cost a recomputation, which is
-/// `sliced_attention`'s choice).
-fn too_large_for_one_pass(n_logits: i64) -> bool {
-    !crate::autograd::grad_enabled() && n_logits > MOST_LOGITS_AT_ONCE
-}
 
 /// Where the heads and rounds given to `attend_rounds` start among all of them (for the
 /// slice's share of the dropout mask).
@@ -214,16 +224,16 @@ impl Slice {
 }
 
 /// LSH attention of each given head in each given round, before the rounds are
-/// combined: hash, sort by bucket, attend within chunks, undo the sort. Positions from
-/// `t` on are padding.
+/// combined: sort by bucket, attend within chunks, undo the sort. Positions from `t` on
+/// are padding.
 ///
 /// # Shapes
-/// `qk`, `v`: (B, h, Tp, Dh); `rotations`: (1 or h, Dh, r, S); returns the outputs
+/// `qk`, `v`: (B, h, Tp, Dh); `buckets`: (B, h, r, Tp); returns the outputs
 /// (B, h, r, Tp, Dh) and their log-sum-exps (B, h, r, Tp, 1).
 fn attend_rounds(
     qk: &Tensor,
     v: &Tensor,
-    rotations: &Tensor,
+    buckets: &Tensor,
     p: &LshParams,
     t: i64,
     mode: ForwardMode,
@@ -231,19 +241,15 @@ fn attend_rounds(
 ) -> (Tensor, Tensor) {
     let (b, h, t_pad, dh) = qk.size4().unwrap();
     let device = qk.device();
-    let (r, c) = (rotations.size()[2], p.chunk_len);
+    let (r, c) = (buckets.size()[2], p.chunk_len);
     let n_buckets = p.hash.n_buckets;
     let n_chunks = t_pad / c; // chunks per round
 
-    // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
-    // (Tp); a replay (reversible backward, sliced attention) reads the forward's buckets.
-    let positions = Tensor::arange(t_pad, (Kind::Int64, device));
-    let buckets = recorded_or_hash((mode.seed, slice.head, slice.round), || hash_buckets(qk, rotations, &p.hash));
-    let buckets = buckets.masked_fill(&positions.ge(t), n_buckets); // (B, h, r, Tp)
+    let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
 
     // Sort by (round, bucket, position): one key per (round, position), all distinct.
     let round_offset = Tensor::arange(r, (Kind::Int64, device)).view([r, 1]) * ((n_buckets + 1) * t_pad);
-    let sort_keys = (&buckets * t_pad + &positions + round_offset).view([b, h, r * t_pad]); // (B, h, r*Tp)
+    let sort_keys = (buckets * t_pad + &positions + round_offset).view([b, h, r * t_pad]); // (B, h, r*Tp)
     let sticker = sort_keys.argsort_stable(true, -1, false); // (B, h, r*Tp): slot -> round*Tp + position
     let undo_sort = sticker.argsort_stable(true, -1, false); // (B, h, r*Tp): round*Tp + position -> slot
     let s_pos = sticker.remainder(t_pad); // (B, h, r*Tp) original position of each slot
@@ -289,7 +295,7 @@ fn attend_rounds(
         invalid
     };
     if p.strict_causal {
-        hidden = hidden.logical_or(&strict_causal_hidden(&buckets, &sticker, p, [b, h, r, n_chunks, c]));
+        hidden = hidden.logical_or(&strict_causal_hidden(buckets, &sticker, p, [b, h, r, n_chunks, c]));
     }
     let _ = logits.masked_fill_(&hidden, MASKED_LOGIT);
     if p.wrap_around {
@@ -298,7 +304,7 @@ fn attend_rounds(
         let _ = logits.masked_fill_(&k_pos.eq_tensor(&q_pos), SELF_LOGIT); // (B, h, r, NC, C, W)
     }
 
-    let (probs, lse, row_scale) = p.softmax_and_logsumexp(&logits); // (B, h, r, NC, C, W), 2 × (B, h, r, NC, C, 1)
+    let (probs, lse, row_scale) = p.window_softmax(&logits); // (B, h, r, NC, C, W), 2 × (B, h, r, NC, C, 1)
     let whole = [b, slice.n_heads, slice.n_rounds, n_chunks, c, logits.size()[5]];
     let offset = [0, slice.head, slice.round, 0, 0, 0];
     let seed = mode.child(DROPOUT_TAG).seed;
