@@ -4,6 +4,7 @@
 //! Also: the imported model through the project's own reversible training path, and
 //! what `reformer import` says about folders it cannot import.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -58,7 +59,7 @@ fn imported(case: &Path, scratch: &Path) -> (nn::VarStore, ReformerLm) {
     (vs, model)
 }
 
-fn read(path: &Path) -> std::collections::HashMap<String, Tensor> {
+fn read(path: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(path).unwrap().into_iter().collect()
 }
 
@@ -71,62 +72,64 @@ fn bytes_of(ids: &Tensor, model: &ReformerLm) -> Tensor {
     ids - model.cfg.token_offset
 }
 
-#[test]
-fn imported_models_hash_into_transformers_buckets() {
-    let dir = scratch("buckets");
+/// Calls `check(model, file, reference tensors, input bytes)` for every reference file of
+/// every fixture case, the case imported under a scratch folder named `name`.
+fn for_each_reference(name: &str, check: impl Fn(&ReformerLm, &Path, &HashMap<String, Tensor>, &Tensor)) {
+    let dir = scratch(name);
     for case in cases() {
         let (_vs, model) = imported(&case, &dir);
         for file in references(&case) {
             let reference = read(&file);
             let tokens = bytes_of(&reference["input_ids"], &model);
-            let mode = ForwardMode::eval(0);
-            let x = model.embed(&tokens, mode);
-            let mut streams = (x.shallow_clone(), x);
-            let mut compared = 0;
-            for (i, block) in model.blocks.iter().enumerate() {
-                let block_mode = mode.child(i as u64);
-                if let (Attention::Lsh(lsh), Some(want)) = (&block.attention, reference.get(&format!("buckets.{i}"))) {
-                    let got = tch::no_grad(|| lsh.buckets(&block.attention_input(&streams.1), block_mode));
-                    // transformers' buckets carry round offsets of r × (buckets per round,
-                    // the padding bucket included when there is padding).
-                    let per_round = got.max().int64_value(&[]).max(lsh.params.hash.n_buckets - 1) + 1;
-                    let want = want.remainder(per_round);
-                    assert_eq!(got.size(), want.size(), "{}: layer {i} bucket shape", file.display());
-                    let differ = got.ne_tensor(&want).sum(Kind::Int64).int64_value(&[]);
-                    assert_eq!(differ, 0, "{}: layer {i}: {differ} buckets differ", file.display());
-                    compared += 1;
-                }
-                streams = tch::no_grad(|| block.forward(&streams.0, &streams.1, block_mode));
-            }
-            let dense = reference.keys().all(|k| !k.starts_with("buckets."));
-            assert!(compared > 0 || dense, "{}: no bucket compared", file.display());
+            check(&model, &file, &reference, &tokens);
         }
     }
 }
 
 #[test]
-fn imported_models_give_transformers_logits_and_loss() {
-    let dir = scratch("logits");
-    for case in cases() {
-        let (_vs, model) = imported(&case, &dir);
-        for file in references(&case) {
-            let reference = read(&file);
-            let tokens = bytes_of(&reference["input_ids"], &model);
-            let mode = ForwardMode::eval(0);
-            let logits = tch::no_grad(|| model.vocab_logits(&model.hidden(&tokens, mode)));
-            let diff = max_abs_diff(&logits, &reference["logits"]);
-            assert!(diff <= LOGIT_TOLERANCE, "{}: max |logit difference| {diff:.2e}", file.display());
-
-            // transformers' loss: every position predicts the next; the last predicts nothing.
-            let (b, t) = tokens.size2().unwrap();
-            let targets = Tensor::cat(&[tokens.narrow(1, 1, t - 1), tokens.narrow(1, 0, 1)], 1);
-            let weights = Tensor::ones([b, t], (Kind::Float, Device::Cpu));
-            let _ = weights.narrow(1, t - 1, 1).fill_(0.0);
-            let loss = tch::no_grad(|| model.loss(&tokens, &targets, Some(&weights), mode)).loss.double_value(&[]);
-            let want = reference["loss"].double_value(&[]);
-            assert!((loss - want).abs() <= LOSS_TOLERANCE, "{}: loss {loss} against {want}", file.display());
+fn imported_models_hash_into_transformers_buckets() {
+    for_each_reference("buckets", |model, file, reference, tokens| {
+        let mode = ForwardMode::eval(0);
+        let x = model.embed(tokens, mode);
+        let mut streams = (x.shallow_clone(), x);
+        let mut compared = 0;
+        for (i, block) in model.blocks.iter().enumerate() {
+            let block_mode = mode.child(i as u64);
+            if let (Attention::Lsh(lsh), Some(want)) = (&block.attention, reference.get(&format!("buckets.{i}"))) {
+                let got = tch::no_grad(|| lsh.buckets(&block.attention_input(&streams.1), block_mode));
+                // transformers' buckets carry round offsets of r × (buckets per round,
+                // the padding bucket included when there is padding).
+                let per_round = got.max().int64_value(&[]).max(lsh.params.hash.n_buckets - 1) + 1;
+                let want = want.remainder(per_round);
+                assert_eq!(got.size(), want.size(), "{}: layer {i} bucket shape", file.display());
+                let differ = got.ne_tensor(&want).sum(Kind::Int64).int64_value(&[]);
+                assert_eq!(differ, 0, "{}: layer {i}: {differ} buckets differ", file.display());
+                compared += 1;
+            }
+            streams = tch::no_grad(|| block.forward(&streams.0, &streams.1, block_mode));
         }
-    }
+        let dense = reference.keys().all(|k| !k.starts_with("buckets."));
+        assert!(compared > 0 || dense, "{}: no bucket compared", file.display());
+    });
+}
+
+#[test]
+fn imported_models_give_transformers_logits_and_loss() {
+    for_each_reference("logits", |model, file, reference, tokens| {
+        let mode = ForwardMode::eval(0);
+        let logits = tch::no_grad(|| model.vocab_logits(&model.hidden(tokens, mode)));
+        let diff = max_abs_diff(&logits, &reference["logits"]);
+        assert!(diff <= LOGIT_TOLERANCE, "{}: max |logit difference| {diff:.2e}", file.display());
+
+        // transformers' loss: every position predicts the next; the last predicts nothing.
+        let (b, t) = tokens.size2().unwrap();
+        let targets = Tensor::cat(&[tokens.narrow(1, 1, t - 1), tokens.narrow(1, 0, 1)], 1);
+        let weights = Tensor::ones([b, t], (Kind::Float, Device::Cpu));
+        let _ = weights.narrow(1, t - 1, 1).fill_(0.0);
+        let loss = tch::no_grad(|| model.loss(tokens, &targets, Some(&weights), mode)).loss.double_value(&[]);
+        let want = reference["loss"].double_value(&[]);
+        assert!((loss - want).abs() <= LOSS_TOLERANCE, "{}: loss {loss} against {want}", file.display());
+    });
 }
 
 #[test]
