@@ -247,11 +247,39 @@ pub fn gather_rows(x: &Tensor, index: &Tensor) -> Tensor {
 /// # Shapes
 /// `logits`: (..., W); returns (..., W) and (..., 1).
 pub fn softmax_and_logsumexp(logits: &Tensor) -> (Tensor, Tensor) {
-    let probs = logits.softmax(-1, logits.kind());
-    let max_logit = logits.amax([-1], true);
-    let max_prob = probs.amax([-1], true);
-    let lse = max_logit - max_prob.log();
-    (probs, lse)
+    let softmax = WindowSoftmax::new(logits);
+    let lse = softmax.logsumexp();
+    (softmax.probs, lse)
+}
+
+/// A softmax with the largest logit and the largest probability of each row, from which
+/// the row's log-sum-exp follows (see `softmax_and_logsumexp`).
+pub struct WindowSoftmax {
+    /// (..., W)
+    pub probs: Tensor,
+    /// (..., 1)
+    pub max_logit: Tensor,
+    /// (..., 1)
+    pub max_prob: Tensor,
+}
+
+impl WindowSoftmax {
+    /// # Shapes
+    /// `logits`: (..., W).
+    pub fn new(logits: &Tensor) -> Self {
+        let probs = logits.softmax(-1, logits.kind());
+        let max_logit = logits.amax([-1], true);
+        let max_prob = probs.amax([-1], true);
+        Self { probs, max_logit, max_prob }
+    }
+
+    /// lse = max logit − log(max probability).
+    ///
+    /// # Shapes
+    /// returns (..., 1)
+    pub fn logsumexp(&self) -> Tensor {
+        &self.max_logit - self.max_prob.log()
+    }
 }
 
 /// Vectors scaled to unit length (the shared keys of paper §2). The released models

@@ -6,7 +6,7 @@ use tch::{Kind, Tensor};
 
 use super::chunking::padding_to_chunks;
 use super::hashing::HashSpec;
-use super::lsh::{combine_rounds, softmax_and_logsumexp};
+use super::lsh::{combine_rounds, WindowSoftmax};
 use crate::model::config::ModelConfig;
 
 /// The default of `LshParams::max_logits_at_once`. (Under autograd, slices cost a
@@ -98,18 +98,15 @@ impl LshParams {
     /// # Shapes
     /// `logits`: (..., W); returns (..., W), (..., 1) and (..., 1) or None.
     pub(super) fn window_softmax(&self, logits: &Tensor) -> (Tensor, Tensor, Option<Tensor>) {
-        let (probs, lse) = softmax_and_logsumexp(logits);
-        if !self.wrap_around {
-            return (probs, lse, None);
-        }
-        let max_logit = logits.amax([-1], true); // (..., 1)
-        let released_scale = (max_logit - &lse).exp() / probs.amax([-1], true); // (..., 1)
-        (probs, lse, Some(released_scale))
+        let softmax = WindowSoftmax::new(logits);
+        let lse = softmax.logsumexp(); // (..., 1)
+        let released_scale = self.wrap_around.then(|| (&softmax.max_logit - &lse).exp() / &softmax.max_prob); // (..., 1)
+        (softmax.probs, lse, released_scale)
     }
 
     /// `combine_rounds`; under `wrap_around` with the round weights
     /// exp(lse − logsumexp(lse)), as the released models compute them (see
-    /// `softmax_and_logsumexp`).
+    /// `window_softmax`).
     ///
     /// # Shapes
     /// `out`: (B, H, R, N, Dh); `lse`: (B, H, R, N, 1); returns (B, H, N, Dh).
