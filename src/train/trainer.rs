@@ -1,14 +1,16 @@
-//! One training run in named phases: `new` (configuration, process group, model, resume),
-//! `step`, `log`, `validate`, `save` and `finish` (the exit save, the final scores, the
-//! Table-2 row, the `--json` summary). `train::run` strings them into the loop. Training
-//! and every score run under the run's `train.precision`.
+//! One training run in named phases: `new` (configuration, process group, model, and
+//! `--resume` or `--init-from`, in `trainer/restore.rs`), `step`, `log`, `validate`,
+//! `save` and `finish` (the exit save, the final scores, the Table-2 row, the `--json`
+//! summary). `train::run` strings them into the loop. Training and every score run under
+//! the run's `train.precision`.
 
-use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
 use tch::{nn, Device, Tensor};
+
+mod restore;
 
 use super::metrics::{window_message, MetricsWindow};
 use super::{
@@ -21,7 +23,7 @@ use crate::model::{ForwardMode, ReformerLm};
 use crate::optimizer::{learning_rate, AdamW};
 use crate::progress::Progress;
 use crate::run_config::{NonFinitePolicy, RunConfig};
-use crate::run_dir::{load_train_state, load_weights, RunDir, TrainState};
+use crate::run_dir::{RunDir, TrainState};
 use crate::score::{evaluate_shared, Score};
 use crate::tasks::{Batch, Split, Task, TaskKind};
 
@@ -175,42 +177,6 @@ impl Trainer {
         }
         trainer.started = Instant::now();
         Ok(trainer)
-    }
-
-    /// Loads the weights of another run's best checkpoint (fine-tuning starts there).
-    fn init_from(&mut self, source: &Path) -> Result<()> {
-        let (run, _) = RunDir::open(source)?;
-        let checkpoint = run.best().with_context(|| format!("{} holds no checkpoint", source.display()))?;
-        load_weights(&mut self.vs, &checkpoint)?;
-        if self.is_main {
-            eprintln!("starting from the weights of {}", checkpoint.display());
-        }
-        Ok(())
-    }
-
-    /// Loads the model, the optimizer and the train state (data stream, step, seed, best
-    /// loss) from the run's latest checkpoint, and drops the metrics logged after it.
-    fn resume(&mut self) -> Result<()> {
-        let run_dir = &self.run_dir;
-        let checkpoint =
-            run_dir.latest().with_context(|| format!("{} has no checkpoint to resume", run_dir.path.display()))?;
-        load_weights(&mut self.vs, &checkpoint)?;
-        let (optimizer_state, saved) = load_train_state(&checkpoint)?;
-        self.optimizer.load_state(optimizer_state, saved.n_updates)?;
-        if self.is_main {
-            run_dir.truncate_metrics(saved.step)?;
-            eprintln!("resuming {} at step {}", checkpoint.display(), saved.step);
-            if self.last_step != self.cfg.train.steps {
-                eprintln!(
-                    "training to step {}; the learning-rate schedule keeps the run's {} steps",
-                    self.last_step, self.cfg.train.steps
-                );
-            }
-        }
-        self.elapsed_before = saved.elapsed_secs;
-        self.last_saved = saved.step;
-        self.state = saved;
-        Ok(())
     }
 
     /// Whether to stop before the next step, and why. Every rank stops at the same step:
