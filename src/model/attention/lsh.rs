@@ -45,12 +45,7 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let pad = [0, 0, 0, t_pad - t];
     let qk = qk.constant_pad_nd(pad); // (B, H, Tp, Dh)
     let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
-                                    // Every head and round hashed at once, however the attention is sliced: a replay (the
-                                    // reversible backward) reads these buckets back from the tape, and slices share them.
-    let positions = Tensor::arange(t_pad, (Kind::Int64, qk.device())); // (Tp)
-    let buckets = recorded_or_hash(mode.seed, || hash_buckets(&qk, &rotations, &p.hash)); // (B, H, R, Tp)
-                                                                                          // Padding goes to an extra last bucket, so real tokens' chunks do not depend on it.
-    let buckets = buckets.masked_fill(&positions.ge(t), p.hash.n_buckets);
+    let buckets = padded_buckets(&qk, &rotations, p, t, mode); // (B, H, R, Tp)
     let n_logits = qk.size()[0] * h * r * t_pad * p.window_len();
     if !p.sliced && (crate::autograd::grad_enabled() || n_logits <= p.max_logits_at_once) {
         let (out, lse) = attend_rounds(&qk, &v, &buckets, p, t, mode, Slice::whole(h, r));
@@ -77,6 +72,19 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
         })
         .collect();
     Tensor::cat(&heads, 1).narrow(2, 0, t) // (B, H, T, Dh)
+}
+
+/// The buckets of every head and round of a sequence padded to Tp tokens, of which the
+/// first `t` are real: hashed in one call however the attention is then sliced (a replay,
+/// the reversible backward, reads them back from the tape; slices share them), padding
+/// in an extra last bucket so that real tokens' chunks do not depend on it.
+///
+/// # Shapes
+/// `qk`: (B, H, Tp, Dh); `rotations`: (1 or H, Dh, R, S); returns (B, H, R, Tp).
+fn padded_buckets(qk: &Tensor, rotations: &Tensor, p: &LshParams, t: i64, mode: ForwardMode) -> Tensor {
+    let positions = Tensor::arange(qk.size()[2], (Kind::Int64, qk.device())); // (Tp)
+    let buckets = recorded_or_hash(mode.seed, || hash_buckets(qk, rotations, &p.hash)); // (B, H, R, Tp)
+    buckets.masked_fill(&positions.ge(t), p.hash.n_buckets)
 }
 
 /// Where the heads and rounds given to `attend_rounds` start among all of them (for the
@@ -344,8 +352,7 @@ impl LshAttention {
         let p = self.params.for_padded_len(t_pad);
         let rotations = self.rotations(mode, x.device()).narrow(2, 0, p.n_hashes);
         let qk = qk.constant_pad_nd([0, 0, 0, t_pad - t]); // (B, H, Tp, Dh)
-        let positions = Tensor::arange(t_pad, (Kind::Int64, x.device()));
-        hash_buckets(&qk, &rotations, &p.hash).masked_fill(&positions.ge(t), p.hash.n_buckets)
+        padded_buckets(&qk, &rotations, &p, t, mode)
     }
 
     /// The shared query/key and the values, split into heads.
