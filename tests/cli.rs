@@ -12,6 +12,13 @@ fn reformer(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// A command that must succeed (its stderr is the failure message).
+fn reformer_ok(args: &[&str]) -> Output {
+    let out = reformer(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
 /// A user error: non-zero exit, nothing on stdout, exactly one line on stderr that
 /// contains `needle`, and no panic or backtrace.
 fn assert_one_line_error(args: &[&str], needle: &str) {
@@ -62,8 +69,7 @@ fn train_into(config: &Path, run: &Path, extra: &[&str]) {
     let mut args =
         vec!["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let out = reformer(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    reformer_ok(&args);
 }
 
 #[test]
@@ -194,7 +200,7 @@ fn bench_reports_cases_predicted_not_to_fit_and_goes_on() {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
     // 2^22 tokens: every attention kind's prediction is tens of GiB or more.
-    let out = reformer(&[
+    reformer_ok(&[
         "bench",
         "--suite",
         "attention",
@@ -205,7 +211,6 @@ fn bench_reports_cases_predicted_not_to_fit_and_goes_on() {
         "--json",
         json.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let cases = report["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 6, "LSH with 1, 2, 4, 8 rounds, local, full");
@@ -217,8 +222,7 @@ fn bench_reports_cases_predicted_not_to_fit_and_goes_on() {
         assert!(report["machine"].get(key).is_some(), "machine lacks {key}");
     }
     let plot = dir.join("figure.svg");
-    let out = reformer(&["bench", "--from", json.to_str().unwrap(), "--plot", plot.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    reformer_ok(&["bench", "--from", json.to_str().unwrap(), "--plot", plot.to_str().unwrap()]);
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -237,7 +241,7 @@ fn training_curves_are_drawn_per_run_and_overlaid_by_plot() {
     let second = dir.join("second");
     train_into(&config, &second, &["--seed", "1"]);
     let figure = dir.join("both.svg");
-    let out = reformer(&[
+    reformer_ok(&[
         "plot",
         run.to_str().unwrap(),
         second.to_str().unwrap(),
@@ -246,7 +250,6 @@ fn training_curves_are_drawn_per_run_and_overlaid_by_plot() {
         "--out",
         figure.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let svg = std::fs::read_to_string(&figure).unwrap();
     for text in ["first-run", "second-run", "minutes of training", "steps"] {
         assert!(svg.contains(text), "the figure lacks '{text}'");
@@ -274,14 +277,13 @@ fn an_imported_transformers_model_scores_generates_and_fine_tunes() {
     let dir = scratch("import");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-reformer/enwik8-like");
     let run = dir.join("imported");
-    let out = reformer(&["import", "--from", fixture.to_str().unwrap(), "--out", run.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    reformer_ok(&["import", "--from", fixture.to_str().unwrap(), "--out", run.to_str().unwrap()]);
     let text = dir.join("prose.txt");
     let prose = "It was the best of times, it was the worst of times, it was the age of wisdom. ";
     std::fs::write(&text, prose.repeat(400)).unwrap();
     let (run_arg, text_arg) = (run.to_str().unwrap(), text.to_str().unwrap());
 
-    let out = reformer(&[
+    let out = reformer_ok(&[
         "eval",
         "--checkpoint",
         run_arg,
@@ -299,7 +301,6 @@ fn an_imported_transformers_model_scores_generates_and_fine_tunes() {
         "2048",
         "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let score: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval --json prints JSON");
     let bpc = score["results"][0]["bpc"].as_f64().unwrap_or(f64::NAN);
     assert!(bpc.is_finite() && bpc > 0.0, "{score}");
@@ -308,13 +309,12 @@ fn an_imported_transformers_model_scores_generates_and_fine_tunes() {
         let mut args = vec!["generate", "--checkpoint", run_arg, "--device", "cpu", "--prompt", "It was the"];
         args.extend_from_slice(&["--max-new-tokens", "40", "--greedy"]);
         args.extend_from_slice(cache);
-        let out = reformer(&args);
-        assert!(out.status.success(), "{cache:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = reformer_ok(&args);
         assert!(out.stdout.len() >= 40, "{cache:?}: {} bytes out", out.stdout.len());
     }
 
     let tuned = dir.join("tuned");
-    let out = reformer(&[
+    let out = reformer_ok(&[
         "train",
         "--device",
         "cpu",
@@ -342,7 +342,6 @@ fn an_imported_transformers_model_scores_generates_and_fine_tunes() {
         "1024",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("starting from the weights of"), "{stderr}");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tuned.join("config.json")).unwrap()).unwrap();
