@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 
 /// The C++ sources of the bridge, and the header they share.
-const SOURCES: [&str; 3] = ["csrc/custom_function.cpp", "csrc/distributed.cpp", "csrc/libtorch_calls.cpp"];
+const SOURCES: [&str; 4] =
+    ["csrc/custom_function.cpp", "csrc/distributed.cpp", "csrc/libtorch_calls.cpp", "csrc/lsh_window_attention.cpp"];
 const HEADER: &str = "csrc/bridge.h";
 
 fn main() {

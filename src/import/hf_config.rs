@@ -122,6 +122,7 @@ pub fn model_config(json: &Value, hash_seed: Option<u64>) -> Result<ModelConfig>
             scale_logits: false,
             wrap_around: true,
             hash_seed: hash_seed.or(reader.u64_or_none("hash_seed")?),
+            ..LshConfig::default()
         },
         local: LocalConfig {
             chunk_len: reader.int("local_attn_chunk_length")?,

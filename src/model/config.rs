@@ -94,6 +94,12 @@ pub struct LshConfig {
     /// None (default): fresh rotations each forward, shared by the heads, derived from
     /// the run's seed and the step.
     pub hash_seed: Option<u64>,
+    /// LSH attention through the fused CPU kernel (default true): the same function
+    /// without the (rounds × positions × window) masks and probabilities. It applies on
+    /// the CPU in float32/float64; CUDA, autocast's half precision, `wrap_around` and
+    /// attention dropout while training take the batched path (`reformer bench` says which
+    /// path each case ran). false: always the batched path.
+    pub fused: bool,
 }
 
 impl Default for LshConfig {
@@ -109,6 +115,7 @@ impl Default for LshConfig {
             scale_logits: true,
             wrap_around: false,
             hash_seed: None,
+            fused: true,
         }
     }
 }
@@ -164,7 +171,8 @@ pub struct ModelConfig {
     pub loss_chunk_len: Option<i64>,
     /// Dropout on the embedding and on each residual branch's output (default 0).
     pub dropout_hidden: f64,
-    /// Dropout on attention probabilities (default 0).
+    /// Dropout on attention probabilities (default 0). Above 0, training LSH layers take
+    /// the batched path instead of the fused kernel (`lsh.fused`).
     pub dropout_attention: f64,
     /// Dropout inside the feed-forward, after its activation (default 0).
     pub dropout_ff: f64,

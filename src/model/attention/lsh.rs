@@ -7,6 +7,7 @@ use tch::{nn, Kind, Tensor};
 use super::bucket_tape::recorded_or_hash;
 use super::chunking::{look_around, look_around_ring};
 use super::hashing::{hash_buckets, random_rotations, seeded_rotations};
+use super::lsh_fused::{self, WindowRules};
 pub use super::lsh_params::LshParams;
 use super::qkv::output_projection;
 use crate::model::activation_checkpoint::checkpoint;
@@ -38,14 +39,8 @@ const DROPOUT_TAG: u64 = 2;
 /// `qk`, `v`: (B, H, T, Dh); `rotations`: (1 or H, Dh, R, S); returns (B, H, T, Dh).
 pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mode: ForwardMode) -> Tensor {
     let (_, h, t, _) = qk.size4().unwrap();
-    let t_pad = p.padded_len(t);
-    let p = &p.for_padded_len(t_pad);
-    let r = p.n_hashes;
-    let rotations = rotations.narrow(2, 0, r); // (1 or H, Dh, R, S)
-    let pad = [0, 0, 0, t_pad - t];
-    let qk = qk.constant_pad_nd(pad); // (B, H, Tp, Dh)
-    let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
-    let buckets = padded_buckets(&qk, &rotations, p, t, mode); // (B, H, R, Tp)
+    let Padded { qk, v, buckets, p } = Padded::new(qk, v, rotations, p, mode);
+    let (p, r, t_pad) = (&p, p.n_hashes, qk.size()[2]);
     let n_logits = qk.size()[0] * h * r * t_pad * p.window_len();
     if !p.sliced && (crate::autograd::grad_enabled() || n_logits <= p.max_logits_at_once) {
         let (out, lse) = attend_rounds(&qk, &v, &buckets, p, t, mode, Slice::whole(h, r));
@@ -72,6 +67,51 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
         })
         .collect();
     Tensor::cat(&heads, 1).narrow(2, 0, t) // (B, H, T, Dh)
+}
+
+/// Each round's outputs and log-sum-exps before the rounds are combined, through the
+/// fused kernel or the batched path as `p.fused` says: for comparing the two.
+///
+/// # Shapes
+/// `qk`, `v`: (B, H, T, Dh); `rotations`: (1 or H, Dh, R, S); returns (B, H, R, Tp, Dh)
+/// and (B, H, R, Tp, 1), padding positions included.
+pub fn attend_each_round(
+    qk: &Tensor,
+    v: &Tensor,
+    rotations: &Tensor,
+    p: &LshParams,
+    mode: ForwardMode,
+) -> (Tensor, Tensor) {
+    let (_, h, t, _) = qk.size4().unwrap();
+    let Padded { qk, v, buckets, p } = Padded::new(qk, v, rotations, p, mode);
+    attend_rounds(&qk, &v, &buckets, &p, t, mode, Slice::whole(h, p.n_hashes))
+}
+
+/// A sequence padded as `p` asks, its buckets, and the settings for its padded length.
+pub(super) struct Padded {
+    /// (B, H, Tp, Dh)
+    pub qk: Tensor,
+    /// (B, H, Tp, Dh)
+    pub v: Tensor,
+    /// (B, H, R, Tp)
+    pub buckets: Tensor,
+    pub p: LshParams,
+}
+
+impl Padded {
+    /// # Shapes
+    /// `qk`, `v`: (B, H, T, Dh); `rotations`: (1 or H, Dh, R, S).
+    pub(super) fn new(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mode: ForwardMode) -> Self {
+        let t = qk.size()[2];
+        let t_pad = p.padded_len(t);
+        let p = p.for_padded_len(t_pad);
+        let rotations = rotations.narrow(2, 0, p.n_hashes); // (1 or H, Dh, R, S)
+        let pad = [0, 0, 0, t_pad - t];
+        let qk = qk.constant_pad_nd(pad); // (B, H, Tp, Dh)
+        let v = v.constant_pad_nd(pad); // (B, H, Tp, Dh)
+        let buckets = padded_buckets(&qk, &rotations, &p, t, mode); // (B, H, R, Tp)
+        Self { qk, v, buckets, p }
+    }
 }
 
 /// The buckets of every head and round of a sequence padded to Tp tokens, of which the
@@ -105,7 +145,8 @@ impl Slice {
 
 /// LSH attention of each given head in each given round, before the rounds are
 /// combined: sort by bucket, attend within chunks, undo the sort. Positions from `t` on
-/// are padding.
+/// are padding. Through the fused kernel where it applies (`lsh_fused`), else batched:
+/// all chunks' windows, masks and probabilities materialised at once.
 ///
 /// # Shapes
 /// `qk`, `v`: (B, h, Tp, Dh); `buckets`: (B, h, r, Tp); returns the outputs
@@ -125,12 +166,13 @@ fn attend_rounds(
     let n_buckets = p.hash.n_buckets;
     let n_chunks = t_pad / c; // chunks per round
 
-    let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
+    let sticker = sort_slots(buckets, n_buckets); // (B, h, r*Tp): slot -> round*Tp + position
 
-    // Sort by (round, bucket, position): one key per (round, position), all distinct.
-    let round_offset = Tensor::arange(r, (Kind::Int64, device)).view([r, 1]) * ((n_buckets + 1) * t_pad);
-    let sort_keys = (buckets * t_pad + &positions + round_offset).view([b, h, r * t_pad]); // (B, h, r*Tp)
-    let sticker = sort_keys.argsort_stable(true, -1, false); // (B, h, r*Tp): slot -> round*Tp + position
+    if lsh_fused::unavailable(p, qk.kind(), device, mode).is_none() {
+        let q = if p.scale_logits { qk * (dh as f64).powf(-0.5) } else { qk.shallow_clone() };
+        return lsh_fused::attend_rounds(&q, &normalize(qk), v, &sticker, buckets, WindowRules::new(p, t));
+    }
+
     let undo_sort = sticker.argsort_stable(true, -1, false); // (B, h, r*Tp): round*Tp + position -> slot
     let s_pos = sticker.remainder(t_pad); // (B, h, r*Tp) original position of each slot
     let sqk = gather_rows(qk, &s_pos); // (B, h, r*Tp, Dh)
@@ -199,6 +241,20 @@ fn attend_rounds(
     let out = gather_rows(&s_out.view([b, h, r * t_pad, dh]), &undo_sort).view([b, h, r, t_pad, dh]); // (B, h, r, Tp, Dh)
     let lse = lse.view([b, h, r * t_pad]).gather(2, &undo_sort, false).view([b, h, r, t_pad, 1]); // (B, h, r, Tp, 1)
     (out, lse)
+}
+
+/// The sorted order of every round: by (round, bucket, position), one key per (round,
+/// position), all distinct. The buckets hold values up to `n_buckets` (padding).
+///
+/// # Shapes
+/// `buckets`: (B, h, r, Tp); returns (B, h, r·Tp) int64: slot -> round·Tp + position.
+pub(super) fn sort_slots(buckets: &Tensor, n_buckets: i64) -> Tensor {
+    let (b, h, r, t_pad) = buckets.size4().unwrap();
+    let device = buckets.device();
+    let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
+    let round_offset = Tensor::arange(r, (Kind::Int64, device)).view([r, 1]) * ((n_buckets + 1) * t_pad); // (r, 1)
+    let sort_keys = (buckets * t_pad + &positions + round_offset).view([b, h, r * t_pad]); // (B, h, r*Tp)
+    sort_keys.argsort_stable(true, -1, false)
 }
 
 /// The rounds' outputs, each weighed by its share of the total probability mass

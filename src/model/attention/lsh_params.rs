@@ -41,6 +41,8 @@ pub struct LshParams {
     /// context hold one slice's logits at once: default 2^26 float32 logits, 256 MiB,
     /// each with its mask and probability alongside.
     pub max_logits_at_once: i64,
+    /// Through the fused kernel where it applies (`lsh.fused`).
+    pub fused: bool,
 }
 
 impl Default for LshParams {
@@ -68,6 +70,7 @@ impl LshParams {
             dropout: cfg.dropout_attention,
             sliced: cfg.sliced_attention,
             max_logits_at_once: MOST_LOGITS_AT_ONCE,
+            fused: cfg.lsh.fused,
         }
     }
 

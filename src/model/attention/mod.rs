@@ -1,7 +1,7 @@
 //! The attention layers a block's F can be, and what they share. LSH attention
 //! (`lsh`, paper §2: shared query/key, hashing by random rotations, sort, chunk, attend
-//! within a chunk and one back) with its settings (`lsh_params`) and its incremental
-//! decoding (`lsh_decoding`); local
+//! within a chunk and one back) with its settings (`lsh_params`), its fused CPU kernel
+//! (`lsh_fused`) and its incremental decoding (`lsh_decoding`); local
 //! attention over fixed chunks (`local`); full attention (`full`). Shared pieces: the
 //! angular hash (`hashing`), the
 //! softmax over a window with its masks and dropout (`softmax`), separate Q/K/V
@@ -16,6 +16,9 @@ pub mod kv_cache;
 pub mod local;
 pub mod lsh;
 pub mod lsh_decoding;
+pub mod lsh_fused;
+#[cfg(test)]
+mod lsh_fused_tests;
 pub mod lsh_params;
 pub mod qkv;
 pub mod softmax;

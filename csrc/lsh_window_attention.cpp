@@ -1,0 +1,412 @@
+// Chunked LSH attention, forward and backward, fused: for each (sequence, round, chunk)
+// block of the bucket-sorted sequence, the chunk's queries and its window of keys and
+// values are read through the sort order, the C × W logits are masked from positions on
+// the fly, soft-maxed with their log-sum-exp and multiplied by the values, and each
+// output row is written straight to its (round, position). Nothing of size
+// (rounds × positions × window) outlives a block: the backward recomputes each block's
+// probabilities from its inputs alone (a block holds whole rows, so it needs neither
+// the saved log-sum-exps of flash attention nor the outputs).
+//
+// The rules are those of the batched path in src/model/attention/lsh.rs (its reference):
+// a key outside the query's round window (a chunk before the first) or at a padding
+// position is hidden, and so, when causal, is a later position; under the strict causal
+// rule a key is visible only in the query's own bucket and among the `chunk_len` slots
+// just before it; a visible key in the query's own slot has logit SELF_LOGIT; a hidden
+// key has MASKED_LOGIT (a row with nothing visible stays finite). The ring windows of
+// `lsh.wrap_around` and attention dropout are not covered: the caller keeps the batched
+// path for them.
+//
+// Layout: q, k, v (N, Tp, Dh) in position order, N = batch × heads; `sticker` (N, R·Tp)
+// gives, for each slot of the sorted rounds, round · Tp + position; `buckets` (N, R, Tp)
+// is read only under the strict rule. Outputs: out (N, R, Tp, Dh), lse (N, R, Tp).
+//
+// This is the CPU kernel. A CUDA kernel would take the same arguments and layout (one
+// thread block per (sequence, round, chunk), the backward's key and value gradients
+// accumulated atomically or per round) and be chosen by the same entry points on the
+// tensors' device; until one exists the caller keeps the batched path on CUDA.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "bridge.h"
+
+extern "C" {
+// Which keys a query may see (see the header comment); `real_len` is the number of
+// positions before the padding.
+struct LshWindowRules {
+  int64_t chunk_len;
+  int64_t n_chunks_before;
+  int64_t n_chunks_after;
+  int64_t real_len;
+  int32_t causal;
+  int32_t strict_causal;
+  double self_logit;
+  double masked_logit;
+};
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Small row-major GEMMs through the BLAS that libtorch carries (MKL's Fortran symbols in
+// the PyPI wheels), found at run time; a plain loop where there is none.
+
+template <typename T>
+using FortranGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
+                             const int*, const T*, const int*, const T*, T*, const int*);
+
+template <typename T>
+FortranGemm<T> fortran_gemm() {
+  static const FortranGemm<T> found = reinterpret_cast<FortranGemm<T>>(
+      dlsym(RTLD_DEFAULT, std::is_same_v<T, float> ? "sgemm_" : "dgemm_"));
+  return found;
+}
+
+// C (m × n) = alpha · op(A) · op(B) + beta · C, all row-major; op(X) is X or Xᵀ.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb, T beta,
+          T* c, int ldc) {
+  if (auto blas = fortran_gemm<T>()) {
+    // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands.
+    const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+    blas(&tb, &ta, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
+    return;
+  }
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      T sum = 0;
+      for (int p = 0; p < k; ++p) {
+        sum += (trans_a ? a[p * lda + i] : a[i * lda + p]) * (trans_b ? b[j * ldb + p] : b[p * ldb + j]);
+      }
+      c[i * ldc + j] = alpha * sum + (beta == 0 ? T(0) : beta * c[i * ldc + j]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// One block: a chunk of C sorted queries and its window of W = (before + 1 + after) · C
+// keys.
+
+// What a logit is, by the rules.
+enum class Logit : uint8_t { Visible, Self, Hidden };
+
+// The sizes shared by every block of a call.
+struct Geometry {
+  int64_t n_seqs, n_rounds, t_pad, d_head, chunk_len, n_chunks, window_chunks, window;
+
+  static Geometry of(const at::Tensor& q, const at::Tensor& sticker, const LshWindowRules& rules) {
+    Geometry g{};
+    g.n_seqs = q.size(0);
+    g.t_pad = q.size(1);
+    g.d_head = q.size(2);
+    g.n_rounds = sticker.size(1) / g.t_pad;
+    g.chunk_len = rules.chunk_len;
+    g.n_chunks = g.t_pad / g.chunk_len;
+    g.window_chunks = rules.n_chunks_before + 1 + rules.n_chunks_after;
+    g.window = g.window_chunks * g.chunk_len;
+    return g;
+  }
+  int64_t n_blocks() const { return n_seqs * n_rounds * n_chunks; }
+};
+
+// A block's rows, gathered through the sort order into buffers of its own, and the rule
+// of each of its logits.
+template <typename T>
+struct Block {
+  const Geometry& g;
+  const LshWindowRules& rules;
+  std::vector<int64_t> q_pos, k_pos;  // (C), (W); -1: a key slot outside the round
+  std::vector<T> q, k, v;             // (C, Dh), (W, Dh), (W, Dh)
+  std::vector<T> logits;              // (C, W), then the probabilities
+  std::vector<Logit> kind;            // (C, W)
+  int64_t seq = 0, round = 0;
+
+  Block(const Geometry& geometry, const LshWindowRules& r)
+      : g(geometry),
+        rules(r),
+        q_pos(g.chunk_len),
+        k_pos(g.window),
+        q(g.chunk_len * g.d_head),
+        k(g.window * g.d_head),
+        v(g.window * g.d_head),
+        logits(g.chunk_len * g.window),
+        kind(g.chunk_len * g.window) {}
+
+  // Gathers block `index` = (seq · R + round) · NC + chunk and computes its masked logits.
+  void load(int64_t index, const T* q_all, const T* k_all, const T* v_all, const int64_t* sticker,
+            const int64_t* buckets) {
+    const int64_t c = g.chunk_len, dh = g.d_head, chunk = index % g.n_chunks;
+    round = (index / g.n_chunks) % g.n_rounds;
+    seq = index / (g.n_chunks * g.n_rounds);
+    const int64_t* slots = sticker + seq * g.n_rounds * g.t_pad + round * g.t_pad;  // (Tp) this round's slots
+    const size_t row_bytes = dh * sizeof(T);
+    const T* q_seq = q_all + seq * g.t_pad * dh;
+    for (int64_t i = 0; i < c; ++i) {
+      q_pos[i] = slots[chunk * c + i] % g.t_pad;
+      std::memcpy(&q[i * dh], q_seq + q_pos[i] * dh, row_bytes);
+    }
+    const T* k_seq = k_all + seq * g.t_pad * dh;
+    const T* v_seq = v_all + seq * g.t_pad * dh;
+    for (int64_t w = 0; w < g.window_chunks; ++w) {
+      const int64_t neighbour = chunk - rules.n_chunks_before + w;
+      const bool inside = neighbour >= 0 && neighbour < g.n_chunks;
+      for (int64_t jj = 0; jj < c; ++jj) {
+        const int64_t j = w * c + jj;
+        if (!inside) {
+          k_pos[j] = -1;
+          std::fill_n(&k[j * dh], dh, T(0));
+          std::fill_n(&v[j * dh], dh, T(0));
+          continue;
+        }
+        k_pos[j] = slots[neighbour * c + jj] % g.t_pad;
+        std::memcpy(&k[j * dh], k_seq + k_pos[j] * dh, row_bytes);
+        std::memcpy(&v[j * dh], v_seq + k_pos[j] * dh, row_bytes);
+      }
+    }
+    // logits (C, W) = q (C, Dh) · kᵀ (Dh, W)
+    gemm<T>(false, true, c, g.window, dh, T(1), q.data(), dh, k.data(), dh, T(0), logits.data(), g.window);
+    const int64_t* round_buckets = buckets ? buckets + (seq * g.n_rounds + round) * g.t_pad : nullptr;  // (Tp)
+    for (int64_t i = 0; i < c; ++i) {
+      for (int64_t j = 0; j < g.window; ++j) {
+        const Logit rule = classify(i, j, round_buckets);
+        kind[i * g.window + j] = rule;
+        if (rule == Logit::Hidden) logits[i * g.window + j] = T(rules.masked_logit);
+        if (rule == Logit::Self) logits[i * g.window + j] = T(rules.self_logit);
+      }
+    }
+  }
+
+  // The logits of each row become its probabilities; returns the row's log-sum-exp. The
+  // backward recomputes them this way too, not from the log-sum-exp: a row with nothing
+  // visible has a log-sum-exp near MASKED_LOGIT, where even float64 keeps no digits of
+  // log W.
+  T softmax_row(int64_t i) {
+    T* row = &logits[i * g.window];
+    const T max = *std::max_element(row, row + g.window);
+    T sum = 0;
+    for (int64_t j = 0; j < g.window; ++j) sum += (row[j] = std::exp(row[j] - max));
+    const T inverse = T(1) / sum;
+    for (int64_t j = 0; j < g.window; ++j) row[j] *= inverse;
+    return max + std::log(sum);
+  }
+
+  // The rule of query i's logit for window key j.
+  Logit classify(int64_t i, int64_t j, const int64_t* round_buckets) const {
+    const int64_t c = g.chunk_len, w = j / c, jj = j % c;
+    const int64_t key = k_pos[j], query = q_pos[i];
+    bool hidden = key < 0 || key >= rules.real_len || (rules.causal && key > query);
+    if (!hidden && rules.strict_causal) {
+      // Slots apart in the sorted round: the query's chunk is window chunk `before`.
+      const int64_t distance = (rules.n_chunks_before - w) * c + i - jj;
+      hidden = distance < 0 || distance > c || round_buckets[key] != round_buckets[query];
+    }
+    if (hidden) return Logit::Hidden;
+    return (w == rules.n_chunks_before && jj == i) ? Logit::Self : Logit::Visible;
+  }
+};
+
+const int64_t* bucket_data(const at::Tensor& buckets, const LshWindowRules& rules) {
+  return rules.strict_causal ? buckets.data_ptr<int64_t>() : nullptr;
+}
+
+template <typename T>
+void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& sticker,
+                    const at::Tensor& buckets, const LshWindowRules& rules, at::Tensor& out, at::Tensor& lse) {
+  const Geometry g = Geometry::of(q, sticker, rules);
+  const T *q_all = q.data_ptr<T>(), *k_all = k.data_ptr<T>(), *v_all = v.data_ptr<T>();
+  const int64_t* slots = sticker.data_ptr<int64_t>();
+  const int64_t* bucket_ids = bucket_data(buckets, rules);
+  T* out_all = out.data_ptr<T>();
+  T* lse_all = lse.data_ptr<T>();
+  at::parallel_for(0, g.n_blocks(), 1, [&](int64_t begin, int64_t end) {
+    Block<T> block(g, rules);
+    std::vector<T> o(g.chunk_len * g.d_head);  // (C, Dh)
+    for (int64_t index = begin; index < end; ++index) {
+      block.load(index, q_all, k_all, v_all, slots, bucket_ids);
+      const int64_t row_base = (block.seq * g.n_rounds + block.round) * g.t_pad;  // of (N, R, Tp)
+      for (int64_t i = 0; i < g.chunk_len; ++i) lse_all[row_base + block.q_pos[i]] = block.softmax_row(i);
+      // o (C, Dh) = probabilities (C, W) · v (W, Dh)
+      gemm<T>(false, false, g.chunk_len, g.d_head, g.window, T(1), block.logits.data(), g.window, block.v.data(),
+              g.d_head, T(0), o.data(), g.d_head);
+      for (int64_t i = 0; i < g.chunk_len; ++i) {
+        std::memcpy(out_all + (row_base + block.q_pos[i]) * g.d_head, &o[i * g.d_head], g.d_head * sizeof(T));
+      }
+    }
+  });
+}
+
+// Gradients of q, k and v, accumulated over blocks into (N, Tp, Dh) buffers: a block
+// writes the rows of its sequence only, so blocks of different sequences never collide.
+// With at least as many sequences as threads, threads split the sequences and write the
+// gradients directly; otherwise each thread accumulates into copies of its own, summed
+// at the end.
+template <typename T>
+void backward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& sticker,
+                     const at::Tensor& buckets, const LshWindowRules& rules, const at::Tensor& d_out,
+                     const at::Tensor& d_lse, at::Tensor& dq,
+                     at::Tensor& dk, at::Tensor& dv) {
+  const Geometry g = Geometry::of(q, sticker, rules);
+  const T *q_all = q.data_ptr<T>(), *k_all = k.data_ptr<T>(), *v_all = v.data_ptr<T>();
+  const T* d_out_all = d_out.defined() ? d_out.data_ptr<T>() : nullptr;
+  const T* d_lse_all = d_lse.defined() ? d_lse.data_ptr<T>() : nullptr;
+  const int64_t* slots = sticker.data_ptr<int64_t>();
+  const int64_t* bucket_ids = bucket_data(buckets, rules);
+  const int64_t n_threads = at::get_num_threads();
+  const bool by_sequence = g.n_seqs >= n_threads;
+  const int64_t seq_elems = g.n_seqs * g.t_pad * g.d_head;
+  // (threads, N, Tp, Dh) each, or the outputs themselves
+  at::Tensor dq_parts = by_sequence ? dq : at::zeros({n_threads, g.n_seqs, g.t_pad, g.d_head}, q.options());
+  at::Tensor dk_parts = by_sequence ? dk : at::zeros_like(dq_parts);
+  at::Tensor dv_parts = by_sequence ? dv : at::zeros_like(dq_parts);
+  const int64_t blocks_per_seq = g.n_rounds * g.n_chunks;
+
+  auto run = [&](int64_t begin, int64_t end, T* dq_all, T* dk_all, T* dv_all) {
+    const int64_t c = g.chunk_len, w_len = g.window, dh = g.d_head;
+    Block<T> block(g, rules);
+    std::vector<T> d_o(c * dh), d_probs(c * w_len), dq_block(c * dh), dk_block(w_len * dh), dv_block(w_len * dh);
+    std::vector<T> row_dot(c), row_d_lse(c);
+    for (int64_t index = begin; index < end; ++index) {
+      block.load(index, q_all, k_all, v_all, slots, bucket_ids);
+      const int64_t row_base = (block.seq * g.n_rounds + block.round) * g.t_pad;  // of (N, R, Tp)
+      for (int64_t i = 0; i < c; ++i) {
+        const int64_t row = row_base + block.q_pos[i];
+        if (d_out_all) {
+          std::memcpy(&d_o[i * dh], d_out_all + row * dh, dh * sizeof(T));
+        } else {
+          std::fill_n(&d_o[i * dh], dh, T(0));
+        }
+        row_d_lse[i] = d_lse_all ? d_lse_all[row] : T(0);
+        block.softmax_row(i);
+      }
+      const T* probs = block.logits.data();
+      // d_probs (C, W) = d_o (C, Dh) · vᵀ (Dh, W)
+      gemm<T>(false, true, c, w_len, dh, T(1), d_o.data(), dh, block.v.data(), dh, T(0), d_probs.data(), w_len);
+      // dv (W, Dh) = probabilitiesᵀ (W, C) · d_o (C, Dh)
+      gemm<T>(true, false, w_len, dh, c, T(1), probs, w_len, d_o.data(), dh, T(0), dv_block.data(), dh);
+      // d_logits in place of d_probs: p · (dp − Σ p dp + d_lse); none through a fixed logit
+      for (int64_t i = 0; i < c; ++i) {
+        T dot = 0;  // Σ_j p dp = d_o · output
+        for (int64_t j = 0; j < w_len; ++j) dot += probs[i * w_len + j] * d_probs[i * w_len + j];
+        row_dot[i] = dot;
+        for (int64_t j = 0; j < w_len; ++j) {
+          const int64_t e = i * w_len + j;
+          d_probs[e] = block.kind[e] == Logit::Visible ? probs[e] * (d_probs[e] - row_dot[i] + row_d_lse[i]) : T(0);
+        }
+      }
+      // dq (C, Dh) = d_logits (C, W) · k (W, Dh); dk (W, Dh) = d_logitsᵀ (W, C) · q (C, Dh)
+      gemm<T>(false, false, c, dh, w_len, T(1), d_probs.data(), w_len, block.k.data(), dh, T(0), dq_block.data(), dh);
+      gemm<T>(true, false, w_len, dh, c, T(1), d_probs.data(), w_len, block.q.data(), dh, T(0), dk_block.data(), dh);
+      T* dq_seq = dq_all + block.seq * g.t_pad * dh;
+      T* dk_seq = dk_all + block.seq * g.t_pad * dh;
+      T* dv_seq = dv_all + block.seq * g.t_pad * dh;
+      for (int64_t i = 0; i < c; ++i) {
+        T* dst = dq_seq + block.q_pos[i] * dh;
+        for (int64_t d = 0; d < dh; ++d) dst[d] += dq_block[i * dh + d];
+      }
+      for (int64_t j = 0; j < w_len; ++j) {
+        if (block.k_pos[j] < 0) continue;
+        T* dk_dst = dk_seq + block.k_pos[j] * dh;
+        T* dv_dst = dv_seq + block.k_pos[j] * dh;
+        for (int64_t d = 0; d < dh; ++d) {
+          dk_dst[d] += dk_block[j * dh + d];
+          dv_dst[d] += dv_block[j * dh + d];
+        }
+      }
+    }
+  };
+
+  if (by_sequence) {
+    at::parallel_for(0, g.n_seqs, 1, [&](int64_t begin, int64_t end) {
+      run(begin * blocks_per_seq, end * blocks_per_seq, dq.data_ptr<T>(), dk.data_ptr<T>(), dv.data_ptr<T>());
+    });
+    return;
+  }
+  at::parallel_for(0, g.n_blocks(), 1, [&](int64_t begin, int64_t end) {
+    const int64_t part = at::get_thread_num() * seq_elems;
+    run(begin, end, dq_parts.data_ptr<T>() + part, dk_parts.data_ptr<T>() + part, dv_parts.data_ptr<T>() + part);
+  });
+  dq.copy_(dq_parts.sum(0));
+  dk.copy_(dk_parts.sum(0));
+  dv.copy_(dv_parts.sum(0));
+}
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& sticker,
+                  const at::Tensor& buckets, const LshWindowRules& rules) {
+  TORCH_CHECK(q.device().is_cpu(), "the fused LSH kernel runs on the CPU, not on ", q.device());
+  TORCH_CHECK(q.dim() == 3 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "q, k and v must be (N, Tp, Dh) alike, got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
+              "the fused LSH kernel computes in float32 or float64, not ", q.scalar_type());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "q, k, v dtypes differ");
+  TORCH_CHECK(rules.chunk_len > 0 && q.size(1) % rules.chunk_len == 0, "length ", q.size(1),
+              " is not a multiple of the chunk length ", rules.chunk_len);
+  TORCH_CHECK(sticker.dim() == 2 && sticker.size(0) == q.size(0) && sticker.size(1) % q.size(1) == 0 &&
+                  sticker.scalar_type() == at::kLong,
+              "sticker must be (N, R·Tp) int64, got ", sticker.sizes());
+  TORCH_CHECK(!rules.strict_causal || (buckets.defined() && buckets.scalar_type() == at::kLong &&
+                                       buckets.numel() == sticker.numel()),
+              "the strict causal rule needs the buckets, (N, R, Tp) int64");
+}
+
+}  // namespace
+
+extern "C" {
+// Forward: `out` (N, R, Tp, Dh) and `lse` (N, R, Tp) become new tensors. `buckets` may
+// be null unless the rule is strict.
+int reformer_lsh_window_forward(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
+                                const at::Tensor* sticker, const at::Tensor* buckets, const LshWindowRules* rules,
+                                at::Tensor** out, at::Tensor** lse, char* err, size_t err_len) {
+  return bridge::guarded(err, err_len, [&] {
+    const at::Tensor no_buckets;
+    const at::Tensor& bucket_ids = buckets ? *buckets : no_buckets;
+    check_inputs(*q, *k, *v, *sticker, bucket_ids, *rules);
+    c10::NoGradGuard no_grad;
+    const at::Tensor qc = q->contiguous(), kc = k->contiguous(), vc = v->contiguous();
+    const at::Tensor sc = sticker->contiguous(), bc = bucket_ids.defined() ? bucket_ids.contiguous() : bucket_ids;
+    const int64_t n = qc.size(0), t_pad = qc.size(1), dh = qc.size(2), rounds = sc.size(1) / t_pad;
+    at::Tensor o = at::empty({n, rounds, t_pad, dh}, qc.options());
+    at::Tensor l = at::empty({n, rounds, t_pad}, qc.options());
+    AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "lsh_window_forward",
+                               [&] { forward_kernel<scalar_t>(qc, kc, vc, sc, bc, *rules, o, l); });
+    *out = new at::Tensor(std::move(o));
+    *lse = new at::Tensor(std::move(l));
+  });
+}
+
+// Backward: the gradients of q, k and v from the forward's inputs and its outputs'
+// gradients (`d_out`, `d_lse` may be null: no gradient reached that output).
+int reformer_lsh_window_backward(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
+                                 const at::Tensor* sticker, const at::Tensor* buckets, const LshWindowRules* rules,
+                                 const at::Tensor* d_out,
+                                 const at::Tensor* d_lse, at::Tensor** dq, at::Tensor** dk, at::Tensor** dv, char* err,
+                                 size_t err_len) {
+  return bridge::guarded(err, err_len, [&] {
+    const at::Tensor no_buckets;
+    const at::Tensor& bucket_ids = buckets ? *buckets : no_buckets;
+    check_inputs(*q, *k, *v, *sticker, bucket_ids, *rules);
+    c10::NoGradGuard no_grad;
+    const at::Tensor qc = q->contiguous(), kc = k->contiguous(), vc = v->contiguous();
+    const at::Tensor sc = sticker->contiguous(), bc = bucket_ids.defined() ? bucket_ids.contiguous() : bucket_ids;
+    const auto kind = qc.scalar_type();
+    auto same_kind = [&](const at::Tensor* t) {
+      return (t && t->defined()) ? t->to(kind).contiguous() : at::Tensor();
+    };
+    const at::Tensor doc = same_kind(d_out), dlc = same_kind(d_lse);
+    at::Tensor gq = at::zeros_like(qc), gk = at::zeros_like(kc), gv = at::zeros_like(vc);
+    AT_DISPATCH_FLOATING_TYPES(kind, "lsh_window_backward", [&] {
+      backward_kernel<scalar_t>(qc, kc, vc, sc, bc, *rules, doc, dlc, gq, gk, gv);
+    });
+    *dq = new at::Tensor(std::move(gq));
+    *dk = new at::Tensor(std::move(gk));
+    *dv = new at::Tensor(std::move(gv));
+  });
+}
+}

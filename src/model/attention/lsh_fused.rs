@@ -1,0 +1,214 @@
+//! The fused LSH attention kernel (`csrc/lsh_window_attention.cpp`) as an autograd
+//! function: per (sequence, round, chunk) block it reads the sorted queries and their
+//! window of keys and values through the sort order, masks the logits from positions on
+//! the fly and writes each output row to its (round, position), so that neither the
+//! (rounds × positions × window) masks and probabilities nor the sorted copies exist; the
+//! backward recomputes each block from the inputs. It computes what the
+//! batched path of `lsh::attend_rounds` computes, which stays as its reference and as the
+//! path for the cases it does not cover (`FusedLsh::unavailable`).
+
+use std::ffi::{c_char, c_int};
+
+use tch::{Device, Kind, TchError, Tensor};
+use torch_sys::C_tensor;
+
+use super::lsh::{MASKED_LOGIT, SELF_LOGIT};
+use super::lsh_params::LshParams;
+use crate::autograd::{self, Function, Keep};
+use crate::ffi::ErrorBuffer;
+use crate::model::seeded_random::ForwardMode;
+
+/// `LshWindowRules` in csrc/lsh_window_attention.cpp: which keys a query may see.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WindowRules {
+    pub chunk_len: i64,
+    pub n_chunks_before: i64,
+    pub n_chunks_after: i64,
+    /// Positions from here on are padding.
+    pub real_len: i64,
+    pub causal: i32,
+    pub strict_causal: i32,
+    pub self_logit: f64,
+    pub masked_logit: f64,
+}
+
+impl WindowRules {
+    /// The rules of `p` for a sequence whose first `t` positions are real.
+    pub(super) fn new(p: &LshParams, t: i64) -> Self {
+        Self {
+            chunk_len: p.chunk_len,
+            n_chunks_before: p.n_chunks_before,
+            n_chunks_after: p.n_chunks_after,
+            real_len: t,
+            causal: p.causal.into(),
+            strict_causal: p.strict_causal.into(),
+            self_logit: SELF_LOGIT,
+            masked_logit: MASKED_LOGIT,
+        }
+    }
+}
+
+/// Why a call takes the batched path rather than the fused kernel, or None when the
+/// kernel runs. The kernel covers the CPU in float32 and float64, causal or not, any
+/// window, padding and the strict causal rule; not CUDA (no kernel yet), half precision
+/// (autocast's bfloat16/float16 matmuls), the ring windows of `lsh.wrap_around`, or
+/// attention dropout while training (its masks are drawn over the batched path's
+/// probabilities).
+pub fn unavailable(p: &LshParams, kind: Kind, device: Device, mode: ForwardMode) -> Option<&'static str> {
+    if !p.fused {
+        Some("lsh.fused = false")
+    } else if device != Device::Cpu {
+        Some("no fused kernel on CUDA yet")
+    } else if !matches!(kind, Kind::Float | Kind::Double) {
+        Some("half precision")
+    } else if p.wrap_around {
+        Some("lsh.wrap_around")
+    } else if mode.train && p.dropout > 0.0 {
+        Some("attention dropout")
+    } else {
+        None
+    }
+}
+
+/// The name of the path an LSH layer with `p` takes for inputs of `kind` on `device`, for
+/// reports: "fused" or "batched (reason)".
+pub fn path_name(p: &LshParams, kind: Kind, device: Device, mode: ForwardMode) -> String {
+    match unavailable(p, kind, device, mode) {
+        None => "fused".to_string(),
+        Some(reason) => format!("batched ({reason})"),
+    }
+}
+
+/// Chunked LSH attention of each round through the fused kernel, before the rounds are
+/// combined. `sticker` lists, for each slot of the sorted rounds, round·Tp + position.
+///
+/// # Shapes
+/// `q`, `k`, `v`: (B, h, Tp, Dh) (queries scaled as the logits need, keys of unit
+/// length); `sticker`: (B, h, r·Tp) int64; `buckets`: (B, h, r, Tp) int64; returns the
+/// outputs (B, h, r, Tp, Dh) and their log-sum-exps (B, h, r, Tp, 1).
+pub(super) fn attend_rounds(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    sticker: &Tensor,
+    buckets: &Tensor,
+    rules: WindowRules,
+) -> (Tensor, Tensor) {
+    let (b, h, t_pad, dh) = q.size4().unwrap();
+    let r = sticker.size()[2] / t_pad;
+    let function = WindowAttention {
+        sticker: sticker.view([b * h, r * t_pad]),
+        buckets: (rules.strict_causal != 0).then(|| buckets.view([b * h, r, t_pad])),
+        rules,
+    };
+    let flat = |x: &Tensor| x.reshape([b * h, t_pad, dh]); // (B·h, Tp, Dh)
+    let inputs = [flat(q), flat(k), flat(v)];
+    let outputs = autograd::apply(function, &[&inputs[0], &inputs[1], &inputs[2]], 2, Keep::Inputs)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = outputs[0].view([b, h, r, t_pad, dh]); // (B, h, r, Tp, Dh)
+    let lse = outputs[1].view([b, h, r, t_pad, 1]); // (B, h, r, Tp, 1)
+    (out, lse)
+}
+
+/// The autograd node of one kernel call: it keeps its inputs for the backward.
+struct WindowAttention {
+    /// (N, R·Tp) int64
+    sticker: Tensor,
+    /// (N, R, Tp) int64, under the strict causal rule
+    buckets: Option<Tensor>,
+    rules: WindowRules,
+}
+
+impl Function for WindowAttention {
+    fn name(&self) -> &'static str {
+        "fused LSH attention"
+    }
+
+    fn forward(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
+        let (mut out, mut lse) = (std::ptr::null_mut(), std::ptr::null_mut());
+        let buckets = self.buckets.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
+        let mut err = ErrorBuffer::new();
+        // SAFETY: every pointer is valid for the call; on success C++ hands over two tensors.
+        let rc = unsafe {
+            reformer_lsh_window_forward(
+                inputs[0].as_ptr(),
+                inputs[1].as_ptr(),
+                inputs[2].as_ptr(),
+                self.sticker.as_ptr(),
+                buckets,
+                &self.rules,
+                &mut out,
+                &mut lse,
+                err.as_mut_ptr(),
+                crate::ffi::ERROR_LEN,
+            )
+        };
+        if rc != 0 {
+            return Err(TchError::Torch(err.message()));
+        }
+        // SAFETY: handed over by the successful call.
+        Ok(unsafe { vec![Tensor::from_ptr(out), Tensor::from_ptr(lse)] })
+    }
+
+    fn backward(&self, kept: &[Tensor], grad_outputs: &[Tensor]) -> Result<Vec<Option<Tensor>>, TchError> {
+        let grad = |g: &Tensor| if g.defined() { g.as_ptr() } else { std::ptr::null() };
+        let buckets = self.buckets.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
+        let (mut dq, mut dk, mut dv) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+        let mut err = ErrorBuffer::new();
+        // SAFETY: every pointer is valid for the call; on success C++ hands over three tensors.
+        let rc = unsafe {
+            reformer_lsh_window_backward(
+                kept[0].as_ptr(),
+                kept[1].as_ptr(),
+                kept[2].as_ptr(),
+                self.sticker.as_ptr(),
+                buckets,
+                &self.rules,
+                grad(&grad_outputs[0]),
+                grad(&grad_outputs[1]),
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                err.as_mut_ptr(),
+                crate::ffi::ERROR_LEN,
+            )
+        };
+        if rc != 0 {
+            return Err(TchError::Torch(err.message()));
+        }
+        // SAFETY: handed over by the successful call.
+        Ok(unsafe { vec![Some(Tensor::from_ptr(dq)), Some(Tensor::from_ptr(dk)), Some(Tensor::from_ptr(dv))] })
+    }
+}
+
+extern "C" {
+    fn reformer_lsh_window_forward(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        sticker: *const C_tensor,
+        buckets: *const C_tensor,
+        rules: *const WindowRules,
+        out: *mut *mut C_tensor,
+        lse: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+
+    fn reformer_lsh_window_backward(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        sticker: *const C_tensor,
+        buckets: *const C_tensor,
+        rules: *const WindowRules,
+        d_out: *const C_tensor,
+        d_lse: *const C_tensor,
+        dq: *mut *mut C_tensor,
+        dk: *mut *mut C_tensor,
+        dv: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+}
