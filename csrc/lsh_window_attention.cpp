@@ -26,6 +26,7 @@
 // tensors' device; until one exists the caller keeps the batched path on CUDA.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <c10/core/GradMode.h>
 #include <dlfcn.h>
 
@@ -70,6 +71,24 @@ FortranGemm<T> fortran_gemm() {
   return found;
 }
 
+// The blocks already run in parallel: a BLAS call inside one must not start threads of
+// its own (MKL would, nesting OpenMP teams). Sets MKL's thread count for this thread to
+// one for the guard's life, where MKL is present.
+class SequentialBlas {
+ public:
+  SequentialBlas() {
+    if (set_local_) previous_ = set_local_(1);
+  }
+  ~SequentialBlas() {
+    if (set_local_) set_local_(previous_);
+  }
+
+ private:
+  using SetLocal = int (*)(int);
+  static inline const SetLocal set_local_ = reinterpret_cast<SetLocal>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
+  int previous_ = 0;
+};
+
 // C (m × n) = alpha · op(A) · op(B) + beta · C, all row-major; op(X) is X or Xᵀ.
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb, T beta,
@@ -89,6 +108,33 @@ void gemm(bool trans_a, bool trans_b, int m, int n, int k, T alpha, const T* a, 
       c[i * ldc + j] = alpha * sum + (beta == 0 ? T(0) : beta * c[i * ldc + j]);
     }
   }
+}
+
+// row[j] = exp(row[j] − shift) for j < n; returns their sum. float through ATen's
+// vectorised exp (relative error about 1e-6; it gives 0 below float's range), float64
+// through std::exp (0 below its range without the slow underflow path).
+inline float exp_shifted(float* row, int64_t n, float shift) {
+  using Vec = at::vec::Vectorized<float>;
+  const Vec offset(shift);
+  Vec lanes(0.f);
+  int64_t j = 0;
+  for (; j + Vec::size() <= n; j += Vec::size()) {
+    const Vec e = (Vec::loadu(row + j) - offset).exp_u20();
+    e.store(row + j);
+    lanes = lanes + e;
+  }
+  float sums[Vec::size()];
+  lanes.store(sums);
+  float sum = 0;
+  for (float part : sums) sum += part;
+  for (; j < n; ++j) sum += (row[j] = row[j] - shift < -88.f ? 0.f : std::exp(row[j] - shift));
+  return sum;
+}
+
+inline double exp_shifted(double* row, int64_t n, double shift) {
+  double sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += (row[j] = row[j] - shift < -745.0 ? 0.0 : std::exp(row[j] - shift));
+  return sum;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -174,14 +220,36 @@ struct Block {
     // logits (C, W) = q (C, Dh) · kᵀ (Dh, W)
     gemm<T>(false, true, c, g.window, dh, T(1), q.data(), dh, k.data(), dh, T(0), logits.data(), g.window);
     const int64_t* round_buckets = buckets ? buckets + (seq * g.n_rounds + round) * g.t_pad : nullptr;  // (Tp)
-    for (int64_t i = 0; i < c; ++i) {
+    for (int64_t i = 0; i < c; ++i) classify_row(i, round_buckets);
+  }
+
+  // The rule of each of query i's logits, and the fixed logits in place.
+  void classify_row(int64_t i, const int64_t* round_buckets) {
+    const int64_t c = g.chunk_len, query = q_pos[i], real_len = rules.real_len;
+    const bool causal = rules.causal;
+    Logit* kinds = &kind[i * g.window];
+    for (int64_t j = 0; j < g.window; ++j) {
+      const int64_t key = k_pos[j];  // -1 outside the round
+      const bool hidden = key < 0 || key >= real_len || (causal && key > query);
+      kinds[j] = hidden ? Logit::Hidden : Logit::Visible;
+    }
+    if (rules.strict_causal) {
+      // Visible: the query's bucket, 0..=C slots before it in the sorted round (the
+      // query's chunk is window chunk `before`).
       for (int64_t j = 0; j < g.window; ++j) {
-        const Logit rule = classify(i, j, round_buckets);
-        kind[i * g.window + j] = rule;
-        if (rule == Logit::Hidden) logits[i * g.window + j] = T(rules.masked_logit);
-        if (rule == Logit::Self) logits[i * g.window + j] = T(rules.self_logit);
+        if (kinds[j] != Logit::Visible) continue;
+        const int64_t distance = rules.n_chunks_before * c + i - j;
+        const bool reach = distance >= 0 && distance <= c && round_buckets[k_pos[j]] == round_buckets[query];
+        if (!reach) kinds[j] = Logit::Hidden;
       }
     }
+    const int64_t own_slot = rules.n_chunks_before * c + i;
+    if (kinds[own_slot] == Logit::Visible) kinds[own_slot] = Logit::Self;
+    T* row = &logits[i * g.window];
+    for (int64_t j = 0; j < g.window; ++j) {
+      if (kinds[j] == Logit::Hidden) row[j] = T(rules.masked_logit);
+    }
+    if (kinds[own_slot] == Logit::Self) row[own_slot] = T(rules.self_logit);
   }
 
   // The logits of each row become its probabilities; returns the row's log-sum-exp. The
@@ -191,25 +259,10 @@ struct Block {
   T softmax_row(int64_t i) {
     T* row = &logits[i * g.window];
     const T max = *std::max_element(row, row + g.window);
-    T sum = 0;
-    for (int64_t j = 0; j < g.window; ++j) sum += (row[j] = std::exp(row[j] - max));
+    const T sum = exp_shifted(row, g.window, max);
     const T inverse = T(1) / sum;
     for (int64_t j = 0; j < g.window; ++j) row[j] *= inverse;
     return max + std::log(sum);
-  }
-
-  // The rule of query i's logit for window key j.
-  Logit classify(int64_t i, int64_t j, const int64_t* round_buckets) const {
-    const int64_t c = g.chunk_len, w = j / c, jj = j % c;
-    const int64_t key = k_pos[j], query = q_pos[i];
-    bool hidden = key < 0 || key >= rules.real_len || (rules.causal && key > query);
-    if (!hidden && rules.strict_causal) {
-      // Slots apart in the sorted round: the query's chunk is window chunk `before`.
-      const int64_t distance = (rules.n_chunks_before - w) * c + i - jj;
-      hidden = distance < 0 || distance > c || round_buckets[key] != round_buckets[query];
-    }
-    if (hidden) return Logit::Hidden;
-    return (w == rules.n_chunks_before && jj == i) ? Logit::Self : Logit::Visible;
   }
 };
 
@@ -227,6 +280,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   T* out_all = out.data_ptr<T>();
   T* lse_all = lse.data_ptr<T>();
   at::parallel_for(0, g.n_blocks(), 1, [&](int64_t begin, int64_t end) {
+    SequentialBlas sequential;
     Block<T> block(g, rules);
     std::vector<T> o(g.chunk_len * g.d_head);  // (C, Dh)
     for (int64_t index = begin; index < end; ++index) {
@@ -269,6 +323,7 @@ void backward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const int64_t blocks_per_seq = g.n_rounds * g.n_chunks;
 
   auto run = [&](int64_t begin, int64_t end, T* dq_all, T* dk_all, T* dv_all) {
+    SequentialBlas sequential;
     const int64_t c = g.chunk_len, w_len = g.window, dh = g.d_head;
     Block<T> block(g, rules);
     std::vector<T> d_o(c * dh), d_probs(c * w_len), dq_block(c * dh), dk_block(w_len * dh), dv_block(w_len * dh);

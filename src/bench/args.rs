@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Arithmetic of the measured passes: f32, or bf16 / f16 autocast.
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: Precision,
+    /// LSH layers on the batched path (`lsh.fused = false`) instead of the fused kernel:
+    /// for measuring one against the other.
+    #[arg(long)]
+    pub batched_lsh: bool,
     /// Run one case given as JSON and print its result (used by the suites, which
     /// run each case in a fresh process).
     #[arg(long, hide = true)]

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::model::attention::Attention;
+use crate::model::attention::lsh::LshParams;
+use crate::model::attention::{lsh_fused, Attention};
 use crate::model::{AttentionKind, ForwardMode, ModelConfig, ReformerLm};
 use crate::optimizer::AdamW;
 use crate::precision::Precision;
@@ -91,6 +92,20 @@ impl Case {
 
     pub fn attention(&self) -> AttentionKind {
         self.model.attention[0]
+    }
+
+    /// The path the case's LSH layers take on `device` (`lsh_fused::path_name`), or "-"
+    /// without LSH layers.
+    pub fn lsh_path(&self, device: Device) -> String {
+        if !self.model.attention.contains(&AttentionKind::Lsh) {
+            return "-".into();
+        }
+        let kind = match self.precision {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+            Precision::F16 => Kind::Half,
+        };
+        lsh_fused::path_name(&LshParams::new(&self.model), kind, device, ForwardMode::train(0))
     }
 
     /// Model FLOPs per token of one training step (forward + backward = 3 × forward):

@@ -116,6 +116,10 @@ pub fn run(opts: BenchArgs) -> Result<()> {
     let cases: Vec<Case> = cases
         .into_iter()
         .map(|case| if case.suite == "precision" { case } else { case.in_precision(opts.precision) })
+        .map(|mut case| {
+            case.model.lsh.fused &= !opts.batched_lsh;
+            case
+        })
         .collect();
     let peak = matmul_flops(device);
     eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(device), peak / 1e9);
@@ -146,7 +150,7 @@ pub fn run(opts: BenchArgs) -> Result<()> {
             "suite": case.suite, "label": case.label, "attention": case.attention(),
             "n_hashes": case.model.lsh.n_hashes, "seq_len": case.seq_len, "batch_size": case.batch_size,
             "n_layers": if case.kind == CaseKind::Layer { 1 } else { case.model.n_layers }, "reversible": case.model.reversible,
-            "ff_chunked": case.model.ff_chunk_len.is_some(), "precision": case.precision, "status": status,
+            "ff_chunked": case.model.ff_chunk_len.is_some(), "precision": case.precision, "lsh_path": case.lsh_path(device), "status": status,
             "ms_per_step": m.ms_per_step, "us_per_token": m.us_per_token, "tokens_per_sec": m.tokens_per_sec,
             "peak_bytes": m.peak_bytes, "predicted_bytes": predicted, "flops_per_token": flops, "utilization": utilization, "step_ms": m.step_ms,
         }));
@@ -245,8 +249,19 @@ fn run_precision(opts: &BenchArgs, device: Device) -> Result<serde_json::Value> 
 
 fn print_table(rows: &[serde_json::Value]) {
     println!(
-        "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10} {:>9} {:>11} {:>10} {:>10} {:>6}",
-        "suite", "case", "T", "batch", "layers", "ms/step", "us/token", "tokens/s", "peak MiB", "pred. MiB", "util"
+        "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10} {:>9} {:>11} {:>10} {:>10} {:>6}  {}",
+        "suite",
+        "case",
+        "T",
+        "batch",
+        "layers",
+        "ms/step",
+        "us/token",
+        "tokens/s",
+        "peak MiB",
+        "pred. MiB",
+        "util",
+        "LSH path"
     );
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
@@ -264,7 +279,7 @@ fn print_table(rows: &[serde_json::Value]) {
             continue;
         }
         println!(
-            "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>10.0} {:>5.1}%",
+            "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>10.0} {:>5.1}%  {}",
             r["suite"].as_str().unwrap_or(""),
             r["label"].as_str().unwrap_or(""),
             r["seq_len"].as_i64().unwrap_or(0),
@@ -275,7 +290,8 @@ fn print_table(rows: &[serde_json::Value]) {
             f("tokens_per_sec"),
             f("peak_bytes") / (1 << 20) as f64,
             f("predicted_bytes") / (1 << 20) as f64,
-            100.0 * f("utilization")
+            100.0 * f("utilization"),
+            r["lsh_path"].as_str().unwrap_or("-")
         );
     }
 }

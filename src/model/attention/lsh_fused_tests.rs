@@ -143,6 +143,9 @@ fn strict_causal_and_unscaled_logits() {
     check(&c, "unscaled logits");
 }
 
+/// A change to the kernel's rules.
+type RuleEdit = dyn Fn(&mut WindowRules);
+
 /// The kernel alone with `rules`, against the batched path with the case's own rules:
 /// the relative error of the worst of outputs, log-sum-exps and gradients.
 fn error_with_rules(c: &Case, edit: impl Fn(&mut WindowRules)) -> f64 {
@@ -164,7 +167,7 @@ fn each_masking_rule_broken_in_the_kernel_fails_the_comparison() {
     strict.p.strict_causal = true;
     assert!(error_with_rules(&causal, |_| {}) < 1e-10, "the unbroken kernel must agree");
     assert!(error_with_rules(&strict, |_| {}) < 1e-10, "the unbroken kernel must agree");
-    let broken: [(&str, &Case, &dyn Fn(&mut WindowRules)); 5] = [
+    let broken: [(&str, &Case, &RuleEdit); 5] = [
         ("causal", &causal, &|r| r.causal = 0),
         ("padding", &causal, &|r| r.real_len = 64),
         ("self", &causal, &|r| r.self_logit = 0.0),
