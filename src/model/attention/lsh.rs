@@ -248,7 +248,7 @@ fn attend_rounds(
 ///
 /// # Shapes
 /// `buckets`: (B, h, r, Tp); returns (B, h, r·Tp) int64: slot -> round·Tp + position.
-pub(super) fn sort_slots(buckets: &Tensor, n_buckets: i64) -> Tensor {
+pub fn sort_slots(buckets: &Tensor, n_buckets: i64) -> Tensor {
     let (b, h, r, t_pad) = buckets.size4().unwrap();
     let device = buckets.device();
     let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)

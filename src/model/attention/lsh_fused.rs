@@ -21,7 +21,7 @@ use crate::model::seeded_random::ForwardMode;
 /// `LshWindowRules` in csrc/lsh_window_attention.cpp: which keys a query may see.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub(super) struct WindowRules {
+pub struct WindowRules {
     pub chunk_len: i64,
     pub n_chunks_before: i64,
     pub n_chunks_after: i64,
@@ -35,7 +35,7 @@ pub(super) struct WindowRules {
 
 impl WindowRules {
     /// The rules of `p` for a sequence whose first `t` positions are real.
-    pub(super) fn new(p: &LshParams, t: i64) -> Self {
+    pub fn new(p: &LshParams, t: i64) -> Self {
         Self {
             chunk_len: p.chunk_len,
             n_chunks_before: p.n_chunks_before,
@@ -87,7 +87,7 @@ pub fn path_name(p: &LshParams, kind: Kind, device: Device, mode: ForwardMode) -
 /// `q`, `k`, `v`: (B, h, Tp, Dh) (queries scaled as the logits need, keys of unit
 /// length); `sticker`: (B, h, r·Tp) int64; `buckets`: (B, h, r, Tp) int64; returns the
 /// outputs (B, h, r, Tp, Dh) and their log-sum-exps (B, h, r, Tp, 1).
-pub(super) fn attend_rounds(
+pub fn attend_rounds(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
