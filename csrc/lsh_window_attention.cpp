@@ -202,7 +202,9 @@ struct Block {
   const Geometry& g;
   const LshWindowRules& rules;
   std::vector<int64_t> q_pos, k_pos;  // (C), (W); -1: a key slot outside the round
-  std::vector<T> q, k, v;             // (C, Dh), (W, Dh), (W, Dh)
+  std::vector<int32_t> k_limit;       // (W): the key's position, or INT32_MAX where it is never visible
+  std::vector<T> q, k_t, v;           // (C, Dh), (Dh, W), (W, Dh): for the forward
+  std::vector<T> k, v_t;              // (W, Dh), (Dh, W): for the backward, which needs no v
   std::vector<T> logits;              // (C, W), then the probabilities
   std::vector<Logit> kind;            // (C, W)
   int64_t seq = 0, round = 0;
@@ -212,16 +214,21 @@ struct Block {
         rules(r),
         q_pos(g.chunk_len),
         k_pos(g.window),
+        k_limit(g.window),
         q(g.chunk_len * g.d_head),
-        k(g.window * g.d_head),
+        k_t(g.d_head * g.window),
         v(g.window * g.d_head),
+        k(g.window * g.d_head),
+        v_t(g.d_head * g.window),
         logits(g.chunk_len * g.window),
         kind(g.chunk_len * g.window) {}
 
-  // Gathers block `index` = (seq · R + round) · NC + chunk and computes its masked logits.
+  // Gathers block `index` = (seq · R + round) · NC + chunk (keys and values laid out as
+  // the forward, or with `backward` as the backward, multiplies them) and computes its
+  // masked logits.
   void load(int64_t index, const T* q_all, const T* k_all, const T* v_all, const int64_t* sticker,
-            const int64_t* buckets) {
-    const int64_t c = g.chunk_len, dh = g.d_head, chunk = index % g.n_chunks;
+            const int64_t* buckets, bool backward) {
+    const int64_t c = g.chunk_len, dh = g.d_head, w_len = g.window, chunk = index % g.n_chunks;
     round = (index / g.n_chunks) % g.n_rounds;
     seq = index / (g.n_chunks * g.n_rounds);
     const int64_t* slots = sticker + seq * g.n_rounds * g.t_pad + round * g.t_pad;  // (Tp) this round's slots
@@ -238,33 +245,37 @@ struct Block {
       const bool inside = neighbour >= 0 && neighbour < g.n_chunks;
       for (int64_t jj = 0; jj < c; ++jj) {
         const int64_t j = w * c + jj;
-        if (!inside) {
-          k_pos[j] = -1;
-          std::fill_n(&k[j * dh], dh, T(0));
+        k_pos[j] = inside ? slots[neighbour * c + jj] % g.t_pad : -1;
+        const bool seen = inside && k_pos[j] < rules.real_len;
+        k_limit[j] = seen ? static_cast<int32_t>(k_pos[j]) : std::numeric_limits<int32_t>::max();
+        const T* key = inside ? k_seq + k_pos[j] * dh : nullptr;
+        const T* value = inside ? v_seq + k_pos[j] * dh : nullptr;
+        for (int64_t d = 0; d < dh; ++d) k_t[d * w_len + j] = key ? key[d] : T(0);
+        if (backward) {
+          for (int64_t d = 0; d < dh; ++d) v_t[d * w_len + j] = value ? value[d] : T(0);
+          if (key) std::memcpy(&k[j * dh], key, row_bytes);
+          else std::fill_n(&k[j * dh], dh, T(0));
+        } else if (value) {
+          std::memcpy(&v[j * dh], value, row_bytes);
+        } else {
           std::fill_n(&v[j * dh], dh, T(0));
-          continue;
         }
-        k_pos[j] = slots[neighbour * c + jj] % g.t_pad;
-        std::memcpy(&k[j * dh], k_seq + k_pos[j] * dh, row_bytes);
-        std::memcpy(&v[j * dh], v_seq + k_pos[j] * dh, row_bytes);
       }
     }
     // logits (C, W) = q (C, Dh) · kᵀ (Dh, W)
-    matmul<T>(false, true, c, g.window, dh, q.data(), dh, k.data(), dh, logits.data(), g.window);
+    matmul<T>(false, false, c, w_len, dh, q.data(), dh, k_t.data(), w_len, logits.data(), w_len);
     const int64_t* round_buckets = buckets ? buckets + (seq * g.n_rounds + round) * g.t_pad : nullptr;  // (Tp)
     for (int64_t i = 0; i < c; ++i) classify_row(i, round_buckets);
   }
 
   // The rule of each of query i's logits, and the fixed logits in place.
   void classify_row(int64_t i, const int64_t* round_buckets) {
-    const int64_t c = g.chunk_len, query = q_pos[i], real_len = rules.real_len;
-    const bool causal = rules.causal;
+    const int64_t c = g.chunk_len, query = q_pos[i];
+    // Hidden: a key past the limit (later than the query when causal; never visible).
+    const int32_t limit = rules.causal ? static_cast<int32_t>(query) : std::numeric_limits<int32_t>::max() - 1;
     Logit* kinds = &kind[i * g.window];
-    for (int64_t j = 0; j < g.window; ++j) {
-      const int64_t key = k_pos[j];  // -1 outside the round
-      const bool hidden = key < 0 || key >= real_len || (causal && key > query);
-      kinds[j] = hidden ? Logit::Hidden : Logit::Visible;
-    }
+    const int32_t* key_limits = k_limit.data();
+    for (int64_t j = 0; j < g.window; ++j) kinds[j] = key_limits[j] > limit ? Logit::Hidden : Logit::Visible;
     if (rules.strict_causal) {
       // Visible: the query's bucket, 0..=C slots before it in the sorted round (the
       // query's chunk is window chunk `before`).
@@ -278,9 +289,8 @@ struct Block {
     const int64_t own_slot = rules.n_chunks_before * c + i;
     if (kinds[own_slot] == Logit::Visible) kinds[own_slot] = Logit::Self;
     T* row = &logits[i * g.window];
-    for (int64_t j = 0; j < g.window; ++j) {
-      if (kinds[j] == Logit::Hidden) row[j] = T(rules.masked_logit);
-    }
+    const T masked = T(rules.masked_logit);
+    for (int64_t j = 0; j < g.window; ++j) row[j] = kinds[j] == Logit::Hidden ? masked : row[j];
     if (kinds[own_slot] == Logit::Self) row[own_slot] = T(rules.self_logit);
   }
 
@@ -316,7 +326,7 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
     Block<T> block(g, rules);
     std::vector<T> o(g.chunk_len * g.d_head);  // (C, Dh)
     for (int64_t index = begin; index < end; ++index) {
-      block.load(index, q_all, k_all, v_all, slots, bucket_ids);
+      block.load(index, q_all, k_all, v_all, slots, bucket_ids, false);
       const int64_t row_base = (block.seq * g.n_rounds + block.round) * g.t_pad;  // of (N, R, Tp)
       for (int64_t i = 0; i < g.chunk_len; ++i) lse_all[row_base + block.q_pos[i]] = block.softmax_row(i);
       // o (C, Dh) = probabilities (C, W) · v (W, Dh)
@@ -361,7 +371,7 @@ void backward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     std::vector<T> d_o(c * dh), d_probs(c * w_len), dq_block(c * dh), dk_block(w_len * dh), dv_block(w_len * dh);
     std::vector<T> row_dot(c), row_d_lse(c);
     for (int64_t index = begin; index < end; ++index) {
-      block.load(index, q_all, k_all, v_all, slots, bucket_ids);
+      block.load(index, q_all, k_all, v_all, slots, bucket_ids, true);
       const int64_t row_base = (block.seq * g.n_rounds + block.round) * g.t_pad;  // of (N, R, Tp)
       for (int64_t i = 0; i < c; ++i) {
         const int64_t row = row_base + block.q_pos[i];
@@ -375,7 +385,7 @@ void backward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
       }
       const T* probs = block.logits.data();
       // d_probs (C, W) = d_o (C, Dh) · vᵀ (Dh, W)
-      matmul<T>(false, true, c, w_len, dh, d_o.data(), dh, block.v.data(), dh, d_probs.data(), w_len);
+      matmul<T>(false, false, c, w_len, dh, d_o.data(), dh, block.v_t.data(), w_len, d_probs.data(), w_len);
       // dv (W, Dh) = probabilitiesᵀ (W, C) · d_o (C, Dh)
       matmul<T>(true, false, w_len, dh, c, probs, w_len, d_o.data(), dh, dv_block.data(), dh);
       // d_logits in place of d_probs: p · (dp − Σ p dp + d_lse); none through a fixed logit

@@ -12,12 +12,22 @@
 
 use std::time::Instant;
 
+use reformer::allocator::{self, ConfString};
 use reformer::bench::matmul_flops;
 use reformer::model::attention::hashing::{random_rotations, HashSpec};
 use reformer::model::attention::lsh::{lsh_attend, normalize, sort_slots, LshParams};
 use reformer::model::attention::lsh_fused::{self, WindowRules};
 use reformer::model::ForwardMode;
 use tch::{Device, Kind, Tensor};
+
+/// The binary's allocator and its settings (see `reformer::allocator`): timings depend on it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[no_mangle]
+#[used]
+#[allow(non_upper_case_globals)]
+static malloc_conf: ConfString = allocator::MALLOC_CONF;
 
 const HEADS: i64 = 4;
 const D_HEAD: i64 = 64;
@@ -61,7 +71,10 @@ fn compare(t: i64, rounds: i64, steps: usize) {
         }
     }
     let [fused, batched] = times.map(median);
-    println!("T {t} rounds {rounds}: fused {fused:.1} ms, batched {batched:.1} ms, batched/fused {:.2}", batched / fused);
+    println!(
+        "T {t} rounds {rounds}: fused {fused:.1} ms, batched {batched:.1} ms, batched/fused {:.2}",
+        batched / fused
+    );
 }
 
 fn kernel(t: i64, rounds: i64, steps: usize) {
