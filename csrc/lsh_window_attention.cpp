@@ -116,6 +116,15 @@ void matmul(bool trans_a, bool trans_b, int m, int n, int k, const T* a, int lda
   }
 }
 
+// The transpose of x (rows × cols, row stride ld) written into `out`: (cols × rows).
+inline const float* transposed(const float* x, int rows, int cols, int ld, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(rows) * cols);
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) out[c * rows + r] = x[r * ld + c];
+  }
+  return out.data();
+}
+
 // float: ATen's batch-reduce GEMM micro-kernel (oneDNN's; at these block sizes about
 // 2.5 times MKL's rate on an AVX-512 CPU), which takes both operands untransposed: a
 // transposed one is first copied into a scratch buffer of the thread's.
@@ -124,19 +133,11 @@ void matmul<float>(bool trans_a, bool trans_b, int m, int n, int k, const float*
                    float* c, int ldc) {
   thread_local std::vector<float> a_rows, b_rows;
   if (trans_a) {
-    a_rows.resize(static_cast<size_t>(m) * k);  // (m, k) from A stored (k, m)
-    for (int p = 0; p < k; ++p) {
-      for (int i = 0; i < m; ++i) a_rows[i * k + p] = a[p * lda + i];
-    }
-    a = a_rows.data();
+    a = transposed(a, k, m, lda, a_rows);  // (m, k) from A stored (k, m)
     lda = k;
   }
   if (trans_b) {
-    b_rows.resize(static_cast<size_t>(k) * n);  // (k, n) from B stored (n, k)
-    for (int j = 0; j < n; ++j) {
-      for (int p = 0; p < k; ++p) b_rows[p * n + j] = b[j * ldb + p];
-    }
-    b = b_rows.data();
+    b = transposed(b, n, k, ldb, b_rows);  // (k, n) from B stored (n, k)
     ldb = n;
   }
   at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, false, a, b, c, false);

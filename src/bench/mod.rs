@@ -249,19 +249,8 @@ fn run_precision(opts: &BenchArgs, device: Device) -> Result<serde_json::Value> 
 
 fn print_table(rows: &[serde_json::Value]) {
     println!(
-        "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10} {:>9} {:>11} {:>10} {:>10} {:>6}  {}",
-        "suite",
-        "case",
-        "T",
-        "batch",
-        "layers",
-        "ms/step",
-        "us/token",
-        "tokens/s",
-        "peak MiB",
-        "pred. MiB",
-        "util",
-        "LSH path"
+        "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10} {:>9} {:>11} {:>10} {:>10} {:>6}  LSH path",
+        "suite", "case", "T", "batch", "layers", "ms/step", "us/token", "tokens/s", "peak MiB", "pred. MiB", "util"
     );
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);

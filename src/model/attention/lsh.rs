@@ -302,50 +302,6 @@ pub fn gather_rows(x: &Tensor, index: &Tensor) -> Tensor {
     x.reshape([b * h * n, dh]).index_select(0, &flat_index).view([b, h, m, dh])
 }
 
-/// Softmax over the last dimension and its log-sum-exp, computed from the softmax:
-/// lse = max logit − log(max probability), exact because the largest logit has the
-/// largest probability (≥ 1/W, so the log is safe). libtorch's softmax kernel is several
-/// times faster on CPU than an `exp` over logits that are mostly `MASKED_LOGIT`, and
-/// autograd through this form gives the usual d lse / d logits = softmax.
-///
-/// # Shapes
-/// `logits`: (..., W); returns (..., W) and (..., 1).
-pub fn softmax_and_logsumexp(logits: &Tensor) -> (Tensor, Tensor) {
-    let softmax = WindowSoftmax::new(logits);
-    let lse = softmax.logsumexp();
-    (softmax.probs, lse)
-}
-
-/// A softmax with the largest logit and the largest probability of each row, from which
-/// the row's log-sum-exp follows (see `softmax_and_logsumexp`).
-pub struct WindowSoftmax {
-    /// (..., W)
-    pub probs: Tensor,
-    /// (..., 1)
-    pub max_logit: Tensor,
-    /// (..., 1)
-    pub max_prob: Tensor,
-}
-
-impl WindowSoftmax {
-    /// # Shapes
-    /// `logits`: (..., W).
-    pub fn new(logits: &Tensor) -> Self {
-        let probs = logits.softmax(-1, logits.kind());
-        let max_logit = logits.amax([-1], true);
-        let max_prob = probs.amax([-1], true);
-        Self { probs, max_logit, max_prob }
-    }
-
-    /// lse = max logit − log(max probability).
-    ///
-    /// # Shapes
-    /// returns (..., 1)
-    pub fn logsumexp(&self) -> Tensor {
-        &self.max_logit - self.max_prob.log()
-    }
-}
-
 /// Vectors scaled to unit length (the shared keys of paper §2). The released models
 /// divide by √(|x|² + Dh·1e-6) instead of max(|x|, 1e-6): the two differ by less than
 /// Dh·1e-6 / (2|x|²) relatively, nothing at the lengths trained keys have.

@@ -14,9 +14,9 @@ use tch::Tensor;
 use super::hashing::hash_buckets;
 use super::kv_cache::KvCache;
 use super::lsh::{
-    combine_rounds, gather_rows, lsh_attend, normalize, softmax_and_logsumexp, LshAttention, LshParams, MASKED_LOGIT,
-    SELF_LOGIT,
+    combine_rounds, gather_rows, lsh_attend, normalize, LshAttention, LshParams, MASKED_LOGIT, SELF_LOGIT,
 };
+use super::softmax::softmax_and_logsumexp;
 use crate::model::seeded_random::ForwardMode;
 use crate::precision::at_least_float32;
 

@@ -6,7 +6,8 @@ use tch::{Kind, Tensor};
 
 use super::chunking::padding_to_chunks;
 use super::hashing::HashSpec;
-use super::lsh::{combine_rounds, WindowSoftmax};
+use super::lsh::combine_rounds;
+use super::softmax::WindowSoftmax;
 use crate::model::config::ModelConfig;
 
 /// The default of `LshParams::max_logits_at_once`. (Under autograd, slices cost a

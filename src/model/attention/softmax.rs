@@ -1,7 +1,8 @@
 //! Plain softmax attention over given queries, keys and values, shared by local and full
 //! attention: libtorch's fused `scaled_dot_product_attention` when no dropout is drawn,
 //! an explicit softmax with a seeded dropout mask otherwise (so that the reversible
-//! backward can replay it).
+//! backward can replay it). And the softmax over an LSH window with its log-sum-exp
+//! (`softmax_and_logsumexp`, `WindowSoftmax`).
 
 use tch::{Kind, Tensor};
 
@@ -68,4 +69,48 @@ pub fn explicit_attention(
 /// returns (L, L) bool
 pub fn causal_visibility(len: i64, device: tch::Device) -> Tensor {
     Tensor::ones([len, len], (Kind::Bool, device)).tril(0)
+}
+
+/// Softmax over the last dimension and its log-sum-exp, computed from the softmax:
+/// lse = max logit − log(max probability), exact because the largest logit has the
+/// largest probability (≥ 1/W, so the log is safe). libtorch's softmax kernel is several
+/// times faster on CPU than an `exp` over logits that are mostly `MASKED_LOGIT`, and
+/// autograd through this form gives the usual d lse / d logits = softmax.
+///
+/// # Shapes
+/// `logits`: (..., W); returns (..., W) and (..., 1).
+pub fn softmax_and_logsumexp(logits: &Tensor) -> (Tensor, Tensor) {
+    let softmax = WindowSoftmax::new(logits);
+    let lse = softmax.logsumexp();
+    (softmax.probs, lse)
+}
+
+/// A softmax with the largest logit and the largest probability of each row, from which
+/// the row's log-sum-exp follows (see `softmax_and_logsumexp`).
+pub struct WindowSoftmax {
+    /// (..., W)
+    pub probs: Tensor,
+    /// (..., 1)
+    pub max_logit: Tensor,
+    /// (..., 1)
+    pub max_prob: Tensor,
+}
+
+impl WindowSoftmax {
+    /// # Shapes
+    /// `logits`: (..., W).
+    pub fn new(logits: &Tensor) -> Self {
+        let probs = logits.softmax(-1, logits.kind());
+        let max_logit = logits.amax([-1], true);
+        let max_prob = probs.amax([-1], true);
+        Self { probs, max_logit, max_prob }
+    }
+
+    /// lse = max logit − log(max probability).
+    ///
+    /// # Shapes
+    /// returns (..., 1)
+    pub fn logsumexp(&self) -> Tensor {
+        &self.max_logit - self.max_prob.log()
+    }
 }
