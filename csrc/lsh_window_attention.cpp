@@ -454,6 +454,23 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
               "the strict causal rule needs the buckets, (N, R, Tp) int64");
 }
 
+// The inputs of both entry points, checked and made contiguous.
+struct KernelInputs {
+  at::Tensor q, k, v, sticker, buckets;
+
+  KernelInputs(const at::Tensor* q_in, const at::Tensor* k_in, const at::Tensor* v_in, const at::Tensor* sticker_in,
+               const at::Tensor* buckets_in, const LshWindowRules& rules) {
+    const at::Tensor no_buckets;
+    const at::Tensor& bucket_ids = buckets_in ? *buckets_in : no_buckets;
+    check_inputs(*q_in, *k_in, *v_in, *sticker_in, bucket_ids, rules);
+    q = q_in->contiguous();
+    k = k_in->contiguous();
+    v = v_in->contiguous();
+    sticker = sticker_in->contiguous();
+    buckets = bucket_ids.defined() ? bucket_ids.contiguous() : bucket_ids;
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -463,17 +480,14 @@ int reformer_lsh_window_forward(const at::Tensor* q, const at::Tensor* k, const 
                                 const at::Tensor* sticker, const at::Tensor* buckets, const LshWindowRules* rules,
                                 at::Tensor** out, at::Tensor** lse, char* err, size_t err_len) {
   return bridge::guarded(err, err_len, [&] {
-    const at::Tensor no_buckets;
-    const at::Tensor& bucket_ids = buckets ? *buckets : no_buckets;
-    check_inputs(*q, *k, *v, *sticker, bucket_ids, *rules);
     c10::NoGradGuard no_grad;
-    const at::Tensor qc = q->contiguous(), kc = k->contiguous(), vc = v->contiguous();
-    const at::Tensor sc = sticker->contiguous(), bc = bucket_ids.defined() ? bucket_ids.contiguous() : bucket_ids;
-    const int64_t n = qc.size(0), t_pad = qc.size(1), dh = qc.size(2), rounds = sc.size(1) / t_pad;
-    at::Tensor o = at::empty({n, rounds, t_pad, dh}, qc.options());
-    at::Tensor l = at::empty({n, rounds, t_pad}, qc.options());
-    AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "lsh_window_forward",
-                               [&] { forward_kernel<scalar_t>(qc, kc, vc, sc, bc, *rules, o, l); });
+    const KernelInputs in(q, k, v, sticker, buckets, *rules);
+    const int64_t n = in.q.size(0), t_pad = in.q.size(1), dh = in.q.size(2), rounds = in.sticker.size(1) / t_pad;
+    at::Tensor o = at::empty({n, rounds, t_pad, dh}, in.q.options());
+    at::Tensor l = at::empty({n, rounds, t_pad}, in.q.options());
+    AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "lsh_window_forward", [&] {
+      forward_kernel<scalar_t>(in.q, in.k, in.v, in.sticker, in.buckets, *rules, o, l);
+    });
     *out = new at::Tensor(std::move(o));
     *lse = new at::Tensor(std::move(l));
   });
@@ -483,24 +497,19 @@ int reformer_lsh_window_forward(const at::Tensor* q, const at::Tensor* k, const 
 // gradients (`d_out`, `d_lse` may be null: no gradient reached that output).
 int reformer_lsh_window_backward(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                                  const at::Tensor* sticker, const at::Tensor* buckets, const LshWindowRules* rules,
-                                 const at::Tensor* d_out,
-                                 const at::Tensor* d_lse, at::Tensor** dq, at::Tensor** dk, at::Tensor** dv, char* err,
-                                 size_t err_len) {
+                                 const at::Tensor* d_out, const at::Tensor* d_lse, at::Tensor** dq, at::Tensor** dk,
+                                 at::Tensor** dv, char* err, size_t err_len) {
   return bridge::guarded(err, err_len, [&] {
-    const at::Tensor no_buckets;
-    const at::Tensor& bucket_ids = buckets ? *buckets : no_buckets;
-    check_inputs(*q, *k, *v, *sticker, bucket_ids, *rules);
     c10::NoGradGuard no_grad;
-    const at::Tensor qc = q->contiguous(), kc = k->contiguous(), vc = v->contiguous();
-    const at::Tensor sc = sticker->contiguous(), bc = bucket_ids.defined() ? bucket_ids.contiguous() : bucket_ids;
-    const auto kind = qc.scalar_type();
+    const KernelInputs in(q, k, v, sticker, buckets, *rules);
+    const auto kind = in.q.scalar_type();
     auto same_kind = [&](const at::Tensor* t) {
       return (t && t->defined()) ? t->to(kind).contiguous() : at::Tensor();
     };
     const at::Tensor doc = same_kind(d_out), dlc = same_kind(d_lse);
-    at::Tensor gq = at::zeros_like(qc), gk = at::zeros_like(kc), gv = at::zeros_like(vc);
+    at::Tensor gq = at::zeros_like(in.q), gk = at::zeros_like(in.k), gv = at::zeros_like(in.v);
     AT_DISPATCH_FLOATING_TYPES(kind, "lsh_window_backward", [&] {
-      backward_kernel<scalar_t>(qc, kc, vc, sc, bc, *rules, doc, dlc, gq, gk, gv);
+      backward_kernel<scalar_t>(in.q, in.k, in.v, in.sticker, in.buckets, *rules, doc, dlc, gq, gk, gv);
     });
     *dq = new at::Tensor(std::move(gq));
     *dk = new at::Tensor(std::move(gk));

@@ -32,8 +32,9 @@ const DROPOUT_TAG: u64 = 2;
 /// (heads × rounds × positions × window) tensors of one slice exist at a time in the
 /// forward and in the backward. Both give the same result (the slices' dropout masks
 /// are their share of the whole's). Under `wrap_around` the rounds form one ring, so a
-/// slice holds all rounds of its head. Without autograd, attention with more than
-/// `p.max_logits_at_once` logits runs slice by slice as well.
+/// slice holds all rounds of its head. Without autograd, attention on the batched path
+/// with more than `p.max_logits_at_once` logits runs slice by slice as well (the fused
+/// kernel holds no logits).
 ///
 /// # Shapes
 /// `qk`, `v`: (B, H, T, Dh); `rotations`: (1 or H, Dh, R, S); returns (B, H, T, Dh).
@@ -42,7 +43,9 @@ pub fn lsh_attend(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams, mo
     let Padded { qk, v, buckets, p } = Padded::new(qk, v, rotations, p, mode);
     let (p, r, t_pad) = (&p, p.n_hashes, qk.size()[2]);
     let n_logits = qk.size()[0] * h * r * t_pad * p.window_len();
-    if !p.sliced && (crate::autograd::grad_enabled() || n_logits <= p.max_logits_at_once) {
+    // The fused kernel holds no logits: nothing to slice for.
+    let holds_logits = lsh_fused::unavailable(p, qk.kind(), qk.device(), mode).is_some();
+    if !p.sliced && (crate::autograd::grad_enabled() || !holds_logits || n_logits <= p.max_logits_at_once) {
         let (out, lse) = attend_rounds(&qk, &v, &buckets, p, t, mode, Slice::whole(h, r));
         return p.weigh_rounds(&out, &lse).narrow(2, 0, t);
     }

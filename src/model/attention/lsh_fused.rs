@@ -15,7 +15,7 @@ use torch_sys::C_tensor;
 use super::lsh::{MASKED_LOGIT, SELF_LOGIT};
 use super::lsh_params::LshParams;
 use crate::autograd::{self, Function, Keep};
-use crate::ffi::ErrorBuffer;
+use crate::ffi::checked;
 use crate::model::seeded_random::ForwardMode;
 
 /// `LshWindowRules` in csrc/lsh_window_attention.cpp: which keys a query may see.
@@ -127,59 +127,61 @@ impl Function for WindowAttention {
 
     fn forward(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
         let (mut out, mut lse) = (std::ptr::null_mut(), std::ptr::null_mut());
-        let buckets = self.buckets.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
-        let mut err = ErrorBuffer::new();
-        // SAFETY: every pointer is valid for the call; on success C++ hands over two tensors.
-        let rc = unsafe {
+        // SAFETY: every pointer is valid for the call.
+        kernel_call(|err, len| unsafe {
             reformer_lsh_window_forward(
                 inputs[0].as_ptr(),
                 inputs[1].as_ptr(),
                 inputs[2].as_ptr(),
                 self.sticker.as_ptr(),
-                buckets,
+                self.buckets_ptr(),
                 &self.rules,
                 &mut out,
                 &mut lse,
-                err.as_mut_ptr(),
-                crate::ffi::ERROR_LEN,
+                err,
+                len,
             )
-        };
-        if rc != 0 {
-            return Err(TchError::Torch(err.message()));
-        }
+        })?;
         // SAFETY: handed over by the successful call.
         Ok(unsafe { vec![Tensor::from_ptr(out), Tensor::from_ptr(lse)] })
     }
 
     fn backward(&self, kept: &[Tensor], grad_outputs: &[Tensor]) -> Result<Vec<Option<Tensor>>, TchError> {
         let grad = |g: &Tensor| if g.defined() { g.as_ptr() } else { std::ptr::null() };
-        let buckets = self.buckets.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
         let (mut dq, mut dk, mut dv) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
-        let mut err = ErrorBuffer::new();
-        // SAFETY: every pointer is valid for the call; on success C++ hands over three tensors.
-        let rc = unsafe {
+        // SAFETY: every pointer is valid for the call.
+        kernel_call(|err, len| unsafe {
             reformer_lsh_window_backward(
                 kept[0].as_ptr(),
                 kept[1].as_ptr(),
                 kept[2].as_ptr(),
                 self.sticker.as_ptr(),
-                buckets,
+                self.buckets_ptr(),
                 &self.rules,
                 grad(&grad_outputs[0]),
                 grad(&grad_outputs[1]),
                 &mut dq,
                 &mut dk,
                 &mut dv,
-                err.as_mut_ptr(),
-                crate::ffi::ERROR_LEN,
+                err,
+                len,
             )
-        };
-        if rc != 0 {
-            return Err(TchError::Torch(err.message()));
-        }
+        })?;
         // SAFETY: handed over by the successful call.
         Ok(unsafe { vec![Some(Tensor::from_ptr(dq)), Some(Tensor::from_ptr(dk)), Some(Tensor::from_ptr(dv))] })
     }
+}
+
+impl WindowAttention {
+    /// The buckets for C++, null when the rule does not read them.
+    fn buckets_ptr(&self) -> *const C_tensor {
+        self.buckets.as_ref().map_or(std::ptr::null(), |b| b.as_ptr())
+    }
+}
+
+/// A kernel entry point through `ffi::checked`, its error as autograd's.
+fn kernel_call(call: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), TchError> {
+    checked(call).map_err(|e| TchError::Torch(e.to_string()))
 }
 
 extern "C" {

@@ -37,7 +37,7 @@ pub struct LshParams {
     /// One slice (a head and round, or a head) at a time under activation checkpointing
     /// (see `lsh_attend`).
     pub sliced: bool,
-    /// Without autograd, attention with more logits than this runs a slice at a time
+    /// Without autograd, batched-path attention with more logits than this runs a slice at a time
     /// (the same numbers, nothing recomputed), so that evaluation and generation at long
     /// context hold one slice's logits at once: default 2^26 float32 logits, 256 MiB,
     /// each with its mask and probability alongside.
