@@ -6,6 +6,7 @@ use tch::{nn, Tensor};
 use super::config::{Activation, ModelConfig};
 use super::parameters::linear_parameters;
 use super::seeded_random::{self, ForwardMode};
+use crate::model::dense::linear;
 
 #[derive(Debug)]
 pub struct FeedForward {
@@ -78,11 +79,11 @@ impl FeedForward {
     /// # Shapes
     /// `x`: (B, C, D); returns (B, C, D).
     fn forward_chunk(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
-        let hidden = x.apply(&self.up); // (B, C, d_ff)
+        let hidden = linear(x, &self.up); // (B, C, d_ff)
         let hidden = match self.activation {
             Activation::Gelu => hidden.gelu("none"),
             Activation::Relu => hidden.relu(),
         };
-        seeded_random::dropout(&hidden, self.dropout, mode.seed, mode.train).apply(&self.down)
+        linear(&seeded_random::dropout(&hidden, self.dropout, mode.seed, mode.train), &self.down)
     }
 }

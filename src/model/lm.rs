@@ -14,6 +14,7 @@ use super::positional::PositionalEmbedding;
 use super::reversible;
 use super::seeded_random::{self, ForwardMode};
 use crate::autograd;
+use crate::model::dense::linear;
 
 const EMBEDDING_DROPOUT_TAG: u64 = u64::MAX;
 
@@ -175,7 +176,7 @@ impl ReformerLm {
     /// # Shapes
     /// `hidden`: (B, T, 2D); returns (B, T, V).
     pub fn vocab_logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.apply(&self.head)
+        linear(hidden, &self.head)
     }
 
     /// # Shapes

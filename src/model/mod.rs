@@ -14,6 +14,7 @@ pub mod attention;
 pub mod block;
 pub mod config;
 pub mod decoding;
+pub mod dense;
 pub mod feed_forward;
 pub mod lm;
 pub mod parameters;

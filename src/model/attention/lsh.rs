@@ -12,6 +12,7 @@ pub use super::lsh_params::LshParams;
 use super::qkv::output_projection;
 use crate::model::activation_checkpoint::checkpoint;
 use crate::model::config::ModelConfig;
+use crate::model::dense::linear;
 use crate::model::parameters::linear_parameters;
 use crate::model::seeded_random::{self, ForwardMode};
 use crate::precision::at_least_float32;
@@ -375,8 +376,8 @@ impl LshAttention {
     /// # Shapes
     /// `x`: (B, T, D); returns two (B, H, T, Dh).
     pub fn project(&self, x: &Tensor) -> (Tensor, Tensor) {
-        let qk = split_heads(&x.apply(&self.qk), self.n_heads, self.d_head);
-        let v = split_heads(&x.apply(&self.v), self.n_heads, self.d_head);
+        let qk = split_heads(&linear(x, &self.qk), self.n_heads, self.d_head);
+        let v = split_heads(&linear(x, &self.v), self.n_heads, self.d_head);
         (qk, v)
     }
 
@@ -399,7 +400,7 @@ impl LshAttention {
     pub fn output(&self, heads: &Tensor) -> Tensor {
         // The rounds are combined in float32 (their log-sum-exps are): back to the
         // weights' dtype for a model held in bfloat16 (autocast casts either way).
-        merge_heads(heads).to_kind(self.out.ws.kind()).apply(&self.out)
+        linear(&merge_heads(heads).to_kind(self.out.ws.kind()), &self.out)
     }
 }
 

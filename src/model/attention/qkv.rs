@@ -6,6 +6,7 @@ use tch::{nn, Tensor};
 
 use super::lsh::{merge_heads, split_heads};
 use crate::model::config::ModelConfig;
+use crate::model::dense::linear;
 use crate::model::parameters::linear_parameters;
 
 #[derive(Debug)]
@@ -37,14 +38,14 @@ impl QkvProjection {
     /// # Shapes
     /// `x`: (B, T, D); returns [q, k, v], each (B, H, T, Dh).
     pub fn heads(&self, x: &Tensor) -> [Tensor; 3] {
-        let qkv = x.apply(&self.qkv).chunk(3, -1); // 3 × (B, T, H·Dh)
+        let qkv = linear(x, &self.qkv).chunk(3, -1); // 3 × (B, T, H·Dh)
         [0, 1, 2].map(|i| split_heads(&qkv[i], self.n_heads, self.d_head))
     }
 
     /// # Shapes
     /// `heads`: (B, H, T, Dh); returns (B, T, D).
     pub fn output(&self, heads: &Tensor) -> Tensor {
-        merge_heads(heads).apply(&self.out)
+        linear(&merge_heads(heads), &self.out)
     }
 }
 
