@@ -16,6 +16,9 @@ use crate::tasks::{text::TextData, Task, TaskKind, DEFAULT_ENWIK8_PATH};
 /// Presets shipped with the binary: (name, JSON).
 pub const PRESETS: &[(&str, &str)] = &[
     ("duplication", include_str!("../presets/duplication.json")),
+    ("duplication-1k", include_str!("../presets/duplication-1k.json")),
+    ("duplication-4k", include_str!("../presets/duplication-4k.json")),
+    ("duplication-16k", include_str!("../presets/duplication-16k.json")),
     ("enwik8-cpu", include_str!("../presets/enwik8-cpu.json")),
     ("enwik8-paper", include_str!("../presets/enwik8-paper.json")),
 ];

@@ -1,5 +1,7 @@
 //! The data: duplication sequences and their loss mask, text splits and windows.
 
+use reformer::model::config::PositionalConfig;
+use reformer::run_config::RunConfig;
 use reformer::tasks::duplication::Duplication;
 use reformer::tasks::duplication::DuplicationConfig;
 use reformer::tasks::text::{split_points, TextData, ENWIK8_BYTES};
@@ -41,6 +43,38 @@ fn duplication_loss_mask_covers_exactly_the_second_copy() {
         }
     }
     assert_eq!(weights.iter().sum::<f32>(), n as f32);
+}
+
+/// The long-range duplication presets: sequences of their model's length whose second
+/// copy is T/2 away, and axial positions whose second coordinate repeats with the copy
+/// length (position p and p - n share it), which is what lets shared-QK attention find
+/// the first copy.
+#[test]
+fn long_range_duplication_presets_put_the_second_copy_half_the_length_away() {
+    for (name, length) in [("duplication-1k", 1024), ("duplication-4k", 4096), ("duplication-16k", 16384)] {
+        let cfg = RunConfig::preset(name).unwrap();
+        cfg.validate().unwrap();
+        let n = cfg.train.duplication.copy_len;
+        assert_eq!(cfg.model.max_seq_len, length, "{name}");
+        assert!(2 * n + 1 <= length && 2 * n + 1 > length - 8, "{name}: 2n + 1 = {} tokens", 2 * n + 1);
+        let PositionalConfig::Axial { shape, .. } = cfg.model.positional else { panic!("{name}: axial positions") };
+        assert_eq!(n % shape[1], 0, "{name}: copy length {n} is not a multiple of the axial period {}", shape[1]);
+
+        let task = cfg.build_task().unwrap();
+        assert_eq!(task.seq_len(), 2 * n + 1);
+        let batch = task.train_batch(1, &mut SamplerRng::new(3));
+        let inputs = Vec::<i64>::try_from(batch.inputs.get(0)).unwrap();
+        let targets = Vec::<i64>::try_from(batch.targets.get(0)).unwrap();
+        let weights = Vec::<f32>::try_from(batch.weights.get(0)).unwrap();
+        let n = n as usize;
+        assert_eq!((inputs[0], inputs[n + 1]), (0, 0), "{name}: separators");
+        for (j, &w) in weights.iter().enumerate() {
+            assert_eq!(w == 1.0, j > n, "{name}: weight of target {j}");
+            if j > n {
+                assert_eq!(targets[j], inputs[j - n], "{name}: target {j} is the token n = {n} back");
+            }
+        }
+    }
 }
 
 #[test]

@@ -248,6 +248,29 @@ fn a_run_stopped_by_its_time_limit_validates_and_can_mark_its_last_checkpoint_be
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--target` stops at the first validation that reaches it (accuracy for duplication,
+/// at or above); an unreachable one lets the run go to its last step.
+#[test]
+fn a_run_stops_at_the_first_validation_that_reaches_its_target() {
+    let dir = scratch("target");
+    let config = tiny_config(&dir, 6, 2);
+    let run = dir.join("run");
+    let out = train(&config, &run, &["--target", "0.0", "--json"]);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("target reached"));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["steps"].as_i64(), Some(2), "accuracy 0 is reached at the first validation");
+    let read = |name: &str| std::fs::read_to_string(run.join(name)).unwrap();
+    assert_eq!(read("latest"), read("best"));
+
+    let unreachable = dir.join("unreachable");
+    let out = train(&config, &unreachable, &["--target", "1.5", "--json"]);
+    assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["steps"].as_i64(), Some(6));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_skipped_step_on_an_evaluation_boundary_is_still_validated_logged_and_saved() {
     let dir = scratch("skip");

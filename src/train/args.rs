@@ -46,6 +46,11 @@ pub struct TrainArgs {
     /// Stop (and save) after this many minutes of training.
     #[arg(long = "time-limit", value_name = "MINUTES")]
     pub time_limit_minutes: Option<f64>,
+    /// Stop (and save) once a validation reaches this figure: second-copy accuracy at or
+    /// above it for duplication (a fraction, e.g. 0.99), bits per byte at or below it for
+    /// the language-model tasks.
+    #[arg(long, value_name = "FIGURE")]
+    pub target: Option<f64>,
     /// Fetch enwik8 (enwik8.zip from the Hutter-prize page) when its file is missing.
     #[arg(long)]
     pub download: bool,

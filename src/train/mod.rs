@@ -60,6 +60,8 @@ enum Stop {
     Interrupted,
     /// `--time-limit` reached (on any rank).
     OutOfTime,
+    /// A validation reached `--target`.
+    TargetReached,
     /// A non-finite loss or gradient under `train.on_non_finite=stop`: what happened.
     NonFinite(String),
 }

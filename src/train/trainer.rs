@@ -37,6 +37,8 @@ pub struct Trainer {
     eval_bytes: usize,
     json: bool,
     time_limit_secs: Option<f64>,
+    /// `--target`: the validation figure at which the run stops.
+    target: Option<f64>,
     faults: Faults,
     task: Box<dyn Task>,
     group: Option<ProcessGroup>,
@@ -136,6 +138,7 @@ impl Trainer {
             eval_bytes: opts.eval_bytes,
             json: opts.json,
             time_limit_secs: opts.time_limit_minutes.map(|m| m * 60.0),
+            target: opts.target,
             faults: Faults::from_env(),
             task,
             is_main,
@@ -185,6 +188,10 @@ impl Trainer {
         if self.state.step >= self.last_step {
             return Ok(Some(Stop::Done));
         }
+        if self.target_reached() {
+            self.progress.println("target reached");
+            return Ok(Some(Stop::TargetReached));
+        }
         let out_of_time = self.time_limit_secs.is_some_and(|limit| self.elapsed_secs() >= limit);
         let [interrupted, out_of_time] = agree_any(self.group.as_ref(), [interrupt_requested(), out_of_time])?;
         if interrupted {
@@ -196,6 +203,21 @@ impl Trainer {
             return Ok(Some(Stop::OutOfTime));
         }
         Ok(None)
+    }
+
+    /// Whether the newest validation, taken at the current step, reaches `--target`.
+    /// Every rank holds the same score (the validation sums over all ranks).
+    fn target_reached(&self) -> bool {
+        match (self.target, &self.last_valid) {
+            (Some(target), Some((step, score))) if *step == self.state.step => {
+                if self.task.reports_bpc() {
+                    score.bpc <= target
+                } else {
+                    score.accuracy >= target
+                }
+            }
+            _ => false,
+        }
     }
 
     /// One optimizer step over `train.grad_accumulation` micro-batches, the gradients
@@ -361,7 +383,7 @@ impl Trainer {
             // At once, unvalidated: a second Ctrl-C may follow.
             Stop::Interrupted => self.save(false)?,
             // The time limit (or a run with no step left): validated, so it may be the best.
-            Stop::Done | Stop::OutOfTime => {
+            Stop::Done | Stop::OutOfTime | Stop::TargetReached => {
                 let is_best = self.validate()?;
                 self.save(is_best)?;
             }
