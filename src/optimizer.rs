@@ -128,10 +128,11 @@ impl AdamW {
     }
 }
 
-/// The learning rate at optimizer step `step` (0-based): linear warm-up to `lr`, then
-/// the configured decay. The cosine ends at `cfg.steps`; past it the lr stays at its
-/// final value.
-pub fn learning_rate(cfg: &TrainConfig, step: i64) -> f64 {
+/// The learning rate at optimizer step `step` (0-based), `elapsed_secs` into training:
+/// linear warm-up to `lr`, then the configured decay. The cosine ends at `cfg.steps`, or
+/// at `cfg.minutes` of training when the run has a time budget; past its end the lr
+/// stays at its final value.
+pub fn learning_rate(cfg: &TrainConfig, step: i64, elapsed_secs: f64) -> f64 {
     let step = step + 1;
     let warmup = cfg.warmup_steps.max(1);
     if step <= warmup {
@@ -141,8 +142,10 @@ pub fn learning_rate(cfg: &TrainConfig, step: i64) -> f64 {
         Schedule::Constant => cfg.lr,
         Schedule::Rsqrt => cfg.lr * (warmup as f64 / step as f64).sqrt(),
         Schedule::Cosine => {
-            let span = (cfg.steps - warmup).max(1) as f64;
-            let progress = ((step - warmup) as f64 / span).min(1.0);
+            let progress = match cfg.minutes {
+                Some(minutes) => (elapsed_secs / (60.0 * minutes)).min(1.0),
+                None => ((step - warmup) as f64 / (cfg.steps - warmup).max(1) as f64).min(1.0),
+            };
             let floor = cfg.lr * cfg.final_lr_fraction;
             floor + (cfg.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
         }
@@ -168,8 +171,29 @@ mod tests {
         let cfg = TrainConfig { steps: 10, warmup_steps: 2, schedule: Schedule::Cosine, ..TrainConfig::default() };
         let final_lr = cfg.lr * cfg.final_lr_fraction;
         for step in [9, 10, 15, 1000] {
-            assert_eq!(learning_rate(&cfg, step), final_lr, "step {step}");
+            assert_eq!(learning_rate(&cfg, step, 0.0), final_lr, "step {step}");
         }
-        assert!(learning_rate(&cfg, 5) > final_lr);
+        assert!(learning_rate(&cfg, 5, 0.0) > final_lr);
+    }
+
+    /// With a time budget the cosine follows the clock: half-way at half the minutes,
+    /// at its floor once they are spent, whatever the step; warm-up still counts steps.
+    #[test]
+    fn a_time_budget_makes_the_cosine_follow_the_clock() {
+        let cfg = TrainConfig {
+            steps: 1_000_000,
+            minutes: Some(10.0),
+            warmup_steps: 4,
+            schedule: Schedule::Cosine,
+            ..TrainConfig::default()
+        };
+        let floor = cfg.lr * cfg.final_lr_fraction;
+        assert_eq!(learning_rate(&cfg, 1, 500.0), cfg.lr * 2.0 / 4.0, "warm-up");
+        assert!((learning_rate(&cfg, 50, 300.0) - (floor + cfg.lr) / 2.0).abs() < 1e-12);
+        for step in [50, 5_000] {
+            assert_eq!(learning_rate(&cfg, step, 600.0), floor);
+            assert_eq!(learning_rate(&cfg, step, 900.0), floor);
+        }
+        assert!(learning_rate(&cfg, 50, 60.0) > learning_rate(&cfg, 50, 120.0));
     }
 }

@@ -57,6 +57,12 @@ pub struct TrainConfig {
     /// Optimizer steps (default 1000), also the cosine schedule's horizon; a run resumed
     /// with another `--steps` keeps its own as the horizon.
     pub steps: i64,
+    /// A time budget in minutes of training (default none): the run stops when it is
+    /// spent (or at `steps`, whichever comes first) and the cosine decays over the minutes
+    /// instead of the steps, so that models of different speeds compared at equal
+    /// wall-clock each end their schedule at the budget. The learning rate then follows
+    /// the clock: a resumed run does not repeat the uninterrupted one exactly.
+    pub minutes: Option<f64>,
     /// Peak learning rate (default 1e-3).
     pub lr: f64,
     /// Steps of linear warm-up (default 100).
@@ -100,6 +106,7 @@ impl Default for TrainConfig {
             batch_size: 8,
             grad_accumulation: 1,
             steps: 1000,
+            minutes: None,
             lr: 1e-3,
             warmup_steps: 100,
             schedule: Schedule::Rsqrt,
@@ -138,6 +145,9 @@ impl TrainConfig {
         }
         if self.steps < 0 || self.warmup_steps < 0 {
             bail!("train.steps and train.warmup_steps must not be negative");
+        }
+        if self.minutes.is_some_and(|minutes| minutes <= 0.0 || !minutes.is_finite()) {
+            bail!("train.minutes must be a positive number of minutes");
         }
         if self.lr <= 0.0 || !self.lr.is_finite() {
             bail!("train.lr = {} must be a positive number", self.lr);

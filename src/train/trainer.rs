@@ -137,7 +137,7 @@ impl Trainer {
             device,
             eval_bytes: opts.eval_bytes,
             json: opts.json,
-            time_limit_secs: opts.time_limit_minutes.map(|m| m * 60.0),
+            time_limit_secs: time_limit_secs(opts.time_limit_minutes, cfg.train.minutes),
             target: opts.target,
             faults: Faults::from_env(),
             task,
@@ -228,7 +228,7 @@ impl Trainer {
     /// learning-rate schedule moves on, as with PyTorch's GradScaler) and the scale backs off.
     pub fn step(&mut self) -> Result<Option<Stop>> {
         self.window.begin_step();
-        let lr = learning_rate(&self.cfg.train, self.state.step);
+        let lr = learning_rate(&self.cfg.train, self.state.step, self.elapsed_secs());
         self.optimizer.zero_grad();
         let (loss_sum, correct, weight, tokens) = self.accumulate_gradients()?;
         let step = self.state.step + 1;
@@ -320,7 +320,7 @@ impl Trainer {
     /// Writes the log interval's record to metrics.jsonl and the progress line; with
     /// several ranks, checks first that their parameters still agree.
     pub fn log(&mut self) -> Result<()> {
-        let lr = learning_rate(&self.cfg.train, self.state.step - 1);
+        let lr = learning_rate(&self.cfg.train, self.state.step - 1, self.state.elapsed_secs);
         let mut record = self.window.flush(self.state.step, lr, self.state.elapsed_secs, self.task.reports_bpc());
         if let Some(scaler) = &self.state.loss_scale {
             record["loss_scale"] = json!(scaler.scale);
@@ -455,4 +455,13 @@ impl Trainer {
     fn elapsed_secs(&self) -> f64 {
         self.elapsed_before + self.started.elapsed().as_secs_f64()
     }
+}
+
+/// The earlier of `--time-limit` and the run's time budget (`train.minutes`), in seconds.
+fn time_limit_secs(time_limit_minutes: Option<f64>, budget_minutes: Option<f64>) -> Option<f64> {
+    let earliest = match (time_limit_minutes, budget_minutes) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    earliest.map(|minutes| minutes * 60.0)
 }

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# A small sweep of the enwik8-cpu preset at equal wall-clock: each variant trains for the
+# same minutes (train.minutes: the cosine decays over the budget, whatever the variant's
+# speed), alone on the machine, one after another; then its best checkpoint is scored on
+# the whole validation split and on English text it never saw (the first 262,144 bytes
+# of tiny-shakespeare). Prints a table and writes OUT_DIR/sweep.tsv.
+#
+#   scripts/enwik8-sweep.sh OUT_DIR MINUTES VARIANT ...
+#
+# VARIANT is a name from the list below (a label and its --set overrides of enwik8-cpu).
+# Data: ../shared/data (ENWIK8 and PROSE override the two files).
+set -euo pipefail
+out=$1
+minutes=$2
+shift 2
+reformer=${REFORMER:-target/release/reformer}
+enwik8=${ENWIK8:-../shared/data/enwik8-head}
+prose=${PROSE:-../shared/data/tiny-shakespeare.txt}
+
+declare -A variants=(
+    [preset]=""
+    [lr2e-3]="train.lr=2e-3"
+    [lr3e-3]="train.lr=3e-3"
+    [lr5e-3]="train.lr=5e-3"
+    [lr3e-3-ctx512]="train.lr=3e-3 train.seq_len=512 train.batch_size=16"
+    [lr3e-3-ctx256]="train.lr=3e-3 train.seq_len=256 train.batch_size=32"
+    [lr3e-3-batch4]="train.lr=3e-3 train.batch_size=4"
+    [lr3e-3-6layers]="train.lr=3e-3 model.n_layers=6 model.attention=[\"local\",\"lsh\"]"
+    [lr3e-3-d384]="train.lr=3e-3 model.d_model=384 model.d_ff=1536 model.positional.dims=[192,192]"
+    [lr3e-3-strict]="train.lr=3e-3 model.lsh.strict_causal=true"
+    [lr3e-3-full]="train.lr=3e-3 model.attention=[\"full\"]"
+    [lr3e-3-local]="train.lr=3e-3 model.attention=[\"local\"]"
+)
+
+mkdir -p "$out"
+[[ -f $out/sweep.tsv ]] || printf 'variant\tsettings\tsteps\ttokens_per_sec\tvalid_bpc\tprose_bpc\n' >"$out/sweep.tsv"
+for name in "$@"; do
+    [[ -v variants[$name] ]] || { echo "unknown variant '$name': ${!variants[*]}" >&2; exit 2; }
+    sets=(--set "train.minutes=$minutes" --set "train.steps=1000000")
+    for s in ${variants[$name]}; do sets+=(--set "$s"); done
+    run=$out/$name
+    echo "== $run: ${variants[$name]:-enwik8-cpu as shipped}, $minutes minutes" >&2
+    "$reformer" train --task enwik8 --data "$enwik8" --preset enwik8-cpu "${sets[@]}" \
+        --out "$run" --json >"$run.json" 2>"$run.log"
+    valid=$("$reformer" eval --checkpoint "$run" --split valid --json 2>/dev/null | jq ".results[0].bpc")
+    prose_bpc=$("$reformer" eval --checkpoint "$run" --task text --data "$prose" --split all --eval-bytes 262144 --json 2>/dev/null | jq ".results[0].bpc")
+    steps=$(jq .steps "$run.json")
+    rate=$(jq '.tokens_per_sec | round' "$run.json")
+    printf '%s\t%s\t%s\t%s\t%.4f\t%.4f\n' "$name" "${variants[$name]:-(as shipped)}" "$steps" "$rate" "$valid" "$prose_bpc" >>"$out/sweep.tsv"
+done
+column -t -s $'\t' "$out/sweep.tsv"
