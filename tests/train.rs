@@ -248,6 +248,26 @@ fn a_run_stopped_by_its_time_limit_validates_and_can_mark_its_last_checkpoint_be
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `train.minutes` is a time budget: the run stops when it is spent, validated, and its
+/// cosine has decayed over the minutes (the last logged learning rates fall towards the
+/// floor although the step horizon is far away).
+#[test]
+fn a_time_budget_stops_the_run_and_decays_the_cosine_over_the_minutes() {
+    let dir = scratch("budget");
+    let config = tiny_config(&dir, 1_000_000, 1_000_000);
+    let run = dir.join("run");
+    let budget = ["--set", "train.minutes=0.05", "--set", "train.schedule=cosine", "--set", "train.warmup_steps=1"];
+    let out = train(&config, &run, &budget);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("time limit reached"));
+    let lrs: Vec<f64> = metrics(&run).iter().filter_map(|m| m["lr"].as_f64()).collect();
+    let (first, last) = (lrs[0], *lrs.last().unwrap());
+    assert!(lrs.len() > 3, "too few steps to see the schedule: {lrs:?}");
+    assert!(last < 0.5 * first, "the cosine did not follow the budget: {first} then {last}");
+    assert!(lrs.windows(2).all(|w| w[1] <= w[0]), "{lrs:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--target` stops at the first validation that reaches it (accuracy for duplication,
 /// at or above); an unreachable one lets the run go to its last step.
 #[test]
