@@ -26,7 +26,7 @@ pub struct BenchArgs {
     pub full: bool,
     /// Measure training steps of a shipped preset's model (and of the same model with
     /// full attention) instead of the suites, the first step timed (no warm-up):
-    /// duplication, enwik8-cpu, enwik8-paper.
+    /// duplication, duplication-1k, duplication-4k, duplication-16k, enwik8-cpu, enwik8-paper.
     #[arg(long)]
     pub preset: Option<String>,
     /// Sequence lengths of the attention suite (or of --preset), comma-separated (e.g.

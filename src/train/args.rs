@@ -19,7 +19,8 @@ pub struct TrainArgs {
     /// Data file (default: the one of --config; enwik8: data/enwik8; text: required).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// A shipped preset: duplication, enwik8-cpu, enwik8-paper (default: the task's).
+    /// A shipped preset: duplication, duplication-1k, duplication-4k, duplication-16k,
+    /// enwik8-cpu, enwik8-paper (default: the task's).
     #[arg(long)]
     pub preset: Option<String>,
     /// A run configuration file (JSON, the layout of config.json); replaces --preset.
