@@ -11,11 +11,12 @@ use serde_json::json;
 use tch::{nn, Device, Tensor};
 
 mod restore;
+mod stopping;
 
 use super::metrics::{window_message, MetricsWindow};
 use super::{
-    agree_any, default_out, describe_score, download_enwik8_if_missing, interrupt_requested, open_run, resolve_config,
-    table2_row, Faults, LossScale, Precision, Stop, TrainArgs,
+    default_out, describe_score, download_enwik8_if_missing, open_run, resolve_config, table2_row, Faults, LossScale,
+    Precision, Stop, TrainArgs,
 };
 use crate::distributed::{self, Backend, LaunchEnv, ProcessGroup};
 use crate::model::seeded_random::derive_seed;
@@ -137,7 +138,7 @@ impl Trainer {
             device,
             eval_bytes: opts.eval_bytes,
             json: opts.json,
-            time_limit_secs: time_limit_secs(opts.time_limit_minutes, cfg.train.minutes),
+            time_limit_secs: stopping::time_limit_secs(opts.time_limit_minutes, cfg.train.minutes),
             target: opts.target,
             faults: Faults::from_env(),
             task,
@@ -180,44 +181,6 @@ impl Trainer {
         }
         trainer.started = Instant::now();
         Ok(trainer)
-    }
-
-    /// Whether to stop before the next step, and why. Every rank stops at the same step:
-    /// when any of them is interrupted or out of time.
-    pub fn stop_reason(&mut self) -> Result<Option<Stop>> {
-        if self.state.step >= self.last_step {
-            return Ok(Some(Stop::Done));
-        }
-        if self.target_reached() {
-            self.progress.println("target reached");
-            return Ok(Some(Stop::TargetReached));
-        }
-        let out_of_time = self.time_limit_secs.is_some_and(|limit| self.elapsed_secs() >= limit);
-        let [interrupted, out_of_time] = agree_any(self.group.as_ref(), [interrupt_requested(), out_of_time])?;
-        if interrupted {
-            self.progress.println("stopping at the interrupt");
-            return Ok(Some(Stop::Interrupted));
-        }
-        if out_of_time {
-            self.progress.println("time limit reached");
-            return Ok(Some(Stop::OutOfTime));
-        }
-        Ok(None)
-    }
-
-    /// Whether the newest validation, taken at the current step, reaches `--target`.
-    /// Every rank holds the same score (the validation sums over all ranks).
-    fn target_reached(&self) -> bool {
-        match (self.target, &self.last_valid) {
-            (Some(target), Some((step, score))) if *step == self.state.step => {
-                if self.task.reports_bpc() {
-                    score.bpc <= target
-                } else {
-                    score.accuracy >= target
-                }
-            }
-            _ => false,
-        }
     }
 
     /// One optimizer step over `train.grad_accumulation` micro-batches, the gradients
@@ -455,13 +418,4 @@ impl Trainer {
     fn elapsed_secs(&self) -> f64 {
         self.elapsed_before + self.started.elapsed().as_secs_f64()
     }
-}
-
-/// The earlier of `--time-limit` and the run's time budget (`train.minutes`), in seconds.
-fn time_limit_secs(time_limit_minutes: Option<f64>, budget_minutes: Option<f64>) -> Option<f64> {
-    let earliest = match (time_limit_minutes, budget_minutes) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    earliest.map(|minutes| minutes * 60.0)
 }

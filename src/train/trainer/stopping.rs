@@ -1,0 +1,57 @@
+//! When a run stops: its last step, a validation reaching `--target`, an interrupt, or
+//! the earlier of `--time-limit` and its time budget (`train.minutes`), agreed by every
+//! rank.
+
+use anyhow::Result;
+
+use super::super::{agree_any, interrupt_requested, Stop};
+use super::Trainer;
+
+impl Trainer {
+    /// Whether to stop before the next step, and why. Every rank stops at the same step:
+    /// when any of them is interrupted or out of time.
+    pub fn stop_reason(&mut self) -> Result<Option<Stop>> {
+        if self.state.step >= self.last_step {
+            return Ok(Some(Stop::Done));
+        }
+        if self.target_reached() {
+            self.progress.println("target reached");
+            return Ok(Some(Stop::TargetReached));
+        }
+        let out_of_time = self.time_limit_secs.is_some_and(|limit| self.elapsed_secs() >= limit);
+        let [interrupted, out_of_time] = agree_any(self.group.as_ref(), [interrupt_requested(), out_of_time])?;
+        if interrupted {
+            self.progress.println("stopping at the interrupt");
+            return Ok(Some(Stop::Interrupted));
+        }
+        if out_of_time {
+            self.progress.println("time limit reached");
+            return Ok(Some(Stop::OutOfTime));
+        }
+        Ok(None)
+    }
+
+    /// Whether the newest validation, taken at the current step, reaches `--target`.
+    /// Every rank holds the same score (the validation sums over all ranks).
+    fn target_reached(&self) -> bool {
+        match (self.target, &self.last_valid) {
+            (Some(target), Some((step, score))) if *step == self.state.step => {
+                if self.task.reports_bpc() {
+                    score.bpc <= target
+                } else {
+                    score.accuracy >= target
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The earlier of `--time-limit` and the run's time budget (`train.minutes`), in seconds.
+pub(super) fn time_limit_secs(time_limit_minutes: Option<f64>, budget_minutes: Option<f64>) -> Option<f64> {
+    let earliest = match (time_limit_minutes, budget_minutes) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    earliest.map(|minutes| minutes * 60.0)
+}
