@@ -40,6 +40,8 @@ pub struct Trainer {
     time_limit_secs: Option<f64>,
     /// `--target`: the validation figure at which the run stops.
     target: Option<f64>,
+    /// The learning rate of the newest step.
+    last_lr: f64,
     faults: Faults,
     task: Box<dyn Task>,
     group: Option<ProcessGroup>,
@@ -140,6 +142,7 @@ impl Trainer {
             json: opts.json,
             time_limit_secs: stopping::time_limit_secs(opts.time_limit_minutes, cfg.train.minutes),
             target: opts.target,
+            last_lr: 0.0,
             faults: Faults::from_env(),
             task,
             is_main,
@@ -191,7 +194,8 @@ impl Trainer {
     /// learning-rate schedule moves on, as with PyTorch's GradScaler) and the scale backs off.
     pub fn step(&mut self) -> Result<Option<Stop>> {
         self.window.begin_step();
-        let lr = learning_rate(&self.cfg.train, self.state.step, self.elapsed_secs());
+        let lr = learning_rate(&self.cfg.train, self.state.step, self.schedule_clock()?);
+        self.last_lr = lr;
         self.optimizer.zero_grad();
         let (loss_sum, correct, weight, tokens) = self.accumulate_gradients()?;
         let step = self.state.step + 1;
@@ -283,8 +287,8 @@ impl Trainer {
     /// Writes the log interval's record to metrics.jsonl and the progress line; with
     /// several ranks, checks first that their parameters still agree.
     pub fn log(&mut self) -> Result<()> {
-        let lr = learning_rate(&self.cfg.train, self.state.step - 1, self.state.elapsed_secs);
-        let mut record = self.window.flush(self.state.step, lr, self.state.elapsed_secs, self.task.reports_bpc());
+        let mut record =
+            self.window.flush(self.state.step, self.last_lr, self.state.elapsed_secs, self.task.reports_bpc());
         if let Some(scaler) = &self.state.loss_scale {
             record["loss_scale"] = json!(scaler.scale);
         }

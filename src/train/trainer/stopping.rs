@@ -1,6 +1,6 @@
 //! When a run stops: its last step, a validation reaching `--target`, an interrupt, or
 //! the earlier of `--time-limit` and its time budget (`train.minutes`), agreed by every
-//! rank.
+//! rank; and the clock that a time budget's learning rate follows.
 
 use anyhow::Result;
 
@@ -29,6 +29,19 @@ impl Trainer {
             return Ok(Some(Stop::OutOfTime));
         }
         Ok(None)
+    }
+
+    /// The training seconds that drive a time budget's cosine (`train.minutes`): this
+    /// process's clock, or with several ranks their mean, so that every rank applies the
+    /// same learning rate.
+    pub(super) fn schedule_clock(&self) -> Result<f64> {
+        let elapsed = self.elapsed_secs();
+        match &self.group {
+            Some(group) if self.cfg.train.minutes.is_some() => {
+                Ok(group.sum_f64(&[elapsed])?[0] / group.world_size as f64)
+            }
+            _ => Ok(elapsed),
+        }
     }
 
     /// Whether the newest validation, taken at the current step, reaches `--target`.
