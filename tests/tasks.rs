@@ -56,7 +56,8 @@ fn long_range_duplication_presets_put_the_second_copy_half_the_length_away() {
         cfg.validate().unwrap();
         let n = cfg.train.duplication.copy_len;
         assert_eq!(cfg.model.max_seq_len, length, "{name}");
-        assert!(2 * n + 1 <= length && 2 * n + 1 > length - 8, "{name}: 2n + 1 = {} tokens", 2 * n + 1);
+        let tokens = 2 * n + 1;
+        assert!((length - 8..=length).contains(&tokens), "{name}: {tokens} tokens per sequence");
         let PositionalConfig::Axial { shape, .. } = cfg.model.positional else { panic!("{name}: axial positions") };
         assert_eq!(n % shape[1], 0, "{name}: copy length {n} is not a multiple of the axial period {}", shape[1]);
 
