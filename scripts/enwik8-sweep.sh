@@ -19,12 +19,14 @@ prose=${PROSE:-../shared/data/tiny-shakespeare.txt}
 
 declare -A variants=(
     [preset]=""
+    [before-retune]="train.lr=1e-3 train.batch_size=8"
     [lr2e-3]="train.lr=2e-3"
     [lr3e-3]="train.lr=3e-3"
     [lr5e-3]="train.lr=5e-3"
     [lr3e-3-ctx512]="train.lr=3e-3 train.seq_len=512 train.batch_size=16"
     [lr3e-3-ctx256]="train.lr=3e-3 train.seq_len=256 train.batch_size=32"
     [lr3e-3-batch4]="train.lr=3e-3 train.batch_size=4"
+    [lr3e-3-batch2]="train.lr=3e-3 train.batch_size=2"
     [lr3e-3-6layers]="train.lr=3e-3 model.n_layers=6 model.attention=[\"local\",\"lsh\"]"
     [lr3e-3-d384]="train.lr=3e-3 model.d_model=384 model.d_ff=1536 model.positional.dims=[192,192]"
     [lr3e-3-bf16]="train.lr=3e-3 train.precision=bf16"
