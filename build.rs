@@ -3,17 +3,36 @@
 //! what tch does not bind, into one static library `libtorch_bridge`: an autograd node
 //! whose forward and backward are Rust functions (`csrc/custom_function.cpp`), c10d
 //! process groups (`csrc/distributed.cpp`, which also needs Gloo's headers at `.gloo`) and
-//! a few single calls (`csrc/libtorch_calls.cpp`); and the CPU kernels (`csrc/lsh_window_attention.cpp`)
-//! into `libreformer_kernels`.
+//! a few single calls (`csrc/libtorch_calls.cpp`); the CPU kernel
+//! (`csrc/lsh_window_attention.cpp`) with OpenMP into `libreformer_kernels`; and its row
+//! work (`csrc/lsh_rows.cpp`) once per instruction-set variant, chosen at run time
+//! (`src/cpu_paths.rs`).
+//!
+//! Everything that includes libtorch's headers is compiled for baseline x86-64: an AVX2
+//! copy of a libtorch inline function could otherwise be the one the linker keeps, and
+//! run on a CPU without AVX2. Only `lsh_rows.cpp`, which includes no libtorch header, is
+//! compiled for AVX2 and AVX-512, and its objects are checked to define nothing but their
+//! entry point.
 
 use std::path::PathBuf;
 
 /// The C++ sources of the bridge, and the header they share.
 const SOURCES: [&str; 3] = ["csrc/custom_function.cpp", "csrc/distributed.cpp", "csrc/libtorch_calls.cpp"];
-/// The CPU kernels, compiled on x86-64 for AVX2 with FMA (ATen's vectorised types then
-/// use 256-bit registers; every x86-64 CPU since 2013 has them).
+/// The CPU kernel, compiled with OpenMP for libtorch's thread pool.
 const KERNELS: [&str; 1] = ["csrc/lsh_window_attention.cpp"];
-const HEADER: &str = "csrc/bridge.h";
+/// The kernel's row work, compiled once per variant.
+const ROWS: &str = "csrc/lsh_rows.cpp";
+const HEADERS: [&str; 2] = ["csrc/bridge.h", "csrc/lsh_rows.h"];
+/// The row-work variants on x86-64: name and compiler flags (`cpu_paths::KernelIsa`
+/// checks the same features at run time). Elsewhere only the baseline is built.
+const ROW_VARIANTS_X86_64: [(&str, &[&str]); 3] = [
+    ("baseline", &[]),
+    ("avx2", &["-mavx2", "-mfma"]),
+    (
+        "avx512",
+        &["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mprefer-vector-width=512"],
+    ),
+];
 
 fn main() {
     // Published by torch-sys (`links = "tch"`) to packages that depend on it directly.
@@ -51,29 +70,64 @@ fn main() {
         // libtorch's own headers warn under C++17 (C++20 bit-field initialisers).
         .warnings(false)
         .compile("torch_bridge");
-    let mut kernels = cc::Build::new();
-    kernels
+    cc::Build::new()
         .cpp(true)
         .files(KERNELS)
         .include(&include)
         .flag("-std=c++17")
+        // `#pragma omp` in ATen/Parallel.h: at::parallel_for runs on OpenMP's threads
+        // only when _OPENMP is defined.
+        .flag("-fopenmp")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
-        .warnings(false);
-    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
-        kernels.flag("-mavx2").flag("-mfma").define("CPU_CAPABILITY", "AVX2").define("CPU_CAPABILITY_AVX2", None);
+        .warnings(false)
+        .compile("reformer_kernels");
+    let x86_64 = std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64");
+    for (variant, flags) in ROW_VARIANTS_X86_64.iter().take(if x86_64 { 3 } else { 1 }) {
+        let mut rows = cc::Build::new();
+        let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join(format!("rows-{variant}"));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        rows.out_dir(&out_dir).cpp(true).file(ROWS).flag("-std=c++17").flag("-O3").flag("-ffp-contract=off");
+        rows.define("ROWS_VARIANT", *variant);
+        for flag in *flags {
+            rows.flag(flag);
+        }
+        let objects = rows.compile_intermediates();
+        check_defines_only_its_entry(&objects, variant);
+        rows.compile(&format!("reformer_rows_{variant}"));
     }
-    kernels.compile("reformer_kernels");
-    // The static library needs libtorch's symbols; listed after it so the linker finds them.
+    // The static libraries need libtorch's symbols; listed after them so the linker finds
+    // them. OpenMP: the libgomp that libtorch itself loads (the wheel's `lib/libgomp.so.1`),
+    // so that there is one thread pool.
     println!("cargo:rustc-link-search=native={lib}");
     for name in ["torch_cpu", "c10"] {
         println!("cargo:rustc-link-lib=dylib={name}");
     }
+    let gomp = if PathBuf::from(&lib).join("libgomp.so.1").exists() { "libgomp.so.1" } else { "libgomp.so" };
+    println!("cargo:rustc-link-lib=dylib:+verbatim={gomp}");
     if nccl.is_some() {
         println!("cargo:rustc-link-lib=dylib=torch_cuda");
     }
     println!("cargo:rerun-if-changed=build.rs");
-    for file in SOURCES.iter().chain(&KERNELS).chain([&HEADER]) {
+    for file in SOURCES.iter().chain(&KERNELS).chain(&HEADERS).chain([&ROWS]) {
         println!("cargo:rerun-if-changed={file}");
+    }
+}
+
+/// Panics unless the objects of a row-work variant define no global symbol but
+/// `reformer_lsh_rows_<variant>`: any other (an inline function of a header, say) could
+/// be kept by the linker for code outside the variant. Skipped where `nm` is missing.
+fn check_defines_only_its_entry(objects: &[PathBuf], variant: &str) {
+    let entry = format!("reformer_lsh_rows_{variant}");
+    for object in objects {
+        let Ok(out) = std::process::Command::new("nm").args(["--defined-only", "--extern-only"]).arg(object).output()
+        else {
+            println!("cargo:warning=nm not found: the {variant} row kernels' symbols are not checked");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let foreign: Vec<&str> =
+            text.lines().filter_map(|l| l.split_whitespace().last()).filter(|name| *name != entry).collect();
+        assert!(foreign.is_empty(), "{} defines symbols other than {entry}: {foreign:?}", object.display());
     }
 }
 

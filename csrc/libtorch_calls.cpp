@@ -1,6 +1,7 @@
 // Small libtorch calls that tch does not bind. Tensors cross as `at::Tensor*` (tch's
 // C_tensor). Each function that can fail returns 0, or non-zero with a message in `err`.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/core/CachingDeviceAllocator.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
@@ -146,17 +147,35 @@ TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tenso
 }  // namespace at::native
 
 extern "C" {
-// Whether libtorch was built with oneDNN on the CPU.
-int reformer_has_onednn() { return at::hasMKLDNN() ? 1 : 0; }
+// Whether oneDNN's float32 matmul can run here: 1, or 0 with the reason in `err`
+// (libtorch built without oneDNN, oneDNN disabled, or libtorch's own check refusing this
+// CPU, tried on a 2 × 2 product).
+int reformer_onednn_matmul_usable(char* err, size_t err_len) {
+  if (!at::hasMKLDNN()) {
+    bridge::write_error("libtorch was built without oneDNN", err, err_len);
+    return 0;
+  }
+  if (!at::globalContext().userEnabledMkldnn()) {
+    bridge::write_error("oneDNN is disabled", err, err_len);
+    return 0;
+  }
+  const int failed = bridge::guarded(err, err_len, [] {
+    c10::NoGradGuard no_grad;
+    const at::Tensor a = at::ones({2, 2}), out = at::empty({2, 2});
+    at::native::mkldnn_matmul(a, a, out, 0.f, 1.f);
+  });
+  return failed ? 0 : 1;
+}
 
 // A float32 linear layer through oneDNN's matmul: y (M, out) = x (M, in) · wᵀ + b, `b`
 // null for none. On this project's CPUs oneDNN's float32 matmul runs the model's shapes
-// at about twice the rate of `at::mm` (MKL), see scripts/gemm-rates.cpp.
+// at about twice the rate of `at::mm` (MKL), see scripts/gemm-rates.cpp. The weight goes
+// in as its transposed view, which oneDNN reads in place: no copy per call.
 int reformer_onednn_linear(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, at::Tensor** y, char* err,
                            size_t err_len) {
   return bridge::guarded(err, err_len, [&] {
     c10::NoGradGuard no_grad;
-    const at::Tensor xc = x->contiguous(), wt = w->t().contiguous();  // (M, in), (in, out)
+    const at::Tensor xc = x->contiguous(), wt = w->contiguous().t();  // (M, in), (in, out) a view
     at::Tensor out = at::empty({xc.size(0), w->size(0)}, xc.options());
     at::native::mkldnn_matmul(xc, wt, out, 0.f, 1.f);
     // The bias added afterwards: accumulating onto it (beta = 1) gave a wrong result for
@@ -176,7 +195,7 @@ int reformer_onednn_linear_backward(const at::Tensor* x, const at::Tensor* w, co
     at::Tensor grad_x = at::empty({xc.size(0), wc.size(1)}, xc.options());
     at::native::mkldnn_matmul(dyc, wc, grad_x, 0.f, 1.f);
     at::Tensor grad_w = at::empty({wc.size(0), wc.size(1)}, wc.options());
-    at::native::mkldnn_matmul(dyc.t().contiguous(), xc, grad_w, 0.f, 1.f);
+    at::native::mkldnn_matmul(dyc.t(), xc, grad_w, 0.f, 1.f);  // dyᵀ as a view
     *dx = new at::Tensor(std::move(grad_x));
     *dw = new at::Tensor(std::move(grad_w));
     *db = want_bias ? new at::Tensor(dyc.sum(0)) : nullptr;

@@ -20,18 +20,35 @@
 // gives, for each slot of the sorted rounds, round · Tp + position; `buckets` (N, R, Tp)
 // is read only under the strict rule. Outputs: out (N, R, Tp, Dh), lse (N, R, Tp).
 //
+// Threads: libtorch's OpenMP pool (this file is compiled with OpenMP against the
+// libgomp that libtorch loads, so `--threads` governs it). The forward runs every block
+// in parallel. In the backward every round of a sequence adds into the same gradient
+// rows, and a block adds into the rows of its window: the rounds run one after another
+// and, within a round, the chunks of one colour (chunk index mod the window's chunk
+// count) together, whose windows cannot overlap. No row is written by two threads at
+// once, each row receives its additions in an order fixed by the sizes alone (so the
+// result does not depend on the thread count) and the backward's extra memory is the
+// blocks' scratch, per thread: about (3·C·W + 6·W·Dh + 3·C·Dh) values and C·W bytes,
+// whatever N and Tp (`fused_scratch_bytes` in src/bench/memory_model.rs).
+//
+// Instruction sets: the element-wise row work (softmax, its backward, adding rows into
+// place) comes from csrc/lsh_rows.cpp, built once per x86-64 variant and chosen by the
+// caller from the CPU's features; this file itself is compiled for baseline x86-64, and
+// its block products go through oneDNN's micro-kernel, which picks its own code at run
+// time.
+//
 // This is the CPU kernel. A CUDA kernel would take the same arguments and layout (one
 // thread block per (sequence, round, chunk), the backward's key and value gradients
 // accumulated atomically or per round) and be chosen by the same entry points on the
 // tensors' device; until one exists the caller keeps the batched path on CUDA.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
 #include <c10/core/GradMode.h>
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -39,6 +56,7 @@
 #include <vector>
 
 #include "bridge.h"
+#include "lsh_rows.h"
 
 extern "C" {
 // Which keys a query may see (see the header comment); `real_len` is the number of
@@ -94,21 +112,25 @@ class WorkerBlas {
 };
 
 // C (m × n) = op(A) · op(B), all row-major; op(X) is X or Xᵀ (then X is stored
-// transposed: A as k × m, B as n × k).
+// transposed: A as k × m, B as n × k). Sizes are a block's (C, W, Dh); indices are
+// 64-bit, so C · W may pass 2^31.
 template <typename T>
-void matmul(bool trans_a, bool trans_b, int m, int n, int k, const T* a, int lda, const T* b, int ldb, T* c,
-            int ldc) {
+void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+            int64_t ldb, T* c, int64_t ldc) {
   const T one = 1, zero = 0;
-  if (auto blas = fortran_gemm<T>()) {
+  auto blas = fortran_gemm<T>();
+  const bool fits_blas = std::max({m, n, k, lda, ldb, ldc}) <= std::numeric_limits<int>::max();
+  if (blas && fits_blas) {
     // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands.
     const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
-    blas(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &zero, c, &ldc);
+    const int m_ = m, n_ = n, k_ = k, lda_ = lda, ldb_ = ldb, ldc_ = ldc;
+    blas(&tb, &ta, &n_, &m_, &k_, &one, b, &ldb_, a, &lda_, &zero, c, &ldc_);
     return;
   }
-  for (int i = 0; i < m; ++i) {
-    for (int j = 0; j < n; ++j) {
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
       T sum = 0;
-      for (int p = 0; p < k; ++p) {
+      for (int64_t p = 0; p < k; ++p) {
         sum += (trans_a ? a[p * lda + i] : a[i * lda + p]) * (trans_b ? b[j * ldb + p] : b[p * ldb + j]);
       }
       c[i * ldc + j] = sum;
@@ -117,20 +139,21 @@ void matmul(bool trans_a, bool trans_b, int m, int n, int k, const T* a, int lda
 }
 
 // The transpose of x (rows × cols, row stride ld) written into `out`: (cols × rows).
-inline const float* transposed(const float* x, int rows, int cols, int ld, std::vector<float>& out) {
+inline const float* transposed(const float* x, int64_t rows, int64_t cols, int64_t ld, std::vector<float>& out) {
   out.resize(static_cast<size_t>(rows) * cols);
-  for (int r = 0; r < rows; ++r) {
-    for (int c = 0; c < cols; ++c) out[c * rows + r] = x[r * ld + c];
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = x[r * ld + c];
   }
   return out.data();
 }
 
-// float: ATen's batch-reduce GEMM micro-kernel (oneDNN's; at these block sizes about
-// 2.5 times MKL's rate on an AVX-512 CPU), which takes both operands untransposed: a
-// transposed one is first copied into a scratch buffer of the thread's.
+// float: ATen's batch-reduce GEMM micro-kernel (oneDNN's JIT code for the CPU it runs
+// on; at these block sizes about 2.5 times MKL's rate on an AVX-512 CPU; libtorch's
+// gemm where oneDNN's micro-kernel does not run), which takes both operands
+// untransposed: a transposed one is first copied into a scratch buffer of the thread's.
 template <>
-void matmul<float>(bool trans_a, bool trans_b, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
-                   float* c, int ldc) {
+void matmul<float>(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                   const float* b, int64_t ldb, float* c, int64_t ldc) {
   thread_local std::vector<float> a_rows, b_rows;
   if (trans_a) {
     a = transposed(a, k, m, lda, a_rows);  // (m, k) from A stored (k, m)
@@ -143,32 +166,53 @@ void matmul<float>(bool trans_a, bool trans_b, int m, int n, int k, const float*
   at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, false, a, b, c, false);
 }
 
-// row[j] = exp(row[j] − shift) for j < n; returns their sum. float through ATen's
-// vectorised exp (relative error about 1e-6; it gives 0 below float's range), float64
-// through std::exp (0 below its range without the slow underflow path).
-inline float exp_shifted(float* row, int64_t n, float shift) {
-  using Vec = at::vec::Vectorized<float>;
-  const Vec offset(shift);
-  Vec lanes(0.f);
-  int64_t j = 0;
-  for (; j + Vec::size() <= n; j += Vec::size()) {
-    const Vec e = (Vec::loadu(row + j) - offset).exp_u20();
-    e.store(row + j);
-    lanes = lanes + e;
-  }
-  float sums[Vec::size()];
-  lanes.store(sums);
-  float sum = 0;
-  for (float part : sums) sum += part;
-  for (; j < n; ++j) sum += (row[j] = row[j] - shift < -88.f ? 0.f : std::exp(row[j] - shift));
-  return sum;
+// The row work of each dtype from the chosen variant's table (lsh_rows.h).
+inline void softmax_rows(const LshRowKernels& rows, float* x, int64_t n, int64_t w, float* lse) {
+  rows.softmax_f32(x, n, w, lse);
+}
+inline void softmax_rows(const LshRowKernels& rows, double* x, int64_t n, int64_t w, double* lse) {
+  rows.softmax_f64(x, n, w, lse);
+}
+inline void softmax_backward_rows(const LshRowKernels& rows, const float* p, float* dp, const uint8_t* kinds,
+                                  const float* d_lse, int64_t n, int64_t w) {
+  rows.softmax_backward_f32(p, dp, kinds, d_lse, n, w);
+}
+inline void softmax_backward_rows(const LshRowKernels& rows, const double* p, double* dp, const uint8_t* kinds,
+                                  const double* d_lse, int64_t n, int64_t w) {
+  rows.softmax_backward_f64(p, dp, kinds, d_lse, n, w);
+}
+inline void scatter_add_rows(const LshRowKernels& rows, float* dst, const int64_t* pos, const float* src, int64_t n,
+                             int64_t w) {
+  rows.scatter_add_f32(dst, pos, src, n, w);
+}
+inline void scatter_add_rows(const LshRowKernels& rows, double* dst, const int64_t* pos, const double* src,
+                             int64_t n, int64_t w) {
+  rows.scatter_add_f64(dst, pos, src, n, w);
 }
 
-inline double exp_shifted(double* row, int64_t n, double shift) {
-  double sum = 0;
-  for (int64_t j = 0; j < n; ++j) sum += (row[j] = row[j] - shift < -745.0 ? 0.0 : std::exp(row[j] - shift));
-  return sum;
+// The variant of code `isa` (src/cpu_paths.rs: 0 baseline, 1 AVX2, 2 AVX-512).
+const LshRowKernels& row_kernels(int32_t isa) {
+#if defined(__x86_64__)
+  if (isa == 2) return *reformer_lsh_rows_avx512();
+  if (isa == 1) return *reformer_lsh_rows_avx2();
+#endif
+  TORCH_CHECK(isa == 0, "no LSH row kernels for instruction set code ", isa, " in this build");
+  return *reformer_lsh_rows_baseline();
 }
+
+// How many distinct threads ran blocks in the last forward or backward call: a check
+// that the kernel runs in parallel (tests/lsh_kernel_threads.rs).
+std::atomic<int> threads_in_last_call{0};
+
+// Collects the thread numbers that enter a call's block loops.
+class ThreadCensus {
+ public:
+  void enter() { seen_.fetch_or(uint64_t{1} << std::min(at::get_thread_num(), 63), std::memory_order_relaxed); }
+  ~ThreadCensus() { threads_in_last_call.store(__builtin_popcountll(seen_.load())); }
+
+ private:
+  std::atomic<uint64_t> seen_{0};
+};
 
 // ---------------------------------------------------------------------------------------
 // One block: a chunk of C sorted queries and its window of W = (before + 1 + after) · C
@@ -295,19 +339,14 @@ struct Block {
     if (kinds[own_slot] == Logit::Self) row[own_slot] = T(rules.self_logit);
   }
 
-  // The logits of each row become its probabilities; returns the row's log-sum-exp. The
-  // backward recomputes them this way too, not from the log-sum-exp: a row with nothing
-  // visible has a log-sum-exp near MASKED_LOGIT, where even float64 keeps no digits of
-  // log W.
-  T softmax_row(int64_t i) {
-    T* row = &logits[i * g.window];
-    const T max = *std::max_element(row, row + g.window);
-    const T sum = exp_shifted(row, g.window, max);
-    const T inverse = T(1) / sum;
-    for (int64_t j = 0; j < g.window; ++j) row[j] *= inverse;
-    return max + std::log(sum);
-  }
+  // The logits of each row become its probabilities, their log-sum-exps go to `lse`
+  // (C). The backward recomputes them this way too, not from the log-sum-exp: a row
+  // with nothing visible has a log-sum-exp near MASKED_LOGIT, where even float64 keeps
+  // no digits of log W.
+  void softmax(const LshRowKernels& rows, T* lse) { softmax_rows(rows, logits.data(), g.chunk_len, g.window, lse); }
 };
+
+static_assert(static_cast<uint8_t>(Logit::Visible) == LSH_LOGIT_VISIBLE, "lsh_rows.h reads Logit::Visible as 0");
 
 const int64_t* bucket_data(const at::Tensor& buckets, const LshWindowRules& rules) {
   return rules.strict_causal ? buckets.data_ptr<int64_t>() : nullptr;
@@ -315,24 +354,28 @@ const int64_t* bucket_data(const at::Tensor& buckets, const LshWindowRules& rule
 
 template <typename T>
 void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& sticker,
-                    const at::Tensor& buckets, const LshWindowRules& rules, at::Tensor& out, at::Tensor& lse) {
+                    const at::Tensor& buckets, const LshWindowRules& rules, const LshRowKernels& rows,
+                    at::Tensor& out, at::Tensor& lse) {
   const Geometry g = Geometry::of(q, sticker, rules);
   const T *q_all = q.data_ptr<T>(), *k_all = k.data_ptr<T>(), *v_all = v.data_ptr<T>();
   const int64_t* slots = sticker.data_ptr<int64_t>();
   const int64_t* bucket_ids = bucket_data(buckets, rules);
   T* out_all = out.data_ptr<T>();
   T* lse_all = lse.data_ptr<T>();
+  ThreadCensus census;
   at::parallel_for(0, g.n_blocks(), 1, [&](int64_t begin, int64_t end) {
+    census.enter();
     WorkerBlas blas;
     Block<T> block(g, rules);
-    std::vector<T> o(g.chunk_len * g.d_head);  // (C, Dh)
+    std::vector<T> o(g.chunk_len * g.d_head), row_lse(g.chunk_len);  // (C, Dh), (C)
     for (int64_t index = begin; index < end; ++index) {
       block.load(index, q_all, k_all, v_all, slots, bucket_ids, false);
+      block.softmax(rows, row_lse.data());
       const int64_t row_base = (block.seq * g.n_rounds + block.round) * g.t_pad;  // of (N, R, Tp)
-      for (int64_t i = 0; i < g.chunk_len; ++i) lse_all[row_base + block.q_pos[i]] = block.softmax_row(i);
+      for (int64_t i = 0; i < g.chunk_len; ++i) lse_all[row_base + block.q_pos[i]] = row_lse[i];
       // o (C, Dh) = probabilities (C, W) · v (W, Dh)
       matmul<T>(false, false, g.chunk_len, g.d_head, g.window, block.logits.data(), g.window, block.v.data(),
-              g.d_head, o.data(), g.d_head);
+                g.d_head, o.data(), g.d_head);
       for (int64_t i = 0; i < g.chunk_len; ++i) {
         std::memcpy(out_all + (row_base + block.q_pos[i]) * g.d_head, &o[i * g.d_head], g.d_head * sizeof(T));
       }
@@ -340,100 +383,80 @@ void forward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   });
 }
 
-// Gradients of q, k and v, accumulated over blocks into (N, Tp, Dh) buffers: a block
-// writes the rows of its sequence only, so blocks of different sequences never collide.
-// With at least as many sequences as threads, threads split the sequences and write the
-// gradients directly; otherwise each thread accumulates into copies of its own, summed
-// at the end.
+// Gradients of q, k and v, added block by block into (N, Tp, Dh) buffers in the phases
+// of the header comment: for each round, for each colour, every (sequence, chunk of that
+// colour) block in parallel.
 template <typename T>
 void backward_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& sticker,
-                     const at::Tensor& buckets, const LshWindowRules& rules, const at::Tensor& d_out,
-                     const at::Tensor& d_lse, at::Tensor& dq,
-                     at::Tensor& dk, at::Tensor& dv) {
+                     const at::Tensor& buckets, const LshWindowRules& rules, const LshRowKernels& rows,
+                     const at::Tensor& d_out, const at::Tensor& d_lse, at::Tensor& dq, at::Tensor& dk,
+                     at::Tensor& dv) {
   const Geometry g = Geometry::of(q, sticker, rules);
   const T *q_all = q.data_ptr<T>(), *k_all = k.data_ptr<T>(), *v_all = v.data_ptr<T>();
   const T* d_out_all = d_out.defined() ? d_out.data_ptr<T>() : nullptr;
   const T* d_lse_all = d_lse.defined() ? d_lse.data_ptr<T>() : nullptr;
   const int64_t* slots = sticker.data_ptr<int64_t>();
   const int64_t* bucket_ids = bucket_data(buckets, rules);
-  const int64_t n_threads = at::get_num_threads();
-  const bool by_sequence = g.n_seqs >= n_threads;
-  const int64_t seq_elems = g.n_seqs * g.t_pad * g.d_head;
-  // (threads, N, Tp, Dh) each, or the outputs themselves
-  at::Tensor dq_parts = by_sequence ? dq : at::zeros({n_threads, g.n_seqs, g.t_pad, g.d_head}, q.options());
-  at::Tensor dk_parts = by_sequence ? dk : at::zeros_like(dq_parts);
-  at::Tensor dv_parts = by_sequence ? dv : at::zeros_like(dq_parts);
-  const int64_t blocks_per_seq = g.n_rounds * g.n_chunks;
+  T *dq_all = dq.data_ptr<T>(), *dk_all = dk.data_ptr<T>(), *dv_all = dv.data_ptr<T>();
+  // Chunks `colours` apart have disjoint windows (a window spans window_chunks chunks).
+  const int64_t colours = g.window_chunks;
+  ThreadCensus census;
 
-  auto run = [&](int64_t begin, int64_t end, T* dq_all, T* dk_all, T* dv_all) {
-    WorkerBlas blas;
+  auto run_block = [&](Block<T>& block, int64_t index, std::vector<T>& scratch) {
     const int64_t c = g.chunk_len, w_len = g.window, dh = g.d_head;
-    Block<T> block(g, rules);
-    std::vector<T> d_o(c * dh), d_probs(c * w_len), dq_block(c * dh), dk_block(w_len * dh), dv_block(w_len * dh);
-    std::vector<T> row_dot(c), row_d_lse(c);
-    for (int64_t index = begin; index < end; ++index) {
-      block.load(index, q_all, k_all, v_all, slots, bucket_ids, true);
-      const int64_t row_base = (block.seq * g.n_rounds + block.round) * g.t_pad;  // of (N, R, Tp)
-      for (int64_t i = 0; i < c; ++i) {
-        const int64_t row = row_base + block.q_pos[i];
-        if (d_out_all) {
-          std::memcpy(&d_o[i * dh], d_out_all + row * dh, dh * sizeof(T));
-        } else {
-          std::fill_n(&d_o[i * dh], dh, T(0));
-        }
-        row_d_lse[i] = d_lse_all ? d_lse_all[row] : T(0);
-        block.softmax_row(i);
+    T* d_o = scratch.data();           // (C, Dh)
+    T* d_probs = d_o + c * dh;         // (C, W), then the logits' gradient
+    T* dq_block = d_probs + c * w_len; // (C, Dh)
+    T* dk_block = dq_block + c * dh;   // (W, Dh)
+    T* dv_block = dk_block + w_len * dh;  // (W, Dh)
+    T* row_d_lse = dv_block + w_len * dh; // (C)
+    T* row_lse = row_d_lse + c;           // (C), unused
+    block.load(index, q_all, k_all, v_all, slots, bucket_ids, true);
+    const int64_t row_base = (block.seq * g.n_rounds + block.round) * g.t_pad;  // of (N, R, Tp)
+    for (int64_t i = 0; i < c; ++i) {
+      const int64_t row = row_base + block.q_pos[i];
+      if (d_out_all) {
+        std::memcpy(&d_o[i * dh], d_out_all + row * dh, dh * sizeof(T));
+      } else {
+        std::fill_n(&d_o[i * dh], dh, T(0));
       }
-      const T* probs = block.logits.data();
-      // d_probs (C, W) = d_o (C, Dh) · vᵀ (Dh, W)
-      matmul<T>(false, false, c, w_len, dh, d_o.data(), dh, block.v_t.data(), w_len, d_probs.data(), w_len);
-      // dv (W, Dh) = probabilitiesᵀ (W, C) · d_o (C, Dh)
-      matmul<T>(true, false, w_len, dh, c, probs, w_len, d_o.data(), dh, dv_block.data(), dh);
-      // d_logits in place of d_probs: p · (dp − Σ p dp + d_lse); none through a fixed logit
-      for (int64_t i = 0; i < c; ++i) {
-        T dot = 0;  // Σ_j p dp = d_o · output
-        for (int64_t j = 0; j < w_len; ++j) dot += probs[i * w_len + j] * d_probs[i * w_len + j];
-        row_dot[i] = dot;
-        for (int64_t j = 0; j < w_len; ++j) {
-          const int64_t e = i * w_len + j;
-          d_probs[e] = block.kind[e] == Logit::Visible ? probs[e] * (d_probs[e] - row_dot[i] + row_d_lse[i]) : T(0);
-        }
-      }
-      // dq (C, Dh) = d_logits (C, W) · k (W, Dh); dk (W, Dh) = d_logitsᵀ (W, C) · q (C, Dh)
-      matmul<T>(false, false, c, dh, w_len, d_probs.data(), w_len, block.k.data(), dh, dq_block.data(), dh);
-      matmul<T>(true, false, w_len, dh, c, d_probs.data(), w_len, block.q.data(), dh, dk_block.data(), dh);
-      T* dq_seq = dq_all + block.seq * g.t_pad * dh;
-      T* dk_seq = dk_all + block.seq * g.t_pad * dh;
-      T* dv_seq = dv_all + block.seq * g.t_pad * dh;
-      for (int64_t i = 0; i < c; ++i) {
-        T* dst = dq_seq + block.q_pos[i] * dh;
-        for (int64_t d = 0; d < dh; ++d) dst[d] += dq_block[i * dh + d];
-      }
-      for (int64_t j = 0; j < w_len; ++j) {
-        if (block.k_pos[j] < 0) continue;
-        T* dk_dst = dk_seq + block.k_pos[j] * dh;
-        T* dv_dst = dv_seq + block.k_pos[j] * dh;
-        for (int64_t d = 0; d < dh; ++d) {
-          dk_dst[d] += dk_block[j * dh + d];
-          dv_dst[d] += dv_block[j * dh + d];
-        }
-      }
+      row_d_lse[i] = d_lse_all ? d_lse_all[row] : T(0);
     }
+    block.softmax(rows, row_lse);
+    const T* probs = block.logits.data();
+    // d_probs (C, W) = d_o (C, Dh) · vᵀ (Dh, W)
+    matmul<T>(false, false, c, w_len, dh, d_o, dh, block.v_t.data(), w_len, d_probs, w_len);
+    // dv (W, Dh) = probabilitiesᵀ (W, C) · d_o (C, Dh)
+    matmul<T>(true, false, w_len, dh, c, probs, w_len, d_o, dh, dv_block, dh);
+    // d_logits in place of d_probs: p · (dp − Σ p dp + d_lse); none through a fixed logit
+    softmax_backward_rows(rows, probs, d_probs, reinterpret_cast<const uint8_t*>(block.kind.data()), row_d_lse, c,
+                          w_len);
+    // dq (C, Dh) = d_logits (C, W) · k (W, Dh); dk (W, Dh) = d_logitsᵀ (W, C) · q (C, Dh)
+    matmul<T>(false, false, c, dh, w_len, d_probs, w_len, block.k.data(), dh, dq_block, dh);
+    matmul<T>(true, false, w_len, dh, c, d_probs, w_len, block.q.data(), dh, dk_block, dh);
+    const int64_t seq_offset = block.seq * g.t_pad * dh;
+    scatter_add_rows(rows, dq_all + seq_offset, block.q_pos.data(), dq_block, c, dh);
+    scatter_add_rows(rows, dk_all + seq_offset, block.k_pos.data(), dk_block, w_len, dh);
+    scatter_add_rows(rows, dv_all + seq_offset, block.k_pos.data(), dv_block, w_len, dh);
   };
 
-  if (by_sequence) {
-    at::parallel_for(0, g.n_seqs, 1, [&](int64_t begin, int64_t end) {
-      run(begin * blocks_per_seq, end * blocks_per_seq, dq.data_ptr<T>(), dk.data_ptr<T>(), dv.data_ptr<T>());
-    });
-    return;
+  const int64_t scratch_len = 3 * g.chunk_len * g.d_head + g.chunk_len * g.window + 2 * g.window * g.d_head +
+                              2 * g.chunk_len;
+  for (int64_t round = 0; round < g.n_rounds; ++round) {
+    for (int64_t colour = 0; colour < std::min(colours, g.n_chunks); ++colour) {
+      const int64_t per_seq = (g.n_chunks - colour + colours - 1) / colours;  // chunks of this colour
+      at::parallel_for(0, g.n_seqs * per_seq, 1, [&](int64_t begin, int64_t end) {
+        census.enter();
+        WorkerBlas blas;
+        Block<T> block(g, rules);
+        std::vector<T> scratch(scratch_len);
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t seq = item / per_seq, chunk = colour + (item % per_seq) * colours;
+          run_block(block, (seq * g.n_rounds + round) * g.n_chunks + chunk, scratch);
+        }
+      });
+    }
   }
-  at::parallel_for(0, g.n_blocks(), 1, [&](int64_t begin, int64_t end) {
-    const int64_t part = at::get_thread_num() * seq_elems;
-    run(begin, end, dq_parts.data_ptr<T>() + part, dk_parts.data_ptr<T>() + part, dv_parts.data_ptr<T>() + part);
-  });
-  dq.copy_(dq_parts.sum(0));
-  dk.copy_(dk_parts.sum(0));
-  dv.copy_(dv_parts.sum(0));
 }
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& sticker,
@@ -475,10 +498,10 @@ struct KernelInputs {
 
 extern "C" {
 // Forward: `out` (N, R, Tp, Dh) and `lse` (N, R, Tp) become new tensors. `buckets` may
-// be null unless the rule is strict.
+// be null unless the rule is strict. `isa` chooses the row kernels (see row_kernels).
 int reformer_lsh_window_forward(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                                 const at::Tensor* sticker, const at::Tensor* buckets, const LshWindowRules* rules,
-                                at::Tensor** out, at::Tensor** lse, char* err, size_t err_len) {
+                                int32_t isa, at::Tensor** out, at::Tensor** lse, char* err, size_t err_len) {
   return bridge::guarded(err, err_len, [&] {
     c10::NoGradGuard no_grad;
     const KernelInputs in(q, k, v, sticker, buckets, *rules);
@@ -486,7 +509,7 @@ int reformer_lsh_window_forward(const at::Tensor* q, const at::Tensor* k, const 
     at::Tensor o = at::empty({n, rounds, t_pad, dh}, in.q.options());
     at::Tensor l = at::empty({n, rounds, t_pad}, in.q.options());
     AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "lsh_window_forward", [&] {
-      forward_kernel<scalar_t>(in.q, in.k, in.v, in.sticker, in.buckets, *rules, o, l);
+      forward_kernel<scalar_t>(in.q, in.k, in.v, in.sticker, in.buckets, *rules, row_kernels(isa), o, l);
     });
     *out = new at::Tensor(std::move(o));
     *lse = new at::Tensor(std::move(l));
@@ -497,7 +520,7 @@ int reformer_lsh_window_forward(const at::Tensor* q, const at::Tensor* k, const 
 // gradients (`d_out`, `d_lse` may be null: no gradient reached that output).
 int reformer_lsh_window_backward(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                                  const at::Tensor* sticker, const at::Tensor* buckets, const LshWindowRules* rules,
-                                 const at::Tensor* d_out, const at::Tensor* d_lse, at::Tensor** dq, at::Tensor** dk,
+                                 int32_t isa, const at::Tensor* d_out, const at::Tensor* d_lse, at::Tensor** dq, at::Tensor** dk,
                                  at::Tensor** dv, char* err, size_t err_len) {
   return bridge::guarded(err, err_len, [&] {
     c10::NoGradGuard no_grad;
@@ -509,11 +532,15 @@ int reformer_lsh_window_backward(const at::Tensor* q, const at::Tensor* k, const
     const at::Tensor doc = same_kind(d_out), dlc = same_kind(d_lse);
     at::Tensor gq = at::zeros_like(in.q), gk = at::zeros_like(in.k), gv = at::zeros_like(in.v);
     AT_DISPATCH_FLOATING_TYPES(kind, "lsh_window_backward", [&] {
-      backward_kernel<scalar_t>(in.q, in.k, in.v, in.sticker, in.buckets, *rules, doc, dlc, gq, gk, gv);
+      backward_kernel<scalar_t>(in.q, in.k, in.v, in.sticker, in.buckets, *rules, row_kernels(isa), doc, dlc, gq, gk,
+                                gv);
     });
     *dq = new at::Tensor(std::move(gq));
     *dk = new at::Tensor(std::move(gk));
     *dv = new at::Tensor(std::move(gv));
   });
 }
+
+// How many distinct threads ran blocks in the last forward or backward call.
+int reformer_lsh_threads_in_last_call() { return threads_in_last_call.load(); }
 }

@@ -4,6 +4,7 @@ pub mod allocator;
 pub mod arg_values;
 pub mod autograd;
 pub mod bench;
+pub mod cpu_paths;
 pub mod curves;
 pub mod device;
 pub mod distributed;

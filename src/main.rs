@@ -53,6 +53,7 @@ fn print_version() {
     println!("cuda available: {} ({} device(s))", tch::Cuda::is_available(), tch::Cuda::device_count());
     let backends = if distributed::nccl_built() { "gloo, nccl" } else { "gloo" };
     println!("distributed backends: {backends}");
+    println!("{}", reformer::cpu_paths::describe());
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -1,16 +1,17 @@
 //! Linear layers, on the CPU in float32 through oneDNN's matmul: on the CPUs this project
 //! is measured on it runs the model's shapes at about twice the rate of libtorch's default
 //! (MKL's sgemm, which takes a generic code path on AMD CPUs; `scripts/gemm-rates.cpp`).
-//! Elsewhere (CUDA, autocast, other dtypes, a libtorch without oneDNN) a layer is
-//! libtorch's own `linear`. The two differ only in the rounding of their sums.
+//! Elsewhere (CUDA, autocast, other dtypes, a libtorch without oneDNN, a CPU whose
+//! oneDNN matmul libtorch refuses: `cpu_paths::linear_path`) a layer is libtorch's own
+//! `linear`. The two differ only in the rounding of their sums.
 
 use std::ffi::{c_char, c_int};
-use std::sync::OnceLock;
 
 use tch::{nn, Device, Kind, TchError, Tensor};
 use torch_sys::C_tensor;
 
 use crate::autograd::{self, Function, Keep};
+use crate::cpu_paths::{self, LinearPath};
 use crate::ffi::checked;
 use crate::precision::Precision;
 
@@ -35,13 +36,11 @@ pub fn linear(x: &Tensor, layer: &nn::Linear) -> Tensor {
 
 /// Whether `linear` takes oneDNN's matmul for these tensors.
 fn through_onednn(x: &Tensor, layer: &nn::Linear) -> bool {
-    static HAS_ONEDNN: OnceLock<bool> = OnceLock::new();
     x.device() == Device::Cpu
         && x.kind() == Kind::Float
         && layer.ws.kind() == Kind::Float
         && Precision::current(Device::Cpu) == Precision::F32
-        // SAFETY: reads a constant of the libtorch build.
-        && *HAS_ONEDNN.get_or_init(|| unsafe { reformer_has_onednn() } != 0)
+        && *cpu_paths::linear_path() == LinearPath::Onednn
 }
 
 /// The autograd node of one layer: inputs x (M, in), weight (out, in) and the bias if any.
@@ -100,7 +99,6 @@ impl Function for OnednnLinear {
 }
 
 extern "C" {
-    fn reformer_has_onednn() -> c_int;
     fn reformer_onednn_linear(
         x: *const C_tensor,
         w: *const C_tensor,

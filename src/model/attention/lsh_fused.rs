@@ -5,7 +5,7 @@
 //! (rounds × positions × window) masks and probabilities nor the sorted copies exist; the
 //! backward recomputes each block from the inputs. It computes what the
 //! batched path of `lsh::attend_rounds` computes, which stays as its reference and as the
-//! path for the cases it does not cover (`FusedLsh::unavailable`).
+//! path for the cases it does not cover (`unavailable`).
 
 use std::ffi::{c_char, c_int};
 
@@ -15,6 +15,7 @@ use torch_sys::C_tensor;
 use super::lsh::{MASKED_LOGIT, SELF_LOGIT};
 use super::lsh_params::LshParams;
 use crate::autograd::{self, Function, Keep};
+use crate::cpu_paths::{self, KernelIsa};
 use crate::ffi::checked;
 use crate::model::seeded_random::ForwardMode;
 
@@ -72,16 +73,16 @@ pub fn unavailable(p: &LshParams, kind: Kind, device: Device, mode: ForwardMode)
 }
 
 /// The name of the path an LSH layer with `p` takes for inputs of `kind` on `device`, for
-/// reports: "fused" or "batched (reason)".
+/// reports: "fused (its row-work variant)" or "batched (reason)".
 pub fn path_name(p: &LshParams, kind: Kind, device: Device, mode: ForwardMode) -> String {
     match unavailable(p, kind, device, mode) {
-        None => "fused".to_string(),
+        None => format!("fused ({})", cpu_paths::lsh_kernel_isa().name()),
         Some(reason) => format!("batched ({reason})"),
     }
 }
 
 /// Chunked LSH attention of each round through the fused kernel, before the rounds are
-/// combined. `sticker` lists, for each slot of the sorted rounds, round·Tp + position.
+/// combined, with the row-work variant of this process (`cpu_paths::lsh_kernel_isa`). `sticker` lists, for each slot of the sorted rounds, round·Tp + position.
 ///
 /// # Shapes
 /// `q`, `k`, `v`: (B, h, Tp, Dh) (queries scaled as the logits need, keys of unit
@@ -95,12 +96,27 @@ pub fn attend_rounds(
     buckets: &Tensor,
     rules: WindowRules,
 ) -> (Tensor, Tensor) {
+    attend_rounds_with(cpu_paths::lsh_kernel_isa(), q, k, v, sticker, buckets, rules)
+}
+
+/// `attend_rounds` with the row-work variant `isa`, which this CPU must run.
+pub fn attend_rounds_with(
+    isa: KernelIsa,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    sticker: &Tensor,
+    buckets: &Tensor,
+    rules: WindowRules,
+) -> (Tensor, Tensor) {
+    assert!(isa.runs_here(), "this CPU does not run the {} LSH row kernels", isa.name());
     let (b, h, t_pad, dh) = q.size4().unwrap();
     let r = sticker.size()[2] / t_pad;
     let function = WindowAttention {
         sticker: sticker.view([b * h, r * t_pad]),
         buckets: (rules.strict_causal != 0).then(|| buckets.view([b * h, r, t_pad])),
         rules,
+        isa,
     };
     let flat = |x: &Tensor| x.reshape([b * h, t_pad, dh]); // (B·h, Tp, Dh)
     let inputs = [flat(q), flat(k), flat(v)];
@@ -118,6 +134,7 @@ struct WindowAttention {
     /// (N, R, Tp) int64, under the strict causal rule
     buckets: Option<Tensor>,
     rules: WindowRules,
+    isa: KernelIsa,
 }
 
 impl Function for WindowAttention {
@@ -136,6 +153,7 @@ impl Function for WindowAttention {
                 self.sticker.as_ptr(),
                 self.buckets_ptr(),
                 &self.rules,
+                self.isa.code(),
                 &mut out,
                 &mut lse,
                 err,
@@ -158,6 +176,7 @@ impl Function for WindowAttention {
                 self.sticker.as_ptr(),
                 self.buckets_ptr(),
                 &self.rules,
+                self.isa.code(),
                 grad(&grad_outputs[0]),
                 grad(&grad_outputs[1]),
                 &mut dq,
@@ -179,12 +198,21 @@ impl WindowAttention {
     }
 }
 
+/// How many distinct threads ran blocks in the last kernel call (forward or backward) of
+/// this process: the kernel's parallelism made visible, for tests.
+pub fn threads_in_last_call() -> usize {
+    // SAFETY: reads an atomic counter.
+    unsafe { reformer_lsh_threads_in_last_call() as usize }
+}
+
 /// A kernel entry point through `ffi::checked`, its error as autograd's.
 fn kernel_call(call: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), TchError> {
     checked(call).map_err(|e| TchError::Torch(e.to_string()))
 }
 
 extern "C" {
+    fn reformer_lsh_threads_in_last_call() -> c_int;
+
     fn reformer_lsh_window_forward(
         q: *const C_tensor,
         k: *const C_tensor,
@@ -192,6 +220,7 @@ extern "C" {
         sticker: *const C_tensor,
         buckets: *const C_tensor,
         rules: *const WindowRules,
+        isa: i32,
         out: *mut *mut C_tensor,
         lse: *mut *mut C_tensor,
         err: *mut c_char,
@@ -205,6 +234,7 @@ extern "C" {
         sticker: *const C_tensor,
         buckets: *const C_tensor,
         rules: *const WindowRules,
+        isa: i32,
         d_out: *const C_tensor,
         d_lse: *const C_tensor,
         dq: *mut *mut C_tensor,

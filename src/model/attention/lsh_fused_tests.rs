@@ -108,7 +108,7 @@ fn causal_one_to_eight_rounds() {
 
 #[test]
 fn one_sequence_fewer_than_threads() {
-    // The backward then accumulates per thread (with more sequences, per sequence).
+    // Every block of a phase of the backward then belongs to one sequence.
     let c = Case { batch: 1, ..case(4, 8, true, 64) };
     check(&c, "one sequence");
 }
@@ -184,11 +184,12 @@ fn each_masking_rule_broken_in_the_kernel_fails_the_comparison() {
 fn the_kernel_path_is_named_and_the_batched_one_gives_its_reason() {
     let p = case(2, 8, true, 16).p;
     let (cpu, eval) = (Device::Cpu, ForwardMode::eval(0));
-    assert_eq!(lsh_fused::path_name(&p, Kind::Float, cpu, eval), "fused");
+    let fused = format!("fused ({})", crate::cpu_paths::lsh_kernel_isa().name());
+    assert_eq!(lsh_fused::path_name(&p, Kind::Float, cpu, eval), fused);
     assert_eq!(lsh_fused::path_name(&p, Kind::BFloat16, cpu, eval), "batched (half precision)");
     let wrap = LshParams { wrap_around: true, ..p.clone() };
     assert_eq!(lsh_fused::path_name(&wrap, Kind::Float, cpu, eval), "batched (lsh.wrap_around)");
     let dropout = LshParams { dropout: 0.1, ..p.clone() };
-    assert_eq!(lsh_fused::path_name(&dropout, Kind::Float, cpu, eval), "fused");
+    assert_eq!(lsh_fused::path_name(&dropout, Kind::Float, cpu, eval), fused);
     assert_eq!(lsh_fused::path_name(&dropout, Kind::Float, cpu, ForwardMode::train(0)), "batched (attention dropout)");
 }
