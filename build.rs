@@ -18,8 +18,9 @@ use std::path::PathBuf;
 
 /// The C++ sources of the bridge, and the header they share.
 const SOURCES: [&str; 3] = ["csrc/custom_function.cpp", "csrc/distributed.cpp", "csrc/libtorch_calls.cpp"];
-/// The CPU kernel, compiled with OpenMP for libtorch's thread pool.
-const KERNELS: [&str; 1] = ["csrc/lsh_window_attention.cpp"];
+/// The CPU kernels (fused LSH attention, the rounds' counting sort), compiled with
+/// OpenMP for libtorch's thread pool.
+const KERNELS: [&str; 2] = ["csrc/lsh_window_attention.cpp", "csrc/bucket_sort.cpp"];
 /// The kernel's row work, compiled once per variant.
 const ROWS: &str = "csrc/lsh_rows.cpp";
 const HEADERS: [&str; 2] = ["csrc/bridge.h", "csrc/lsh_rows.h"];

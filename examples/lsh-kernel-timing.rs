@@ -9,6 +9,13 @@
 //! kernel alone (forward, backward) on buckets drawn at random, and its rate: the FLOPs
 //! of its block matmuls (2 in the forward, 5 in the backward, each 2·C·W·Dh per block)
 //! against this machine's float32 large-GEMM rate (`reformer bench`'s figure).
+//!
+//! `cargo run --release --example lsh-kernel-timing -- scratch T ROUNDS`: the memory the
+//! kernel's backward takes beyond its outputs, on one sequence of one head (a sliced
+//! attention call, where fewer sequences than threads once meant per-thread gradient
+//! copies): the growth of the peak resident set during the backward, less the three
+//! gradients it returns. Run it with OMP_NUM_THREADS=1 and =2 to see whether it depends
+//! on the thread count.
 
 use std::time::Instant;
 
@@ -116,6 +123,40 @@ fn kernel(t: i64, rounds: i64, steps: usize) {
     );
 }
 
+/// A line of /proc/self/status in bytes (`VmRSS`, `VmHWM`).
+fn status_bytes(key: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() * 1024.0
+}
+
+fn scratch(t: i64, rounds: i64) {
+    let p = params(t, rounds);
+    let buckets = Tensor::randint(p.hash.n_buckets, [1, 1, rounds, t], (Kind::Int64, Device::Cpu)); // (1, 1, R, T)
+    let sticker = sort_slots(&buckets, p.hash.n_buckets); // (1, 1, R·T)
+    let qk = Tensor::randn([1, 1, t, D_HEAD], (Kind::Float, Device::Cpu));
+    let q = (&qk * (D_HEAD as f64).powf(-0.5)).set_requires_grad(true);
+    let k = normalize(&qk).set_requires_grad(true);
+    let v = Tensor::randn([1, 1, t, D_HEAD], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let (out, lse) = lsh_fused::attend_rounds(&q, &k, &v, &sticker, &buckets, WindowRules::new(&p, t));
+    let loss = out.sum(Kind::Float) + lse.sum(Kind::Float);
+    // Resets the peak to the current resident set (Linux 4.0+).
+    std::fs::write("/proc/self/clear_refs", "5").expect("cannot reset the peak resident set");
+    let before = status_bytes("VmRSS:");
+    let grads = Tensor::run_backward(&[loss], &[&q, &k, &v], false, false);
+    let growth = status_bytes("VmHWM:") - before;
+    let returned: f64 = grads.iter().map(|g| (g.numel() * 4) as f64).sum();
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    println!(
+        "T {t} rounds {rounds}, one sequence, {} thread(s): backward peak growth {:.1} MiB, of which the returned \
+         gradients {:.1} MiB: {:.1} MiB beyond them",
+        tch::get_num_threads(),
+        mib(growth),
+        mib(returned),
+        mib(growth - returned)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: i64| args.get(i).map_or(default, |a| a.parse().expect("a number"));
@@ -123,6 +164,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("compare") => compare(t, rounds, steps),
         Some("kernel") => kernel(t, rounds, steps),
-        _ => eprintln!("usage: lsh-kernel-timing compare|kernel T ROUNDS [STEPS]"),
+        Some("scratch") => scratch(t, rounds),
+        _ => eprintln!("usage: lsh-kernel-timing compare|kernel|scratch T ROUNDS [STEPS]"),
     }
 }

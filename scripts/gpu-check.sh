@@ -7,9 +7,13 @@
 # TORCH_LIB (default: the lib folder of the first PyTorch 2.11 found under
 # /opt/torch/.venv or by python3) is put on LD_LIBRARY_PATH. Writes into OUT_DIR
 # (default gpu-check-<time>): a log per check, bench JSON reports and the SVG figure.
-# Exits non-zero at the first failing check.
+# Exits non-zero at the first failing check. The last step measures the CPU paths over
+# thread counts (scripts/cpu-thread-scaling.sh, with KERNEL_TIMING: the
+# lsh-kernel-timing example built beside the binary). QUICK=1: only the float32
+# training, resume and generation checks on CUDA, then the CPU thread scaling.
 set -euo pipefail
 binary=${1:-$(dirname "$0")/../target/release/reformer}
+timing=${KERNEL_TIMING:-$(dirname "$binary")/examples/lsh-kernel-timing}
 out=${2:-gpu-check-$(date +%s)}
 mkdir -p "$out"
 
@@ -31,8 +35,22 @@ step "versions"
 grep -q "cuda available: true" "$out/version.log" || { echo "CUDA is not available to the binary"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.log" || true
 
+cpu_thread_scaling() {
+    step "CPU thread scaling: attention at 4K (LSH fused, local, full) and the LSH kernel alone at 16K"
+    "$(dirname "$0")/cpu-thread-scaling.sh" "$binary" "$timing" "$out/cpu-threads" | tee "$out/cpu-threads.log"
+}
+
 step "training on CUDA: duplication preset, 200 steps, float32, bfloat16 and float16 (loss scaling); exact resume"
 run train-f32 "$binary" train --device cuda --steps 200 --out "$out/dup-f32" --json
+if [[ "${QUICK:-0}" == 1 ]]; then
+    run train-resume-a "$binary" train --device cuda --steps 20 --out "$out/resume" --set train.eval_every=10
+    run train-resume-b "$binary" train --device cuda --resume "$out/resume" --steps 40
+    run generate-cached "$binary" generate --device cuda --checkpoint "$out/dup-f32" --prompt "$(printf '\001\002\003\004')" --greedy --max-new-tokens 100 --json
+    tail -1 "$out/train-f32.log" "$out/train-resume-b.log" "$out/generate-cached.log"
+    cpu_thread_scaling
+    echo "quick checks passed; results in $out"
+    exit 0
+fi
 run train-bf16 "$binary" train --device cuda --steps 200 --precision bf16 --out "$out/dup-bf16" --json
 run train-f16 "$binary" train --device cuda --steps 200 --precision f16 --out "$out/dup-f16" --json
 run train-resume-a "$binary" train --device cuda --steps 20 --out "$out/resume" --set train.eval_every=10
@@ -63,4 +81,5 @@ step "bench per precision: the lm4k step, reconstruction error, short duplicatio
 run bench-precision "$binary" bench --device cuda --suite precision --json "$out/bench-precision-cuda.json"
 run bench-paper-bf16 "$binary" bench --device cuda --preset enwik8-paper --steps 1 --precision bf16 --json "$out/bench-paper-bf16-cuda.json"
 cat "$out/bench-precision.log" "$out/bench-paper-bf16.log"
+cpu_thread_scaling
 echo "all checks passed; results in $out"

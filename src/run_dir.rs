@@ -90,11 +90,14 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates the run directory and writes its `config.json`.
+    /// Creates the run directory and writes its `config.json`, the hashing resolved
+    /// (`ModelConfig::resolve_hashing`).
     pub fn create(path: &Path, cfg: &RunConfig) -> Result<Self> {
         fs::create_dir_all(path.join("checkpoints"))
             .with_context(|| format!("cannot create run folder {}", path.display()))?;
-        write_atomic(&path.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
+        let mut saved = cfg.clone();
+        saved.model.resolve_hashing();
+        write_atomic(&path.join("config.json"), serde_json::to_string_pretty(&saved)?.as_bytes())?;
         Ok(Self { path: path.to_path_buf() })
     }
 
@@ -110,7 +113,8 @@ impl RunDir {
         if !config_path.exists() {
             bail!("{} is not a run folder: it has no config.json", path.display());
         }
-        let cfg = RunConfig::from_file(&config_path)?;
+        let mut cfg = RunConfig::from_file(&config_path)?;
+        cfg.model.pin_hashing_of_earlier_releases();
         Ok((Self { path: path.to_path_buf() }, cfg))
     }
 

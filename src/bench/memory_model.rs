@@ -96,6 +96,16 @@ fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train:
     }
 }
 
+/// Bytes of the fused LSH kernel's scratch (`csrc/lsh_window_attention.cpp`): each
+/// thread holds one block's buffers, (3·C·W + 6·W·Dh + 3·C·Dh) floats and C·W bytes,
+/// whatever the length, batch and heads. The backward adds into the gradients in
+/// place, phase by phase, so nothing of size N·T is kept per thread.
+pub fn fused_lsh_scratch_bytes(cfg: &ModelConfig, threads: usize) -> f64 {
+    let (c, dh) = (cfg.lsh.chunk_len as f64, cfg.d_head() as f64);
+    let w = (1 + cfg.lsh.n_chunks_before + cfg.lsh.n_chunks_after) as f64 * c;
+    threads as f64 * ((3.0 * c * w + 6.0 * w * dh + 3.0 * c * dh) * FLOAT_BYTES + c * w)
+}
+
 /// Bytes per recorded LSH bucket (int32) on a forward's bucket tape.
 const BUCKET_BYTES: f64 = 4.0;
 
@@ -114,9 +124,15 @@ pub fn bucket_tape_bytes_per_token(cfg: &ModelConfig) -> f64 {
 /// gradients, and AdamW's moments for a training step) + per token: what every layer keeps for backward (one layer's worth
 /// under reversible layers, which keep none between blocks) + the largest layer's
 /// backward peak + the residual streams + the loss's logits per loss chunk + the LSH
-/// buckets kept for the replays.
+/// buckets kept for the replays + the fused LSH kernel's per-thread scratch.
 pub fn predicted_bytes(case: &Case) -> f64 {
     let cfg = &case.model;
+    let has_lsh = (0..cfg.n_layers).any(|i| cfg.attention_of_layer(i) == AttentionKind::Lsh);
+    let kernel_scratch = if has_lsh && cfg.lsh.fused {
+        fused_lsh_scratch_bytes(cfg, tch::get_num_threads().max(1) as usize)
+    } else {
+        0.0
+    };
     let tokens = (case.batch_size * case.seq_len) as f64;
     let (d, d_ff) = (cfg.d_model as f64, cfg.d_ff as f64);
     match case.kind {
@@ -124,6 +140,7 @@ pub fn predicted_bytes(case: &Case) -> f64 {
             let (kept, peak) = attention_floats(cfg, case.attention(), case.seq_len, true);
             let around = BLOCK_KEPT_PER_WIDTH * d;
             CASE_OVERHEAD_BYTES
+                + kernel_scratch
                 + parameters(cfg, case.kind) * LAYER_BYTES_PER_PARAMETER
                 + tokens * FLOAT_BYTES * (kept + peak + around)
         }
@@ -141,6 +158,7 @@ pub fn predicted_bytes(case: &Case) -> f64 {
             let loss_len = cfg.loss_chunk_len.unwrap_or(case.seq_len).min(case.seq_len) as f64;
             let loss = LOSS_TENSORS * case.batch_size as f64 * loss_len * cfg.vocab_size as f64;
             CASE_OVERHEAD_BYTES
+                + kernel_scratch
                 + parameters(cfg, case.kind) * STEP_BYTES_PER_PARAMETER
                 + FLOAT_BYTES * (tokens * (kept + peak_max + STREAM_TENSORS * d) + loss)
                 + tokens * bucket_tape_bytes_per_token(cfg)

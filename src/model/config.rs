@@ -63,6 +63,13 @@ pub struct LshConfig {
     /// Buckets per round, even; default derived from max_seq_len: about 2·T/chunk_len
     /// (or the product of `bucket_factors`).
     pub n_buckets: Option<i64>,
+    /// When neither `n_buckets` nor `bucket_factors` is set and the derived bucket count
+    /// is above this, the buckets are factorised into two even factors as close as
+    /// possible (512 = 16 · 32), so that a round's rotation costs d_head · (f1 + f2)/2
+    /// per token instead of d_head · n_buckets/2, which grows with the length (default
+    /// 128: models up to 4,096 tokens with chunks of 64 hash as before). None: never. A
+    /// run folder's config.json records the bucket count and factors it resolved to.
+    pub factorise_above: Option<i64>,
     /// Factorised hashing (the released crime-and-punishment model's `[64, 128]`): one
     /// rotation of sum(factors)/2 columns, cut into a slice per factor; the bucket is the
     /// mixed-radix number of the slices' angular hashes, so n_buckets = product(factors).
@@ -108,6 +115,7 @@ impl Default for LshConfig {
             n_hashes: 4,
             chunk_len: 64,
             n_buckets: None,
+            factorise_above: Some(super::hash_buckets::FACTORISE_ABOVE),
             n_chunks_before: 1,
             n_chunks_after: 0,
             strict_causal: false,
@@ -233,19 +241,6 @@ impl ModelConfig {
         self.d_head.unwrap_or(self.d_model / self.n_heads.max(1))
     }
 
-    /// Buckets per LSH round: the configured value, the product of `bucket_factors`, or
-    /// about 2·max_seq_len/chunk_len rounded to an even number (at least 2), as the paper
-    /// sizes them.
-    pub fn n_buckets(&self) -> i64 {
-        if self.lsh.n_buckets.is_none() && !self.lsh.bucket_factors.is_empty() {
-            return self.lsh.bucket_factors.iter().product();
-        }
-        self.lsh.n_buckets.unwrap_or_else(|| {
-            let per_round = 2 * self.max_seq_len / self.lsh.chunk_len.max(1);
-            (per_round / 2 * 2).max(2)
-        })
-    }
-
     /// The least common multiple of the chunk lengths of the model's chunked attention
     /// kinds, and the shortest of them (None without LSH or local layers): a sequence
     /// longer than the shortest is padded to a multiple of the first under
@@ -316,6 +311,9 @@ impl ModelConfig {
         let n_buckets = self.n_buckets();
         if n_buckets < 2 || n_buckets % 2 != 0 {
             bail!("lsh.n_buckets = {n_buckets} must be even and at least 2 (angular LSH uses ±rotations)");
+        }
+        if let Some(limit) = self.lsh.factorise_above.filter(|&l| l < 2) {
+            bail!("lsh.factorise_above = {limit} must be at least 2 (or null: never factorise)");
         }
         let factors = &self.lsh.bucket_factors;
         if let Some(&bad) = factors.iter().find(|&&f| f < 2 || f % 2 != 0) {

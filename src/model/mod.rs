@@ -16,6 +16,7 @@ pub mod config;
 pub mod decoding;
 pub mod dense;
 pub mod feed_forward;
+pub mod hash_buckets;
 pub mod lm;
 pub mod parameters;
 pub mod positional;

@@ -4,6 +4,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+pub use super::bucket_sort::sort_slots;
 use super::bucket_tape::recorded_or_hash;
 use super::chunking::{look_around, look_around_ring};
 use super::hashing::{hash_buckets, random_rotations, seeded_rotations};
@@ -245,20 +246,6 @@ fn attend_rounds(
     let out = gather_rows(&s_out.view([b, h, r * t_pad, dh]), &undo_sort).view([b, h, r, t_pad, dh]); // (B, h, r, Tp, Dh)
     let lse = lse.view([b, h, r * t_pad]).gather(2, &undo_sort, false).view([b, h, r, t_pad, 1]); // (B, h, r, Tp, 1)
     (out, lse)
-}
-
-/// The sorted order of every round: by (round, bucket, position), one key per (round,
-/// position), all distinct. The buckets hold values up to `n_buckets` (padding).
-///
-/// # Shapes
-/// `buckets`: (B, h, r, Tp); returns (B, h, r·Tp) int64: slot -> round·Tp + position.
-pub fn sort_slots(buckets: &Tensor, n_buckets: i64) -> Tensor {
-    let (b, h, r, t_pad) = buckets.size4().unwrap();
-    let device = buckets.device();
-    let positions = Tensor::arange(t_pad, (Kind::Int64, device)); // (Tp)
-    let round_offset = Tensor::arange(r, (Kind::Int64, device)).view([r, 1]) * ((n_buckets + 1) * t_pad); // (r, 1)
-    let sort_keys = (buckets * t_pad + &positions + round_offset).view([b, h, r * t_pad]); // (B, h, r*Tp)
-    sort_keys.argsort_stable(true, -1, false)
 }
 
 /// The rounds' outputs, each weighed by its share of the total probability mass

@@ -58,7 +58,7 @@ impl LshParams {
         let (pad_multiple, pad_above) = cfg.chunk_lengths().unwrap_or((cfg.lsh.chunk_len, cfg.lsh.chunk_len));
         Self {
             n_hashes: cfg.lsh.n_hashes,
-            hash: HashSpec { n_buckets: cfg.n_buckets(), factors: cfg.lsh.bucket_factors.clone() },
+            hash: HashSpec { n_buckets: cfg.n_buckets(), factors: cfg.bucket_factors() },
             chunk_len: cfg.lsh.chunk_len,
             n_chunks_before: cfg.lsh.n_chunks_before,
             n_chunks_after: cfg.lsh.n_chunks_after,

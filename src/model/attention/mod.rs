@@ -3,11 +3,12 @@
 //! within a chunk and one back) with its settings (`lsh_params`), its fused CPU kernel
 //! (`lsh_fused`) and its incremental decoding (`lsh_decoding`); local
 //! attention over fixed chunks (`local`); full attention (`full`). Shared pieces: the
-//! angular hash (`hashing`), the
+//! angular hash (`hashing`), the sort of each round by bucket (`bucket_sort`), the
 //! softmax over a window with its masks and dropout (`softmax`), separate Q/K/V
 //! projections (`qkv`), chunks and their neighbours (`chunking`), and the key/value
 //! cache of decoding (`kv_cache`).
 
+pub mod bucket_sort;
 pub mod bucket_tape;
 pub mod chunking;
 pub mod full;
