@@ -46,7 +46,7 @@ if [[ "${QUICK:-0}" == 1 ]]; then
     run train-resume-a "$binary" train --device cuda --steps 20 --out "$out/resume" --set train.eval_every=10
     run train-resume-b "$binary" train --device cuda --resume "$out/resume" --steps 40
     run generate-cached "$binary" generate --device cuda --checkpoint "$out/dup-f32" --prompt "$(printf '\001\002\003\004')" --greedy --max-new-tokens 100 --json
-    tail -1 "$out/train-f32.log" "$out/train-resume-b.log" "$out/generate-cached.log"
+    tail -n 1 "$out/train-f32.log" "$out/train-resume-b.log" "$out/generate-cached.log"
     cpu_thread_scaling
     echo "quick checks passed; results in $out"
     exit 0
@@ -55,7 +55,7 @@ run train-bf16 "$binary" train --device cuda --steps 200 --precision bf16 --out 
 run train-f16 "$binary" train --device cuda --steps 200 --precision f16 --out "$out/dup-f16" --json
 run train-resume-a "$binary" train --device cuda --steps 20 --out "$out/resume" --set train.eval_every=10
 run train-resume-b "$binary" train --device cuda --resume "$out/resume" --steps 40
-tail -1 "$out/train-f32.log" "$out/train-bf16.log" "$out/train-f16.log"
+tail -n 1 "$out/train-f32.log" "$out/train-bf16.log" "$out/train-f16.log"
 
 step "generation on CUDA: cached and uncached greedy continuations"
 prompt=$(printf '\001\002\003\004')
@@ -63,7 +63,7 @@ run generate-cached "$binary" generate --device cuda --checkpoint "$out/dup-f32"
 run generate-uncached "$binary" generate --device cuda --checkpoint "$out/dup-f32" --prompt "$prompt" --greedy --max-new-tokens 100 --json --no-cache
 run generate-bf16 "$binary" generate --device cuda --checkpoint "$out/dup-bf16" --prompt "$prompt" --greedy --max-new-tokens 100 --json
 run generate-f16 "$binary" generate --device cuda --checkpoint "$out/dup-f16" --prompt "$prompt" --greedy --max-new-tokens 100 --json
-tail -1 "$out/generate-cached.log" "$out/generate-uncached.log" "$out/generate-bf16.log" "$out/generate-f16.log"
+tail -n 1 "$out/generate-cached.log" "$out/generate-uncached.log" "$out/generate-bf16.log" "$out/generate-f16.log"
 
 step "data parallel on CUDA: one NCCL worker; two Gloo workers sharing the GPU"
 port=$(( 20000 + RANDOM % 20000 ))
@@ -71,7 +71,7 @@ run dist-nccl env RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
     "$binary" train --device cuda --dist-backend nccl --steps 20 --out "$out/dist-nccl" --json
 run dist-gloo "$binary" train --device cuda --nproc 2 --dist-backend gloo --steps 20 \
     --set train.batch_size=4 --out "$out/dist-gloo" --json
-tail -1 "$out/dist-nccl.log" "$out/dist-gloo.log"
+tail -n 1 "$out/dist-nccl.log" "$out/dist-gloo.log"
 
 step "bench at GPU sizes: attention to 128K, depth at 4096, feed-forward chunking"
 run bench "$binary" bench --device cuda --full --suite all --json "$out/bench-cuda.json" --plot "$out/bench-cuda.svg"
