@@ -195,4 +195,19 @@ mod tests {
         // [0.5, -2, 1, 3, -0.5, -0.5, 2, -1, -3, 0.5] → argmax 3.
         assert_eq!(combined_bucket(&rotated, &plain).int64_value(&[0]), 3);
     }
+
+    #[test]
+    fn a_factorised_hash_is_the_mixed_radix_number_of_plain_hashes_of_its_slices() {
+        let qk = seeded_random::normal(4, &[2, 3, 50, 16], Device::Cpu); // (B, H, T, Dh)
+        let spec = HashSpec { n_buckets: 48, factors: vec![6, 8] };
+        let rotations = random_rotations(5, 16, 2, &spec, Device::Cpu); // (1, Dh, R, 3 + 4)
+        let buckets = hash_buckets(&qk, &rotations, &spec);
+        let plain = |n: i64, start: i64| {
+            let slice = rotations.narrow(3, start, n / 2).contiguous();
+            hash_buckets(&qk, &slice, &HashSpec { n_buckets: n, factors: vec![] })
+        };
+        let expected = plain(6, 0) + plain(8, 3) * 6;
+        assert!(buckets.equal(&expected));
+        assert_eq!(buckets.max().int64_value(&[]) < 48, true);
+    }
 }

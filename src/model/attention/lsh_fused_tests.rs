@@ -134,6 +134,13 @@ fn padding_single_chunk_and_single_position() {
 }
 
 #[test]
+fn factorised_buckets() {
+    let mut c = case(2, 8, true, 64);
+    c.p.hash = HashSpec { n_buckets: 8, factors: vec![2, 4] };
+    check(&c, "factorised 2 · 4 buckets");
+}
+
+#[test]
 fn strict_causal_and_unscaled_logits() {
     let mut c = case(3, 8, true, 45);
     c.p.strict_causal = true;
