@@ -17,6 +17,10 @@ const LAYER_BYTES_PER_PARAMETER: f64 = 2.0 * FLOAT_BYTES;
 /// while that layer runs backward (gradients of the same tensors on top).
 const LSH_KEPT_PER_KEY: f64 = 8.0;
 const LSH_PEAK_PER_KEY: f64 = 13.0;
+/// Through the fused kernel nothing per window key exists: per token per (head · round ·
+/// (head width + 1)), kept for backward and again at its peak (read off the attention
+/// suite's measured peaks at 64K, 1 to 8 rounds: about 4 in all).
+const FUSED_LSH_PER_ROUND_OUTPUT: f64 = 2.0;
 /// The same for local attention's (head · window key) tensors.
 const LOCAL_KEPT_PER_KEY: f64 = 4.0;
 const LOCAL_PEAK_PER_KEY: f64 = 7.0;
@@ -66,9 +70,20 @@ const SLICED_ROUND_OUTPUT_COPIES: f64 = 2.0;
 /// Floats per token that a layer of `kind` keeps for backward, and its peak in backward.
 /// With sliced attention only one slice's (head · round for LSH, head for local)
 /// attention tensors exist at once, kept and peak together, beside the rounds' outputs.
-fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train: bool) -> (f64, f64) {
+fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train: bool, fused: bool) -> (f64, f64) {
     let heads = cfg.n_heads as f64;
     match kind {
+        AttentionKind::Lsh if fused => {
+            // Per (head, round): the rounds' outputs and log-sum-exps, kept, and in backward
+            // their gradients and the kernel's contiguous copy of them.
+            let round_outputs = cfg.lsh.n_hashes as f64 * (cfg.d_head() + 1) as f64;
+            if cfg.sliced_attention {
+                let kept = SLICED_ROUND_OUTPUT_COPIES * heads * round_outputs;
+                (kept, kept + FUSED_LSH_PER_ROUND_OUTPUT * round_outputs)
+            } else {
+                (FUSED_LSH_PER_ROUND_OUTPUT * heads * round_outputs, FUSED_LSH_PER_ROUND_OUTPUT * heads * round_outputs)
+            }
+        }
         AttentionKind::Lsh => {
             let window = ((1 + cfg.lsh.n_chunks_before + cfg.lsh.n_chunks_after) * cfg.lsh.chunk_len) as f64;
             let rounds = cfg.lsh.n_hashes as f64;
@@ -120,12 +135,13 @@ pub fn bucket_tape_bytes_per_token(cfg: &ModelConfig) -> f64 {
     BUCKET_BYTES * (lsh_layers as i64 * cfg.n_heads * cfg.lsh.n_hashes) as f64
 }
 
-/// Predicted peak bytes of `case`: a fixed working overhead + parameters (with
+/// Predicted peak bytes of `case`, its LSH layers through the fused kernel when `fused`
+/// (`Case::lsh_path`): a fixed working overhead + parameters (with
 /// gradients, and AdamW's moments for a training step) + per token: what every layer keeps for backward (one layer's worth
 /// under reversible layers, which keep none between blocks) + the largest layer's
 /// backward peak + the residual streams + the loss's logits per loss chunk + the LSH
 /// buckets kept for the replays + the fused LSH kernel's per-thread scratch.
-pub fn predicted_bytes(case: &Case) -> f64 {
+pub fn predicted_bytes(case: &Case, fused: bool) -> f64 {
     let cfg = &case.model;
     let has_lsh = (0..cfg.n_layers).any(|i| cfg.attention_of_layer(i) == AttentionKind::Lsh);
     let kernel_scratch = if has_lsh && cfg.lsh.fused {
@@ -137,7 +153,7 @@ pub fn predicted_bytes(case: &Case) -> f64 {
     let (d, d_ff) = (cfg.d_model as f64, cfg.d_ff as f64);
     match case.kind {
         CaseKind::Layer => {
-            let (kept, peak) = attention_floats(cfg, case.attention(), case.seq_len, true);
+            let (kept, peak) = attention_floats(cfg, case.attention(), case.seq_len, true, fused);
             let around = BLOCK_KEPT_PER_WIDTH * d;
             CASE_OVERHEAD_BYTES
                 + kernel_scratch
@@ -147,7 +163,7 @@ pub fn predicted_bytes(case: &Case) -> f64 {
         CaseKind::Step => {
             let layers: Vec<(f64, f64)> = (0..cfg.n_layers)
                 .map(|i| {
-                    let (kept, peak) = attention_floats(cfg, cfg.attention_of_layer(i), case.seq_len, true);
+                    let (kept, peak) = attention_floats(cfg, cfg.attention_of_layer(i), case.seq_len, true, fused);
                     (kept + BLOCK_KEPT_PER_WIDTH * d + BLOCK_KEPT_PER_FF_WIDTH * d_ff, peak)
                 })
                 .collect();

@@ -130,7 +130,7 @@ pub fn run(opts: BenchArgs) -> Result<()> {
         _ => memory_model::available_bytes(),
     };
     for (i, case) in cases.iter().enumerate() {
-        let predicted = memory_model::predicted_bytes(case);
+        let predicted = memory_model::predicted_bytes(case, case.lsh_path(device).starts_with("fused"));
         let (status, m) = match available {
             Some(available) if predicted > available => {
                 eprintln!(
