@@ -29,7 +29,7 @@
 // once, each row receives its additions in an order fixed by the sizes alone (so the
 // result does not depend on the thread count) and the backward's extra memory is the
 // blocks' scratch, per thread: about (3·C·W + 6·W·Dh + 3·C·Dh) values and C·W bytes,
-// whatever N and Tp (`fused_scratch_bytes` in src/bench/memory_model.rs).
+// whatever N and Tp (`fused_lsh_scratch_bytes` in src/bench/memory_model.rs).
 //
 // Instruction sets: the element-wise row work (softmax, its backward, adding rows into
 // place) comes from csrc/lsh_rows.cpp, built once per x86-64 variant and chosen by the
