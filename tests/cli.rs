@@ -153,6 +153,11 @@ fn flags_out_of_range_are_refused_with_one_line_naming_them() {
     assert_one_line_error(&["train", "--nproc", "0"], "--nproc");
     assert_one_line_error(&["train", "--dist-timeout", "0"], "--dist-timeout");
     assert_one_line_error(&["train", "--threads", "0"], "--threads");
+    // Duplication's figure is a fraction: 99 could never be reached. No run folder is made.
+    let out = dir.join("target-99");
+    assert_one_line_error(&["train", "--target", "99", "--out", out.to_str().unwrap()], "not 99");
+    assert!(!out.exists(), "a refused run left a folder");
+    assert_one_line_error(&["train", "--target", "0"], "--target 0");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -94,6 +94,7 @@ impl Trainer {
         }
         // The data is checked before anything is written.
         let task = cfg.build_task()?;
+        stopping::check_target(opts.target, task.reports_bpc())?;
         let group = match &launch {
             Some(launch) => {
                 let backend = opts.dist_backend.unwrap_or_else(|| Backend::default_for(device));

@@ -2,7 +2,7 @@
 //! the earlier of `--time-limit` and its time budget (`train.minutes`), agreed by every
 //! rank; and the clock that a time budget's learning rate follows.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::super::{agree_any, interrupt_requested, Stop};
 use super::Trainer;
@@ -60,6 +60,21 @@ impl Trainer {
     }
 }
 
+/// Checks that a `--target` can be reached by the task's figure: second-copy accuracy is
+/// a fraction in (0, 1]; bits per byte are positive (at most 8 for bytes, well above
+/// anything a trained model scores).
+pub(super) fn check_target(target: Option<f64>, reports_bpc: bool) -> Result<()> {
+    let Some(target) = target else { return Ok(()) };
+    if reports_bpc {
+        if !(target > 0.0 && target.is_finite()) {
+            bail!("--target {target}: bits per byte must be positive (e.g. --target 1.3)");
+        }
+    } else if !(target > 0.0 && target <= 1.0) {
+        bail!("--target {target}: second-copy accuracy is a fraction in (0, 1] (e.g. --target 0.99, not 99)");
+    }
+    Ok(())
+}
+
 /// The earlier of `--time-limit` and the run's time budget (`train.minutes`), in seconds.
 pub(super) fn time_limit_secs(time_limit_minutes: Option<f64>, budget_minutes: Option<f64>) -> Option<f64> {
     let earliest = match (time_limit_minutes, budget_minutes) {
@@ -67,4 +82,21 @@ pub(super) fn time_limit_secs(time_limit_minutes: Option<f64>, budget_minutes: O
         (a, b) => a.or(b),
     };
     earliest.map(|minutes| minutes * 60.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_must_be_reachable_by_the_task_figure() {
+        for (target, bpc) in
+            [(None, false), (Some(0.99), false), (Some(1.0), false), (Some(1.3), true), (Some(9.0), true)]
+        {
+            assert!(check_target(target, bpc).is_ok(), "{target:?} (bpc {bpc})");
+        }
+        for (target, bpc) in [(99.0, false), (0.0, false), (-0.5, false), (0.0, true), (-1.0, true), (f64::NAN, true)] {
+            assert!(check_target(Some(target), bpc).is_err(), "{target} (bpc {bpc})");
+        }
+    }
 }
