@@ -157,7 +157,7 @@ fn flags_out_of_range_are_refused_with_one_line_naming_them() {
     let out = dir.join("target-99");
     assert_one_line_error(&["train", "--target", "99", "--out", out.to_str().unwrap()], "not 99");
     assert!(!out.exists(), "a refused run left a folder");
-    assert_one_line_error(&["train", "--target", "0"], "--target 0");
+    assert_one_line_error(&["train", "--target", "1.5"], "--target 1.5");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -284,7 +284,7 @@ fn a_run_stops_at_the_first_validation_that_reaches_its_target() {
     assert_eq!(read("latest"), read("best"));
 
     let unreachable = dir.join("unreachable");
-    let out = train(&config, &unreachable, &["--target", "1.5", "--json"]);
+    let out = train(&config, &unreachable, &["--target", "1.0", "--json"]);
     assert_success(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["steps"].as_i64(), Some(6));

@@ -61,7 +61,7 @@ impl Trainer {
 }
 
 /// Checks that a `--target` can be reached by the task's figure: second-copy accuracy is
-/// a fraction in (0, 1]; bits per byte are positive (at most 8 for bytes, well above
+/// a fraction in [0, 1] (0: stop at the first validation); bits per byte are positive (at most 8 for bytes, well above
 /// anything a trained model scores).
 pub(super) fn check_target(target: Option<f64>, reports_bpc: bool) -> Result<()> {
     let Some(target) = target else { return Ok(()) };
@@ -69,8 +69,8 @@ pub(super) fn check_target(target: Option<f64>, reports_bpc: bool) -> Result<()>
         if !(target > 0.0 && target.is_finite()) {
             bail!("--target {target}: bits per byte must be positive (e.g. --target 1.3)");
         }
-    } else if !(target > 0.0 && target <= 1.0) {
-        bail!("--target {target}: second-copy accuracy is a fraction in (0, 1] (e.g. --target 0.99, not 99)");
+    } else if !(0.0..=1.0).contains(&target) {
+        bail!("--target {target}: second-copy accuracy is a fraction in [0, 1] (e.g. --target 0.99, not 99)");
     }
     Ok(())
 }
@@ -95,7 +95,7 @@ mod tests {
         {
             assert!(check_target(target, bpc).is_ok(), "{target:?} (bpc {bpc})");
         }
-        for (target, bpc) in [(99.0, false), (0.0, false), (-0.5, false), (0.0, true), (-1.0, true), (f64::NAN, true)] {
+        for (target, bpc) in [(99.0, false), (1.5, false), (-0.5, false), (0.0, true), (-1.0, true), (f64::NAN, true)] {
             assert!(check_target(Some(target), bpc).is_err(), "{target} (bpc {bpc})");
         }
     }
