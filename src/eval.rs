@@ -140,7 +140,10 @@ pub fn run(opts: EvalArgs) -> Result<()> {
         task.split_batches(split, cfg.train.batch_size, opts.eval_bytes)?
     };
     if batches.is_empty() {
-        bail!("the {split:?} split is shorter than one window of {} tokens", task.seq_len());
+        bail!(
+            "the {split:?} split holds fewer than one window of {} tokens (+1 for the last target): score a longer text, or --split all for the whole file",
+            task.seq_len()
+        );
     }
     eprintln!(
         "evaluating {:?} ({}) with seq_len {}, batch size {}, LSH layers as {:?}, in {}",

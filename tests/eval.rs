@@ -147,6 +147,24 @@ fn eval_of_a_text_run_scores_each_split() {
 }
 
 #[test]
+fn a_text_shorter_than_a_window_per_split_is_scored_whole() {
+    // 33 bytes: one window of the run's 32 tokens over the whole file, none in any split.
+    let dir = scratch("short");
+    let file = text_file(&dir);
+    let run = trained_run(&dir, &["--task", "text", "--data", file.to_str().unwrap()], 256);
+    let short = dir.join("short.txt");
+    std::fs::write(&short, &std::fs::read(&file).unwrap()[..33]).unwrap();
+    let data = ["--task", "text", "--data", short.to_str().unwrap()];
+    let whole = json_of(&eval(&run, &[&data[..], &["--split", "all"]].concat()));
+    assert_eq!(whole["results"][0]["n_targets"].as_f64(), Some(32.0));
+    assert!(whole["results"][0]["bpc"].as_f64().unwrap().is_finite());
+    let test_split = eval(&run, &[&data[..], &["--split", "test"]].concat());
+    assert!(!test_split.status.success());
+    assert!(String::from_utf8_lossy(&test_split.stderr).contains("fewer than one window"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn unsafe_overrides_are_refused_with_one_line() {
     let dir = scratch("errors");
     let file = text_file(&dir);

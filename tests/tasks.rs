@@ -114,7 +114,7 @@ fn text_splits_are_disjoint_in_order_and_windows_come_from_their_split() {
             }
         })
         .collect();
-    let data = TextData::from_bytes(bytes, 16).unwrap();
+    let data = TextData::from_bytes(bytes, 16);
     assert_eq!(data.train.len() + data.valid.len() + data.test.len(), len);
     assert!(
         data.train.iter().all(|&b| b == 1) && data.valid.iter().all(|&b| b == 2) && data.test.iter().all(|&b| b == 3)
@@ -134,7 +134,7 @@ fn text_splits_are_disjoint_in_order_and_windows_come_from_their_split() {
 #[test]
 fn text_windows_predict_the_next_byte() {
     let bytes: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
-    let data = TextData::from_bytes(bytes, 32).unwrap();
+    let data = TextData::from_bytes(bytes, 32);
     let batch = data.train_batch(4, &mut SamplerRng::new(5));
     let next = (batch.inputs + 1).remainder(251);
     assert!(next.equal(&batch.targets));

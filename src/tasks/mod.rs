@@ -84,6 +84,11 @@ pub trait Task {
     fn reports_bpc(&self) -> bool;
     /// Checks that the model can serve this task.
     fn check_model(&self, model: &crate::model::ModelConfig) -> Result<()>;
+    /// Checks that there is enough data to train on (every split holds a window);
+    /// scoring needs only the split it scores.
+    fn check_trainable(&self) -> Result<()> {
+        Ok(())
+    }
     /// Non-overlapping windows over `split`, at most `max_bytes` of it, in batches.
     fn split_batches(&self, split: Split, batch_size: i64, max_bytes: usize) -> Result<Vec<Batch>>;
     /// The split a trained model is scored on: the held-out test split, or the

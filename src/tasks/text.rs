@@ -35,26 +35,18 @@ pub fn split_points(len: usize) -> (usize, usize) {
 }
 
 impl TextData {
-    /// Reads `path` and splits it; each split must hold at least one window of T+1 bytes.
+    /// Reads `path` and splits it. Training needs each split to hold a window
+    /// (`check_trainable`); scoring needs only the split it scores.
     pub fn load(path: &Path, seq_len: i64) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read data file {}", path.display()))?;
-        Self::from_bytes(bytes, seq_len).with_context(|| format!("data file {}", path.display()))
+        Ok(Self::from_bytes(bytes, seq_len))
     }
 
-    pub fn from_bytes(mut bytes: Vec<u8>, seq_len: i64) -> Result<Self> {
+    pub fn from_bytes(mut bytes: Vec<u8>, seq_len: i64) -> Self {
         let (valid_start, test_start) = split_points(bytes.len());
         let test = bytes.split_off(test_start);
         let valid = bytes.split_off(valid_start);
-        let window = seq_len as usize + 1;
-        for (name, split) in [("train", &bytes), ("valid", &valid), ("test", &test)] {
-            if split.len() < window {
-                bail!(
-                    "its {name} split has {} bytes, fewer than one window of seq_len + 1 = {window}: use a longer file or a shorter train.seq_len",
-                    split.len()
-                );
-            }
-        }
-        Ok(Self { train: bytes, valid, test, seq_len })
+        Self { train: bytes, valid, test, seq_len }
     }
 
     /// Windows starting at `starts`, cut into inputs and next-byte targets.
@@ -110,22 +102,28 @@ impl Task for TextData {
             Split::Train => self.windows_over(&self.train, batch_size, max_bytes),
             Split::Valid => self.windows_over(&self.valid, batch_size, max_bytes),
             Split::Test => self.windows_over(&self.test, batch_size, max_bytes),
+            // The whole file, windows running across the splits' borders.
             Split::All => {
-                let mut left = max_bytes;
-                let mut batches = Vec::new();
-                for bytes in [&self.train, &self.valid, &self.test] {
-                    if left >= self.seq_len as usize {
-                        batches.extend(self.windows_over(bytes, batch_size, left));
-                        left = left.saturating_sub(bytes.len());
-                    }
-                }
-                batches
+                self.windows_over(&[&self.train[..], &self.valid, &self.test].concat(), batch_size, max_bytes)
             }
         })
     }
 
     fn scoring_split(&self) -> Split {
         Split::Test
+    }
+
+    fn check_trainable(&self) -> Result<()> {
+        let window = self.seq_len as usize + 1;
+        for (name, split) in [("train", &self.train), ("valid", &self.valid), ("test", &self.test)] {
+            if split.len() < window {
+                bail!(
+                    "its {name} split has {} bytes, fewer than one window of seq_len + 1 = {window}: use a longer file or a shorter train.seq_len",
+                    split.len()
+                );
+            }
+        }
+        Ok(())
     }
 
     fn check_model(&self, model: &ModelConfig) -> Result<()> {

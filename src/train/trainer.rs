@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tch::{nn, Device, Tensor};
 
@@ -94,6 +94,10 @@ impl Trainer {
         }
         // The data is checked before anything is written.
         let task = cfg.build_task()?;
+        task.check_trainable().with_context(|| match &cfg.data {
+            Some(path) => format!("data file {}", path.display()),
+            None => format!("the {:?} task's data", cfg.task),
+        })?;
         stopping::check_target(opts.target, task.reports_bpc())?;
         let group = match &launch {
             Some(launch) => {
