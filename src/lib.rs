@@ -19,6 +19,7 @@ pub mod precision;
 pub mod progress;
 pub mod run_config;
 pub mod run_dir;
+pub mod run_lock;
 pub mod score;
 pub mod tasks;
 pub mod train;

@@ -21,6 +21,7 @@ use tch::{nn, Device, Tensor};
 use crate::model::seeded_random::derive_seed;
 use crate::model::ReformerLm;
 use crate::run_config::RunConfig;
+use crate::run_lock::RunLock;
 use crate::tasks::SamplerRng;
 use crate::train::LossScale;
 
@@ -87,24 +88,43 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 pub struct RunDir {
     pub path: PathBuf,
+    /// Held while this process writes the run (`create`, `lock_for_writing`).
+    lock: Option<RunLock>,
 }
 
 impl RunDir {
-    /// Creates the run directory and writes its `config.json`, the hashing resolved
-    /// (`ModelConfig::resolve_hashing`).
+    /// Creates the run directory, takes its lock (`RunLock`) and writes its
+    /// `config.json`, the hashing resolved (`ModelConfig::resolve_hashing`). A folder that
+    /// already holds a run is refused: a new run would mix into it.
     pub fn create(path: &Path, cfg: &RunConfig) -> Result<Self> {
         fs::create_dir_all(path.join("checkpoints"))
             .with_context(|| format!("cannot create run folder {}", path.display()))?;
+        let lock = RunLock::acquire(path)?;
+        if path.join("config.json").exists() {
+            bail!(
+                "{} already holds a run: continue it with --resume {}, or train into another --out",
+                path.display(),
+                path.display()
+            );
+        }
         let mut saved = cfg.clone();
         saved.model.resolve_hashing();
         write_atomic(&path.join("config.json"), serde_json::to_string_pretty(&saved)?.as_bytes())?;
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self { path: path.to_path_buf(), lock: Some(lock) })
+    }
+
+    /// Takes the run's lock for this process, which is about to write it (`--resume`).
+    pub fn lock_for_writing(&mut self) -> Result<()> {
+        if self.lock.is_none() {
+            self.lock = Some(RunLock::acquire(&self.path)?);
+        }
+        Ok(())
     }
 
     /// The run directory at `path`, made (or to be made) by another process: for a
     /// worker that reads it but never writes.
     pub fn unwritten(path: &Path) -> Self {
-        Self { path: path.to_path_buf() }
+        Self { path: path.to_path_buf(), lock: None }
     }
 
     /// Opens an existing run directory and reads its configuration.
@@ -115,7 +135,7 @@ impl RunDir {
         }
         let mut cfg = RunConfig::from_file(&config_path)?;
         cfg.model.pin_hashing_of_earlier_releases();
-        Ok((Self { path: path.to_path_buf() }, cfg))
+        Ok((Self { path: path.to_path_buf(), lock: None }, cfg))
     }
 
     fn pointer(&self, name: &str) -> Option<PathBuf> {

@@ -423,3 +423,39 @@ fn the_precision_is_recorded_in_config_json_and_kept_by_resume_and_generate() {
     assert_eq!(cfg["train"]["precision"], "f32");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run folder has one writer: a new run into a folder that holds one is refused (it
+/// would mix into it), and while a run trains, a `--resume` of it from another process is
+/// refused with the holder's pid.
+#[test]
+fn a_run_folder_has_one_writer() {
+    let dir = scratch("writers");
+    let run = dir.join("run");
+    assert_success(&train(&tiny_config(&dir, 2, 2), &run, &[]));
+    let again = train(&tiny_config(&dir, 2, 2), &run, &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a run: continue it with --resume"));
+
+    let long = dir.join("long");
+    let base = ["train", "--device", "cpu", "--threads", "1", "--out", long.to_str().unwrap()];
+    let config = tiny_config(&dir, 100_000, 100_000);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_reformer"))
+        .args(base)
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !long.join("config.json").exists() {
+        assert!(started.elapsed().as_secs() < 60, "the first run never wrote its config");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = reformer(&["train", "--device", "cpu", "--resume", long.to_str().unwrap(), "--steps", "1"]);
+    first.kill().unwrap();
+    let _ = first.wait();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains(&format!("is in use by process {}", first.id())), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

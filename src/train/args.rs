@@ -29,7 +29,7 @@ pub struct TrainArgs {
     /// Override a setting: --set model.lsh.n_hashes=2 --set train.lr=5e-4 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Run folder (default checkpoints/<task>-<unix time>).
+    /// Run folder (default checkpoints/<task>-<unix time>-<pid>); one that already holds a run is refused (use --resume).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this folder from its latest checkpoint (with its task and data).

@@ -125,7 +125,8 @@ fn download_enwik8_if_missing(cfg: &RunConfig) -> Result<()> {
 fn default_out(task: TaskKind) -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let name = format!("{:?}", task).to_lowercase();
-    PathBuf::from("checkpoints").join(format!("{name}-{secs}"))
+    // The process id keeps two runs started in the same second apart.
+    PathBuf::from("checkpoints").join(format!("{name}-{secs}-{}", std::process::id()))
 }
 
 /// Set by the first Ctrl-C / SIGTERM: finish the step, save, stop.

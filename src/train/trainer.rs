@@ -109,7 +109,12 @@ impl Trainer {
         let is_main = group.as_ref().is_none_or(ProcessGroup::is_main);
         let out = opts.out.clone().unwrap_or_else(|| default_out(cfg.task));
         let run_dir = match existing_run {
-            Some(run_dir) => run_dir,
+            Some(mut run_dir) => {
+                if is_main {
+                    run_dir.lock_for_writing()?;
+                }
+                run_dir
+            }
             None if is_main => RunDir::create(&out, &cfg)?,
             None => RunDir::unwritten(&out),
         };
