@@ -246,6 +246,7 @@ pub fn load_model(path: &Path, device: Device) -> Result<(nn::VarStore, Reformer
     };
     let (_, cfg) = RunDir::open(&run_path)?;
     cfg.model.validate().context("the checkpoint's config.json is invalid")?;
+    crate::bench::memory_model::check_parameters_fit(&cfg.model).context("the checkpoint's config.json")?;
     let mut vs = nn::VarStore::new(device);
     let model = ReformerLm::new(vs.root(), &cfg.model);
     load_weights(&mut vs, &checkpoint)?;

@@ -271,3 +271,27 @@ fn folders_that_cannot_be_imported_are_refused_with_the_reason() {
         assert!(message.contains(expected), "{}: {message:?} does not say {expected:?}", folder.display());
     }
 }
+
+/// A config with a giant size is refused in one line before any allocation (it once
+/// grew until the kernel killed the process).
+#[test]
+fn a_model_larger_than_the_memory_is_refused_before_it_is_built() {
+    let dir = scratch("giant");
+    let from = dir.join("giant-model");
+    fs::create_dir_all(&from).unwrap();
+    let case = fixtures().join("lsh-only");
+    for entry in fs::read_dir(&case).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, from.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
+    config["feed_forward_size"] = serde_json::json!(10_000_000_000i64);
+    fs::write(from.join("config.json"), config.to_string()).unwrap();
+    let started = std::time::Instant::now();
+    let error = format!("{:#}", import(&from, &dir.join("run"), None).unwrap_err());
+    assert!(error.contains("parameters") && error.contains("GiB available"), "{error}");
+    assert!(started.elapsed().as_secs() < 10, "refused only after {:?}", started.elapsed());
+    assert!(!dir.join("run").exists());
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -42,25 +42,50 @@ const LOSS_TENSORS: f64 = 3.0;
 /// workspaces): what a one-layer case at T = 1024 measures beyond its tensors.
 const CASE_OVERHEAD_BYTES: f64 = 32.0 * 1024.0 * 1024.0;
 
-/// Parameters of the model `cfg` (of one attention layer for `CaseKind::Layer`).
+/// Parameters of the model `cfg` (of one attention layer for `CaseKind::Layer`),
+/// counted in floating point so that no product of sizes can overflow.
 pub fn parameters(cfg: &ModelConfig, kind: CaseKind) -> f64 {
-    let (d, inner, d_ff, vocab) = (cfg.d_model, cfg.n_heads * cfg.d_head(), cfg.d_ff, cfg.vocab_size);
-    let attention = |kind: AttentionKind| -> i64 {
-        let input_matrices = if kind == AttentionKind::Lsh { 2 } else { 3 };
+    let size = |x: i64| x as f64;
+    let (d, inner, d_ff, vocab) =
+        (size(cfg.d_model), size(cfg.n_heads) * size(cfg.d_head()), size(cfg.d_ff), size(cfg.vocab_size));
+    let attention = |kind: AttentionKind| -> f64 {
+        let input_matrices = if kind == AttentionKind::Lsh { 2.0 } else { 3.0 };
         input_matrices * d * inner + inner * d + d
     };
     if kind == CaseKind::Layer {
-        return attention(cfg.attention[0]) as f64;
+        return attention(cfg.attention[0]);
     }
-    let block = |kind: AttentionKind| 4 * d + attention(kind) + d * d_ff + d_ff + d_ff * d + d;
+    let block = |kind: AttentionKind| 4.0 * d + attention(kind) + d * d_ff + d_ff + d_ff * d + d;
     let positional = match &cfg.positional {
-        PositionalConfig::Axial { shape, dims } => shape[0] * dims[0] + shape[1] * dims[1],
-        PositionalConfig::Learned => cfg.max_seq_len * d,
-        PositionalConfig::None => 0,
+        PositionalConfig::Axial { shape, dims } => size(shape[0]) * size(dims[0]) + size(shape[1]) * size(dims[1]),
+        PositionalConfig::Learned => size(cfg.max_seq_len) * d,
+        PositionalConfig::None => 0.0,
     };
-    let blocks: i64 = (0..cfg.n_layers).map(|i| block(cfg.attention_of_layer(i))).sum();
-    (vocab * d + positional + blocks + 4 * d + 2 * d * vocab + vocab) as f64
+    let blocks: f64 = (0..cfg.n_layers).map(|i| block(cfg.attention_of_layer(i))).sum();
+    vocab * d + positional + blocks + 4.0 * d + 2.0 * d * vocab + vocab
 }
+
+/// Refuses, before anything is allocated, a model whose float32 parameters, twice over
+/// (the model and the weights read into it), exceed the memory this machine has
+/// available: a giant size in a config file would otherwise fill the memory until the
+/// kernel kills the process without a message.
+pub fn check_parameters_fit(cfg: &ModelConfig) -> anyhow::Result<()> {
+    let params = parameters(cfg, CaseKind::Step);
+    let needed = 2.0 * params * FLOAT_BYTES;
+    if let Some(available) = available_bytes() {
+        if needed > available {
+            anyhow::bail!(
+                "this model has {params:.3e} parameters, {:.1} GiB in float32 ({:.1} GiB while its weights load): more than the {:.1} GiB available",
+                needed / 2.0 / GIB,
+                needed / GIB,
+                available / GIB
+            );
+        }
+    }
+    Ok(())
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// Floats per token per (head · round · head width) that sliced LSH attention keeps
 /// across its slices: each round's output and log-sum-exp, and their weighted copies

@@ -61,6 +61,7 @@ pub fn import(from: &Path, out: &Path, hash_seed: Option<u64>) -> Result<RunConf
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", config_path.display()))?;
     let model = hf_config::model_config(&json, hash_seed)?;
+    crate::bench::memory_model::check_parameters_fit(&model).with_context(|| config_path.display().to_string())?;
     let dropout = |key: &str| json.get(key).and_then(serde_json::Value::as_f64);
     let (lsh_dropout, local_dropout) =
         (dropout("lsh_attention_probs_dropout_prob"), dropout("local_attention_probs_dropout_prob"));

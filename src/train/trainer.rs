@@ -93,6 +93,7 @@ impl Trainer {
             download_enwik8_if_missing(&cfg)?;
         }
         // The data is checked before anything is written.
+        crate::bench::memory_model::check_parameters_fit(&cfg.model)?;
         let task = cfg.build_task()?;
         task.check_trainable().with_context(|| match &cfg.data {
             Some(path) => format!("data file {}", path.display()),
