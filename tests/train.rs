@@ -459,3 +459,20 @@ fn a_run_folder_has_one_writer() {
     assert!(stderr.contains(&format!("is in use by process {}", first.id())), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// float16 gradients that overflow step after step stop the run with one line once the
+/// loss scale falls below its floor, instead of skipping every step to a "Done" with a
+/// scale of 0.
+#[test]
+fn persistent_float16_overflow_stops_the_run_with_one_line() {
+    let dir = scratch("overflow-forever");
+    let config = tiny_config(&dir, 100, 10);
+    let run = dir.join("run");
+    let out = train_with_env(&config, &run, &FLOAT16, &[("REFORMER_INJECT_OVERFLOW_FROM_STEP", "2")]);
+    assert!(!out.status.success(), "a run whose every step overflows must not end as done");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{stderr}"));
+    // From 2^16, the 17th overflow (step 18) halves the scale to 1/2.
+    assert!(error.contains("step 18: float16 gradients kept overflowing") && error.contains("below 1"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,7 +2,10 @@
 //! the loss is multiplied by a large scale before backward, so that small gradients do
 //! not underflow float16; the gradients are divided by it before clipping; a step whose
 //! gradients overflowed (inf or NaN) applies no update and halves the scale, and every
-//! `GROWTH_INTERVAL` consecutive good steps double it.
+//! `GROWTH_INTERVAL` consecutive good steps double it. Unlike GradScaler it gives up:
+//! when the scale falls below `MIN_SCALE` or `MAX_CONSECUTIVE_OVERFLOWS` steps in a row
+//! overflow, the gradients overflow float16 whatever the scale, the mark of a run that
+//! diverged (a scale halved some 1,100 times would reach 0, and 1/scale infinity).
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -16,6 +19,11 @@ pub const BACKOFF_FACTOR: f64 = 0.5;
 /// Consecutive good steps before the scale grows (GradScaler's `growth_interval`).
 pub const GROWTH_INTERVAL: i64 = 2000;
 
+/// Below this scale even the unscaled gradients overflow float16: training stops.
+pub const MIN_SCALE: f64 = 1.0;
+/// Overflowed steps in a row after which training stops.
+pub const MAX_CONSECUTIVE_OVERFLOWS: i64 = 50;
+
 /// The scaler's state, saved in each checkpoint's state.json.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossScale {
@@ -25,11 +33,14 @@ pub struct LossScale {
     pub good_steps: i64,
     /// Steps skipped because their gradients overflowed, over the whole run.
     pub overflow_steps: i64,
+    /// Overflowed steps since the last good one (absent from earlier state.json files).
+    #[serde(default)]
+    pub consecutive_overflows: i64,
 }
 
 impl Default for LossScale {
     fn default() -> Self {
-        Self { scale: INIT_SCALE, good_steps: 0, overflow_steps: 0 }
+        Self { scale: INIT_SCALE, good_steps: 0, overflow_steps: 0, consecutive_overflows: 0 }
     }
 }
 
@@ -58,12 +69,33 @@ impl LossScale {
             self.scale *= BACKOFF_FACTOR;
             self.good_steps = 0;
             self.overflow_steps += 1;
+            self.consecutive_overflows += 1;
         } else {
+            self.consecutive_overflows = 0;
             self.good_steps += 1;
             if self.good_steps == GROWTH_INTERVAL {
                 self.scale *= GROWTH_FACTOR;
                 self.good_steps = 0;
             }
+        }
+    }
+}
+
+impl LossScale {
+    /// Why training should stop (see the module's doc), or None.
+    pub fn exhausted(&self) -> Option<String> {
+        if self.scale < MIN_SCALE {
+            Some(format!(
+                "float16 gradients kept overflowing: the loss scale fell to {:e}, below {MIN_SCALE} (the run diverged, or needs bf16/f32)",
+                self.scale
+            ))
+        } else if self.consecutive_overflows >= MAX_CONSECUTIVE_OVERFLOWS {
+            Some(format!(
+                "float16 gradients overflowed in {} steps in a row (loss scale {}): the run diverged, or needs bf16/f32",
+                self.consecutive_overflows, self.scale
+            ))
+        } else {
+            None
         }
     }
 }
@@ -116,8 +148,40 @@ mod tests {
     }
 
     #[test]
+    fn persistent_overflow_exhausts_the_scaler_and_a_good_step_resets_the_run() {
+        let mut scaler = LossScale::default();
+        let mut overflows = 0;
+        while scaler.exhausted().is_none() {
+            scaler.update(true);
+            overflows += 1;
+        }
+        // 2^16 halved 17 times is 1/2: below the floor before 50 in a row.
+        assert_eq!((overflows, scaler.scale), (17, 0.5));
+        assert!(scaler.exhausted().unwrap().contains("below 1"));
+        let mut high = LossScale { scale: 2f64.powi(120), ..LossScale::default() };
+        for _ in 0..MAX_CONSECUTIVE_OVERFLOWS - 1 {
+            high.update(true);
+        }
+        high.update(false);
+        assert_eq!((high.consecutive_overflows, high.exhausted()), (0, None));
+        for _ in 0..MAX_CONSECUTIVE_OVERFLOWS {
+            high.update(true);
+        }
+        assert!(high.exhausted().unwrap().contains("50 steps in a row"));
+        // A state.json from before the count loads with none counted.
+        let mut old = serde_json::to_value(&high).unwrap();
+        old.as_object_mut().unwrap().remove("consecutive_overflows");
+        assert_eq!(serde_json::from_value::<LossScale>(old).unwrap().consecutive_overflows, 0);
+    }
+
+    #[test]
     fn the_state_round_trips_through_json_exactly() {
-        let scaler = LossScale { scale: INIT_SCALE * BACKOFF_FACTOR.powi(7), good_steps: 123, overflow_steps: 7 };
+        let scaler = LossScale {
+            scale: INIT_SCALE * BACKOFF_FACTOR.powi(7),
+            good_steps: 123,
+            overflow_steps: 7,
+            consecutive_overflows: 3,
+        };
         let text = serde_json::to_string(&scaler).unwrap();
         assert_eq!(serde_json::from_str::<LossScale>(&text).unwrap(), scaler);
     }

@@ -149,13 +149,15 @@ fn interrupt_requested() -> bool {
 /// Fault injection for tests, read from the environment once, at the start:
 /// `REFORMER_INJECT_NAN_AT_STEP=N` makes step N's loss NaN, as a numerical blow-up would
 /// (for the non-finite guard); `REFORMER_INJECT_OVERFLOW_AT_STEP=N` makes step N's
-/// gradients inf, as a float16 overflow would (for the loss scaler);
+/// gradients inf, as a float16 overflow would (for the loss scaler), and
+/// `REFORMER_INJECT_OVERFLOW_FROM_STEP=N` every step's from N on (a diverged run);
 /// `REFORMER_INJECT_DIVERGENCE_AT_STEP=N` makes rank 1 nudge a parameter after step N's
 /// update, as a rank that went its own way would (for the guard that keeps the ranks'
 /// parameters equal).
 struct Faults {
     nan_at_step: Option<i64>,
     overflow_at_step: Option<i64>,
+    overflow_from_step: Option<i64>,
     divergence_at_step: Option<i64>,
 }
 
@@ -165,6 +167,7 @@ impl Faults {
         Self {
             nan_at_step: step("REFORMER_INJECT_NAN_AT_STEP"),
             overflow_at_step: step("REFORMER_INJECT_OVERFLOW_AT_STEP"),
+            overflow_from_step: step("REFORMER_INJECT_OVERFLOW_FROM_STEP"),
             divergence_at_step: step("REFORMER_INJECT_DIVERGENCE_AT_STEP"),
         }
     }
@@ -181,7 +184,7 @@ impl Faults {
     /// After step `step`'s backward (and the ranks' averaging): a gradient made inf at the
     /// chosen step.
     fn overflow(&self, step: i64, variables: &[Tensor]) {
-        if self.overflow_at_step == Some(step) {
+        if self.overflow_at_step == Some(step) || self.overflow_from_step.is_some_and(|from| step >= from) {
             if let Some(mut grad) = variables.iter().map(Tensor::grad).find(Tensor::defined) {
                 tch::no_grad(|| {
                     let _ = grad.fill_(f64::INFINITY);

@@ -225,6 +225,9 @@ impl Trainer {
             }
             _ => false,
         };
+        if let Some(why) = self.state.loss_scale.as_ref().and_then(LossScale::exhausted) {
+            return Ok(Some(Stop::NonFinite(format!("step {step}: {why}"))));
+        }
         if overflowed {
             let scale = self.state.loss_scale.as_ref().map_or(f64::NAN, |scaler| scaler.scale);
             self.progress
