@@ -26,7 +26,8 @@ inline void write_error(const std::string& message, char* err, size_t err_len) {
   err[err_len - 1] = '\0';
 }
 
-// Runs `body`: 0, or 1 with the exception's message (without libtorch's backtrace) in `err`.
+// Runs `body`: 0, or 1 with the exception's message (without libtorch's backtrace) in
+// `err`, whatever was thrown.
 template <typename F>
 int guarded(char* err, size_t err_len, F body) {
   try {
@@ -36,6 +37,9 @@ int guarded(char* err, size_t err_len, F body) {
     write_error(e.what_without_backtrace(), err, err_len);
   } catch (const std::exception& e) {
     write_error(e.what(), err, err_len);
+  } catch (...) {
+    // Anything else thrown must not cross `extern "C"` either (it would end the process).
+    write_error("a C++ exception that is not a std::exception", err, err_len);
   }
   return 1;
 }

@@ -158,7 +158,16 @@ extern "C" {
 int custom_function_apply(void* function, FunctionCallbacks callbacks, const at::Tensor* const* inputs,
                           size_t n_inputs, at::Tensor** outputs, size_t n_outputs, int keep_outputs, char* err,
                           size_t err_len) {
-  auto owned = c10::make_intrusive<RustFunction>(function, callbacks, n_inputs, n_outputs, keep_outputs != 0, err_len);
+  // Building the node may throw too (out of memory): inside the guard, and the function
+  // dropped here when no node took it over.
+  c10::intrusive_ptr<RustFunction> owned;
+  if (bridge::guarded(err, err_len, [&] {
+        owned = c10::make_intrusive<RustFunction>(function, callbacks, n_inputs, n_outputs, keep_outputs != 0,
+                                                  err_len);
+      }) != 0) {
+    callbacks.drop(function);
+    return 1;
+  }
   return bridge::guarded(err, err_len, [&] {
     std::vector<at::Tensor> input_list;
     for (size_t i = 0; i < n_inputs; ++i) input_list.push_back(*inputs[i]);
