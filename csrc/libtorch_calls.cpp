@@ -10,6 +10,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <stdexcept>
 #include <vector>
 
 #include "bridge.h"
@@ -23,6 +24,16 @@ extern "C" {
 // then hands its gradient over to the tensor instead of adding it into a zeroed buffer,
 // so that the two never exist side by side.
 void reformer_clear_grad(const at::Tensor* tensor) { tensor->mutable_grad().reset(); }
+
+// Throws what `kind` names inside bridge::guarded (0: nothing, 1: a c10::Error, 2: a
+// std::runtime_error, 3: an int, which is no std::exception): for the guard's test.
+int reformer_guard_probe(int kind, char* err, size_t err_len) {
+  return bridge::guarded(err, err_len, [&] {
+    if (kind == 1) TORCH_CHECK(false, "probe: a c10 error");
+    if (kind == 2) throw std::runtime_error("probe: a std error");
+    if (kind == 3) throw 3;
+  });
+}
 
 // Whether libtorch records operations for autograd on this thread.
 int reformer_grad_enabled() { return c10::GradMode::is_enabled() ? 1 : 0; }

@@ -29,8 +29,9 @@ fn main() -> Result<()> {
     import(&PathBuf::from(model_dir), &run, None)?;
     let (_vs, model, _) = load_model(&run, Device::Cpu)?;
     let started = std::time::Instant::now();
-    let logits =
-        tch::no_grad(|| model.vocab_logits(&model.hidden(&(ids - model.cfg.token_offset), ForwardMode::eval(0))));
+    let logits = tch::no_grad(|| {
+        model.vocab_logits(&model.hidden(&(ids - model.cfg.compat.token_offset), ForwardMode::eval(0)))
+    });
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&run);
 

@@ -30,7 +30,7 @@ declare -A variants=(
     [lr3e-3-6layers]="train.lr=3e-3 train.batch_size=8 model.n_layers=6 model.attention=[\"local\",\"lsh\"]"
     [lr3e-3-d384]="train.lr=3e-3 train.batch_size=8 model.d_model=384 model.d_ff=1536 model.positional.dims=[192,192]"
     [lr3e-3-bf16]="train.lr=3e-3 train.batch_size=8 train.precision=bf16"
-    [lr3e-3-strict]="train.lr=3e-3 train.batch_size=8 model.lsh.strict_causal=true"
+    [lr3e-3-strict]="train.lr=3e-3 train.batch_size=8 model.lsh.window=strict"
     [lr3e-3-full]="train.lr=3e-3 train.batch_size=8 model.attention=[\"full\"]"
     [lr3e-3-local]="train.lr=3e-3 train.batch_size=8 model.attention=[\"local\"]"
 )

@@ -47,6 +47,13 @@ pub fn grad_enabled() -> bool {
     unsafe { reformer_grad_enabled() != 0 }
 }
 
+/// `apply` for the model, whose tensor functions follow tch's operators: they return
+/// tensors, and a libtorch error panics with libtorch's message (the command line reports
+/// it in one line). The model checks what a user can get wrong before it computes.
+pub fn run(function: impl Function + 'static, inputs: &[&Tensor], n_outputs: usize, keep: Keep) -> Vec<Tensor> {
+    apply(function, inputs, n_outputs, keep).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Runs `function` on `inputs` as one autograd node with `n_outputs` outputs, keeping
 /// only `keep` for the backward pass. Every input is an edge of the node: a parameter
 /// that the function reads must be among `inputs` for its gradient to reach `.grad`.

@@ -11,6 +11,7 @@ use tch::Device;
 
 use crate::arg_values::at_least_one;
 use crate::device::RunArgs;
+use crate::model::attention::window_rule::WindowRule;
 use crate::model::attention::Attention;
 use crate::model::ReformerLm;
 use crate::precision::Precision;
@@ -130,7 +131,7 @@ pub fn run(opts: EvalArgs) -> Result<()> {
     }
     if opts.attention == EvalAttention::Strict {
         crate::model::decoding::check_decodable(&cfg.model)?;
-        model.set_strict_causal(true)?;
+        model.set_window_rule(WindowRule::Strict)?;
     }
     let task = cfg.build_task()?;
     let split = opts.split.unwrap_or_else(|| task.scoring_split());

@@ -112,3 +112,25 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     let text = crate::error::first_line(text.unwrap_or("(no message)"));
     format!("panic in a custom autograd function: {text}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern "C" {
+        fn reformer_guard_probe(kind: c_int, err: *mut c_char, err_len: usize) -> c_int;
+    }
+
+    /// `bridge::guarded` turns whatever C++ throws into an error with a message, so
+    /// that nothing crosses `extern "C"` (which would end the process).
+    #[test]
+    fn whatever_cpp_throws_comes_back_as_an_error() {
+        // SAFETY: the probe writes at most `len` bytes into the buffer it is given.
+        let probe = |kind| checked(|err, len| unsafe { reformer_guard_probe(kind, err, len) });
+        probe(0).expect("nothing thrown");
+        for (kind, message) in [(1, "probe: a c10 error"), (2, "probe: a std error"), (3, "not a std::exception")] {
+            let error = probe(kind).expect_err("a throw must come back as an error").to_string();
+            assert!(error.contains(message), "{kind}: {error}");
+        }
+    }
+}

@@ -186,7 +186,7 @@ pub fn run(opts: GenerateArgs) -> Result<()> {
     if prompt.is_empty() {
         prompt.push(b'\n' as i64);
     }
-    let vocab = model.cfg.vocab_size - model.cfg.token_offset;
+    let vocab = model.cfg.vocab_size - model.cfg.compat.token_offset;
     if let Some(&bad) = prompt.iter().find(|&&t| t >= vocab) {
         bail!("the prompt holds byte {bad}, outside this model's {vocab}-symbol vocabulary");
     }

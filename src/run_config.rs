@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use std::path::PathBuf;
 
+use crate::model::config::legacy;
 use crate::model::ModelConfig;
 use crate::precision::Precision;
 use crate::tasks::duplication::{Duplication, DuplicationConfig};
@@ -197,7 +198,14 @@ impl RunConfig {
         for item in overrides {
             let (key, raw) = item.split_once('=').with_context(|| format!("--set '{item}': expected key=value"))?;
             let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
-            set_path(&mut tree, key, value)?;
+            let (key, value) = match key.strip_prefix("model.") {
+                Some(model_key) => {
+                    let (current, value) = legacy::current_setting(model_key, value);
+                    (format!("model.{current}"), value)
+                }
+                None => (key.to_string(), value),
+            };
+            set_path(&mut tree, &key, value)?;
         }
         serde_json::from_value(tree).context("--set gave a setting of the wrong type")
     }

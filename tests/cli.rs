@@ -350,9 +350,12 @@ fn an_imported_transformers_model_scores_generates_and_fine_tunes() {
     assert!(stderr.contains("starting from the weights of"), "{stderr}");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tuned.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["model"]["token_offset"], 2, "the imported model's settings carry over");
-    assert_eq!(config["model"]["lsh"]["wrap_around"], true);
-    assert_eq!(config["model"]["sliced_attention"], true, "--set model.* still applies");
+    assert_eq!(config["model"]["compat"]["token_offset"], 2, "the imported model's settings carry over");
+    assert_eq!(config["model"]["lsh"]["window"], "released");
+    assert_eq!(
+        config["model"]["execution"]["sliced_attention"], true,
+        "--set model.* still applies, by its old name too"
+    );
 
     assert_one_line_error(&["import", "--from", fixture.to_str().unwrap(), "--out", run_arg], "exists already");
     let _ = std::fs::remove_dir_all(&dir);

@@ -6,6 +6,7 @@
 mod common;
 
 use reformer::model::attention::lsh_decoding::BucketRings;
+use reformer::model::config::WindowRule;
 use reformer::model::decoding::check_decodable;
 use reformer::model::{seeded_random, AttentionKind, Decoder, ForwardMode, ModelConfig, ReformerLm};
 use tch::{nn, Device, Kind, Tensor};
@@ -20,7 +21,7 @@ fn config(attention: Vec<AttentionKind>, strict: bool) -> ModelConfig {
     cfg.lsh.chunk_len = 4;
     cfg.lsh.n_buckets = Some(4);
     cfg.lsh.n_hashes = 3;
-    cfg.lsh.strict_causal = strict;
+    cfg.lsh.window = if strict { WindowRule::Strict } else { WindowRule::Paper };
     cfg
 }
 

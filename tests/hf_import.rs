@@ -69,7 +69,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 /// The bytes of vocabulary ids (id = byte + token_offset).
 fn bytes_of(ids: &Tensor, model: &ReformerLm) -> Tensor {
-    ids - model.cfg.token_offset
+    ids - model.cfg.compat.token_offset
 }
 
 /// Calls `check(model, file, reference tensors, input bytes)` for every reference file of
@@ -163,8 +163,8 @@ fn imported_weights_train_alike_through_the_reversible_and_sliced_paths() {
     let (tokens, targets) = (batch.narrow(1, 0, 128), batch.narrow(1, 1, 128));
     let run_path = |reversible: bool, sliced: bool, sliced_by_size: bool| {
         let mut cfg = cfg.clone();
-        cfg.reversible = reversible;
-        cfg.sliced_attention = sliced;
+        cfg.execution.reversible = reversible;
+        cfg.execution.sliced_attention = sliced;
         let mut vs = nn::VarStore::new(Device::Cpu);
         let mut model = ReformerLm::new(vs.root(), &cfg);
         if sliced_by_size {

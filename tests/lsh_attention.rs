@@ -3,7 +3,7 @@
 //! dense shared-QK attention when one chunk covers everything.
 
 use reformer::model::attention::hashing::{hash_buckets, random_rotations, HashSpec};
-use reformer::model::attention::lsh::{lsh_attend, normalize, LshParams, MASKED_LOGIT, SELF_LOGIT};
+use reformer::model::attention::lsh::{lsh_attend, normalize, LshParams, WindowRule, MASKED_LOGIT, SELF_LOGIT};
 use reformer::model::ForwardMode;
 use tch::{Device, Kind, Tensor};
 
@@ -17,7 +17,7 @@ fn params(n_hashes: i64, n_buckets: i64, chunk_len: i64, causal: bool, strict: b
         n_chunks_before: 1,
         n_chunks_after: if causal { 0 } else { 1 },
         causal,
-        strict_causal: strict,
+        rule: if strict { WindowRule::Strict } else { WindowRule::Paper },
         dropout: 0.0,
         sliced: false,
         ..Default::default()
@@ -88,7 +88,7 @@ fn reference(qk: &Tensor, v: &Tensor, rotations: &Tensor, p: &LshParams) -> Tens
                         for k_slot in k_chunk * c..(k_chunk + 1) * c {
                             let key = order[k_slot as usize];
                             let mut hidden = key >= t || (p.causal && key > query);
-                            if p.strict_causal {
+                            if p.rule == WindowRule::Strict {
                                 let distance = q_slot - k_slot;
                                 hidden |=
                                     buckets[key as usize] != buckets[query as usize] || !(0..=c).contains(&distance);

@@ -9,6 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 
+use reformer::model::config::{ExecutionConfig, WindowRule};
 use reformer::model::seeded_random;
 use reformer::model::{ForwardMode, ModelConfig, ReformerLm};
 use tch::{nn, Device, Kind, Tensor};
@@ -20,13 +21,11 @@ fn config(fused: bool, reversible: bool, sliced: bool, strict: bool) -> ModelCon
     let mut cfg = ModelConfig {
         dropout_hidden: 0.1,
         dropout_ff: 0.1,
-        reversible,
-        sliced_attention: sliced,
         n_layers: 4,
+        execution: ExecutionConfig { reversible, sliced_attention: sliced, fused_lsh: fused, ..Default::default() },
         ..common::tiny_model_config()
     };
-    cfg.lsh.fused = fused;
-    cfg.lsh.strict_causal = strict;
+    cfg.lsh.window = if strict { WindowRule::Strict } else { WindowRule::Paper };
     cfg.validate().unwrap();
     cfg
 }
@@ -37,9 +36,9 @@ fn grads(vs: &nn::VarStore) -> HashMap<String, Tensor> {
 
 /// The batched, ordinary, unsliced model otherwise like `cfg`.
 fn batched(cfg: &ModelConfig) -> ModelConfig {
-    let mut reference = ModelConfig { reversible: false, sliced_attention: false, ..cfg.clone() };
-    reference.lsh.fused = false;
-    reference
+    let execution =
+        ExecutionConfig { reversible: false, sliced_attention: false, fused_lsh: false, ..cfg.execution.clone() };
+    ModelConfig { execution, ..cfg.clone() }
 }
 
 /// The loss and gradients of `cfg` against those of `reference_cfg` with the same

@@ -3,7 +3,7 @@
 
 mod common;
 
-use reformer::model::config::LshConfig;
+use reformer::model::config::{LshConfig, WindowRule};
 use reformer::model::{AttentionKind, ForwardMode, ModelConfig, PositionalConfig, ReformerLm};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -61,12 +61,12 @@ fn assert_causal(cfg: &ModelConfig) {
 #[test]
 fn strict_causal_lsh_local_and_full_are_causal_through_the_lm() {
     let mut strict = small_config(vec![AttentionKind::Lsh]);
-    strict.lsh.strict_causal = true;
+    strict.lsh.window = WindowRule::Strict;
     assert_causal(&strict);
     assert_causal(&small_config(vec![AttentionKind::Local]));
     assert_causal(&small_config(vec![AttentionKind::Full]));
     let mut mixed = small_config(vec![AttentionKind::Local, AttentionKind::Lsh, AttentionKind::Full]);
-    mixed.lsh.strict_causal = true;
+    mixed.lsh.window = WindowRule::Strict;
     assert_causal(&mixed);
 }
 
@@ -121,8 +121,8 @@ fn loss_and_grads(cfg: &ModelConfig, source: &nn::VarStore, tokens: &Tensor, wei
 fn chunked_feed_forward_and_loss_equal_unchunked_with_gradients() {
     let plain = small_config(vec![AttentionKind::Lsh, AttentionKind::Local]);
     let mut chunked = plain.clone();
-    chunked.ff_chunk_len = Some(8);
-    chunked.loss_chunk_len = Some(12);
+    chunked.execution.ff_chunk_len = Some(8);
+    chunked.execution.loss_chunk_len = Some(12);
     let tokens = random_tokens(2, 41);
     let weights = Tensor::rand([2, 40], (Kind::Float, Device::Cpu));
     let (source, _) = build(&plain);
@@ -189,9 +189,9 @@ fn bad_configs_say_what_to_change() {
         (
             Box::new(|c| {
                 c.causal = false;
-                c.lsh.strict_causal = true
+                c.lsh.window = WindowRule::Strict
             }),
-            "strict_causal needs causal",
+            "\"strict\" needs causal",
         ),
     ];
     for (change, message) in cases {

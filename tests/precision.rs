@@ -4,6 +4,7 @@
 
 mod common;
 
+use reformer::model::config::WindowRule;
 use reformer::model::seeded_random;
 use reformer::model::{ForwardMode, ModelConfig, ReformerLm};
 use reformer::precision::Precision;
@@ -17,8 +18,9 @@ const BF16_LOSS_TOLERANCE: f64 = 0.01;
 const F16_LOSS_TOLERANCE: f64 = 0.002;
 
 fn config(strict_causal: bool, reversible: bool) -> ModelConfig {
-    let mut cfg = ModelConfig { reversible, ..common::tiny_model_config() };
-    cfg.lsh.strict_causal = strict_causal;
+    let mut cfg = common::tiny_model_config();
+    cfg.execution.reversible = reversible;
+    cfg.lsh.window = if strict_causal { WindowRule::Strict } else { WindowRule::Paper };
     cfg.validate().unwrap();
     cfg
 }

@@ -37,7 +37,8 @@ fn expected() -> Value {
 /// `reformer eval` of fixture `name` with `task_args`, against the recorded scores.
 fn scores_as_recorded(name: &str, task_args: &[&str]) {
     let run = copy_of(name);
-    let mut args = vec!["eval", "--checkpoint", run.to_str().unwrap(), "--eval-bytes", "8192", "--device", "cpu", "--json"];
+    let mut args =
+        vec!["eval", "--checkpoint", run.to_str().unwrap(), "--eval-bytes", "8192", "--device", "cpu", "--json"];
     args.extend_from_slice(task_args);
     let got = &reformer_json(&args)["results"][0];
     let want = &expected()["eval"][name]["results"][0];
@@ -67,13 +68,19 @@ fn an_lsh_run_with_derived_buckets_scores_as_before() {
 #[test]
 fn an_imported_released_form_run_scores_and_generates_as_before() {
     let text = fixtures().join("text.txt");
-    scores_as_recorded("imported", &["--task", "text", "--data", text.to_str().unwrap(), "--split", "all", "--seq-len", "128"]);
+    scores_as_recorded(
+        "imported",
+        &["--task", "text", "--data", text.to_str().unwrap(), "--split", "all", "--seq-len", "128"],
+    );
     generates_as_recorded("imported");
 }
 
 #[test]
 fn a_strict_causal_run_scores_and_generates_as_before() {
     let text = fixtures().join("text.txt");
-    scores_as_recorded("strict", &["--task", "text", "--data", text.to_str().unwrap(), "--split", "all", "--seq-len", "128"]);
+    scores_as_recorded(
+        "strict",
+        &["--task", "text", "--data", text.to_str().unwrap(), "--split", "all", "--seq-len", "128"],
+    );
     generates_as_recorded("strict");
 }

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::model::attention::lsh::LshParams;
-use crate::model::attention::{lsh_fused, Attention};
+use crate::model::attention::lsh_path::LshPath;
+use crate::model::attention::Attention;
 use crate::model::{AttentionKind, ForwardMode, ModelConfig, ReformerLm};
 use crate::optimizer::AdamW;
 use crate::precision::Precision;
@@ -105,7 +106,7 @@ impl Case {
             Precision::Bf16 => Kind::BFloat16,
             Precision::F16 => Kind::Half,
         };
-        lsh_fused::path_name(&LshParams::new(&self.model), kind, device, ForwardMode::train(0))
+        LshPath::choose(&LshParams::new(&self.model), kind, device, ForwardMode::train(0), 0).name()
     }
 
     /// Model FLOPs per token of one training step (forward + backward = 3 × forward):
@@ -192,7 +193,7 @@ pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
             let model = ReformerLm::new(vs.root(), &case.model);
             let mut optimizer = AdamW::new(&vs, &TrainConfig::default());
             let tokens = Tensor::randint(
-                case.model.vocab_size - case.model.token_offset,
+                case.model.vocab_size - case.model.compat.token_offset,
                 [case.batch_size, case.seq_len + 1],
                 (Kind::Int64, device),
             );

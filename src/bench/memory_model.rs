@@ -102,7 +102,7 @@ fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train:
             // Per (head, round): the rounds' outputs and log-sum-exps, kept, and in backward
             // their gradients and the kernel's contiguous copy of them.
             let round_outputs = cfg.lsh.n_hashes as f64 * (cfg.d_head() + 1) as f64;
-            if cfg.sliced_attention {
+            if cfg.execution.sliced_attention {
                 let kept = SLICED_ROUND_OUTPUT_COPIES * heads * round_outputs;
                 (kept, kept + FUSED_LSH_PER_ROUND_OUTPUT * round_outputs)
             } else {
@@ -112,7 +112,7 @@ fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train:
         AttentionKind::Lsh => {
             let window = ((1 + cfg.lsh.n_chunks_before + cfg.lsh.n_chunks_after) * cfg.lsh.chunk_len) as f64;
             let rounds = cfg.lsh.n_hashes as f64;
-            if cfg.sliced_attention {
+            if cfg.execution.sliced_attention {
                 let outputs = SLICED_ROUND_OUTPUT_COPIES * heads * rounds * (cfg.d_head() + 1) as f64;
                 (outputs, (LSH_KEPT_PER_KEY + LSH_PEAK_PER_KEY) * window + outputs)
             } else {
@@ -122,7 +122,7 @@ fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train:
         }
         AttentionKind::Local => {
             let window = ((1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) * cfg.local.chunk_len) as f64;
-            if cfg.sliced_attention {
+            if cfg.execution.sliced_attention {
                 (0.0, (LOCAL_KEPT_PER_KEY + LOCAL_PEAK_PER_KEY) * window)
             } else {
                 (LOCAL_KEPT_PER_KEY * heads * window, LOCAL_PEAK_PER_KEY * heads * window)
@@ -153,7 +153,7 @@ const BUCKET_BYTES: f64 = 4.0;
 /// sliced attention): one int32 bucket per (head, round) of every LSH layer, for the
 /// graph's lifetime. None is kept without a replay.
 pub fn bucket_tape_bytes_per_token(cfg: &ModelConfig) -> f64 {
-    if !(cfg.reversible || cfg.sliced_attention) {
+    if !(cfg.execution.reversible || cfg.execution.sliced_attention) {
         return 0.0;
     }
     let lsh_layers = (0..cfg.n_layers).filter(|&i| cfg.attention_of_layer(i) == AttentionKind::Lsh).count();
@@ -169,7 +169,7 @@ pub fn bucket_tape_bytes_per_token(cfg: &ModelConfig) -> f64 {
 pub fn predicted_bytes(case: &Case, fused: bool) -> f64 {
     let cfg = &case.model;
     let has_lsh = (0..cfg.n_layers).any(|i| cfg.attention_of_layer(i) == AttentionKind::Lsh);
-    let kernel_scratch = if has_lsh && cfg.lsh.fused {
+    let kernel_scratch = if has_lsh && cfg.execution.fused_lsh {
         fused_lsh_scratch_bytes(cfg, tch::get_num_threads().max(1) as usize)
     } else {
         0.0
@@ -195,8 +195,8 @@ pub fn predicted_bytes(case: &Case, fused: bool) -> f64 {
             let kept_total: f64 = layers.iter().map(|l| l.0).sum();
             let kept_max = layers.iter().map(|l| l.0).fold(0.0, f64::max);
             let peak_max = layers.iter().map(|l| l.1).fold(0.0, f64::max);
-            let kept = if cfg.reversible { kept_max } else { kept_total };
-            let loss_len = cfg.loss_chunk_len.unwrap_or(case.seq_len).min(case.seq_len) as f64;
+            let kept = if cfg.execution.reversible { kept_max } else { kept_total };
+            let loss_len = cfg.execution.loss_chunk_len.unwrap_or(case.seq_len).min(case.seq_len) as f64;
             let loss = LOSS_TENSORS * case.batch_size as f64 * loss_len * cfg.vocab_size as f64;
             CASE_OVERHEAD_BYTES
                 + kernel_scratch

@@ -117,7 +117,7 @@ pub fn run(opts: BenchArgs) -> Result<()> {
         .into_iter()
         .map(|case| if case.suite == "precision" { case } else { case.in_precision(opts.precision) })
         .map(|mut case| {
-            case.model.lsh.fused &= !opts.batched_lsh;
+            case.model.execution.fused_lsh &= !opts.batched_lsh;
             case
         })
         .collect();
@@ -149,8 +149,8 @@ pub fn run(opts: BenchArgs) -> Result<()> {
         rows.push(json!({
             "suite": case.suite, "label": case.label, "attention": case.attention(),
             "n_hashes": case.model.lsh.n_hashes, "seq_len": case.seq_len, "batch_size": case.batch_size,
-            "n_layers": if case.kind == CaseKind::Layer { 1 } else { case.model.n_layers }, "reversible": case.model.reversible,
-            "ff_chunked": case.model.ff_chunk_len.is_some(), "precision": case.precision, "lsh_path": case.lsh_path(device), "status": status,
+            "n_layers": if case.kind == CaseKind::Layer { 1 } else { case.model.n_layers }, "reversible": case.model.execution.reversible,
+            "ff_chunked": case.model.execution.ff_chunk_len.is_some(), "precision": case.precision, "lsh_path": case.lsh_path(device), "status": status,
             "ms_per_step": m.ms_per_step, "us_per_token": m.us_per_token, "tokens_per_sec": m.tokens_per_sec,
             "peak_bytes": m.peak_bytes, "predicted_bytes": predicted, "flops_per_token": flops, "utilization": utilization, "step_ms": m.step_ms,
         }));

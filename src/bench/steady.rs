@@ -26,7 +26,6 @@ pub fn rss_over_steps(steps: usize, device: Device) -> Vec<(usize, i64)> {
         dropout_attention: 0.1,
         positional: PositionalConfig::Learned,
         attention: vec![AttentionKind::Lsh, AttentionKind::Local, AttentionKind::Full],
-        reversible: true,
         ..Default::default()
     };
     cfg.lsh.chunk_len = 16;

@@ -7,6 +7,7 @@ use tch::Device;
 
 use super::case::{Case, CaseKind, WARMUP_STEPS};
 use super::{BenchArgs, Suite};
+use crate::model::config::ExecutionConfig;
 use crate::model::{AttentionKind, ModelConfig, PositionalConfig};
 use crate::precision::Precision;
 use crate::run_config::RunConfig;
@@ -52,7 +53,7 @@ fn step_cases(steps: usize) -> Vec<Case> {
             max_seq_len: seq_len,
             positional: PositionalConfig::Learned,
             attention: vec![AttentionKind::Lsh],
-            reversible,
+            execution: ExecutionConfig { reversible, ..Default::default() },
             ..Default::default()
         };
         model.lsh.n_hashes = n_hashes;
@@ -99,7 +100,7 @@ fn depth_cases(seq_len: i64, steps: usize) -> Vec<Case> {
                 max_seq_len: seq_len,
                 positional: PositionalConfig::Axial { shape: [side, side], dims: [128, 128] },
                 attention: vec![AttentionKind::Lsh],
-                reversible,
+                execution: ExecutionConfig { reversible, ..Default::default() },
                 ..Default::default()
             };
             let label = if reversible { "rev" } else { "plain" };
@@ -125,9 +126,7 @@ fn ff_cases(lengths: &[i64], steps: usize) -> Vec<Case> {
                 max_seq_len: seq_len,
                 positional: PositionalConfig::None,
                 attention: vec![AttentionKind::Local],
-                reversible: true,
-                ff_chunk_len,
-                loss_chunk_len: Some(1024),
+                execution: ExecutionConfig { ff_chunk_len, loss_chunk_len: Some(1024), ..Default::default() },
                 ..Default::default()
             };
             let label = if ff_chunk_len.is_some() { "ff-chunked" } else { "ff-whole" };

@@ -1,12 +1,15 @@
 //! A transformers `ReformerConfig` (`config.json` of a `ReformerModelWithLMHead` folder)
 //! read into this project's `ModelConfig`: the released checkpoints' behaviour becomes
-//! the settings that express it (`lsh.wrap_around`, `lsh.scale_logits` false, ReLU,
-//! LayerNorm ε, no attention output bias, reserved token ids).
+//! the settings that express it (`lsh.window = "released"`, and in `compat`: unscaled
+//! LSH logits, ReLU, LayerNorm ε, no attention output bias, reserved token ids).
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::model::config::{Activation, AttentionKind, LocalConfig, LshConfig, ModelConfig, PositionalConfig};
+use crate::model::config::{
+    Activation, AttentionKind, CompatConfig, ExecutionConfig, LocalConfig, LshConfig, ModelConfig, PositionalConfig,
+    WindowRule,
+};
 
 /// Ids below this are the byte-level models' reserved ones (0 padding, 1 end of text);
 /// byte b is id b + 2.
@@ -93,17 +96,11 @@ pub fn model_config(json: &Value, hash_seed: Option<u64>) -> Result<ModelConfig>
     };
     let cfg = ModelConfig {
         vocab_size,
-        token_offset,
         d_model: reader.int("hidden_size")?,
         n_layers: attention.len() as i64,
         n_heads: reader.int("num_attention_heads")?,
         d_head: Some(reader.int("attention_head_size")?),
         d_ff: reader.int("feed_forward_size")?,
-        activation,
-        layer_norm_eps: reader.float_or("layer_norm_eps", 1e-12)?,
-        attention_output_bias: false,
-        ff_chunk_len: chunk("chunk_size_feed_forward")?,
-        loss_chunk_len: chunk("chunk_size_lm_head")?,
         dropout_hidden: reader.float_or("hidden_dropout_prob", 0.0)?,
         dropout_attention: reader.float_or("lsh_attention_probs_dropout_prob", 0.0)?,
         dropout_ff: reader.float_or("hidden_dropout_prob", 0.0)?,
@@ -118,10 +115,7 @@ pub fn model_config(json: &Value, hash_seed: Option<u64>) -> Result<ModelConfig>
             bucket_factors,
             n_chunks_before: reader.int_or("lsh_num_chunks_before", 1)?,
             n_chunks_after: reader.int_or("lsh_num_chunks_after", 0)?,
-            strict_causal: false,
-            scale_logits: false,
-            wrap_around: true,
-            hash_seed: hash_seed.or(reader.u64_or_none("hash_seed")?),
+            window: WindowRule::Released,
             ..LshConfig::default()
         },
         local: LocalConfig {
@@ -129,8 +123,19 @@ pub fn model_config(json: &Value, hash_seed: Option<u64>) -> Result<ModelConfig>
             n_chunks_before: reader.int_or("local_num_chunks_before", 1)?,
             n_chunks_after: reader.int_or("local_num_chunks_after", 0)?,
         },
-        reversible: true,
-        sliced_attention: false,
+        compat: CompatConfig {
+            token_offset,
+            activation,
+            layer_norm_eps: reader.float_or("layer_norm_eps", 1e-12)?,
+            attention_output_bias: false,
+            scale_lsh_logits: false,
+            lsh_hash_seed: hash_seed.or(reader.u64_or_none("hash_seed")?),
+        },
+        execution: ExecutionConfig {
+            ff_chunk_len: chunk("chunk_size_feed_forward")?,
+            loss_chunk_len: chunk("chunk_size_lm_head")?,
+            ..ExecutionConfig::default()
+        },
     };
     cfg.validate().context("the imported configuration is not one reformer can run")?;
     Ok(cfg)

@@ -14,17 +14,13 @@ use crate::autograd::{self, grad_enabled, Keep};
 /// records (otherwise `f` simply runs). `f` must compute the same outputs from the same
 /// inputs on every call, and must not read tensors that require gradients other than
 /// its inputs (their gradients would be lost).
-pub fn checkpoint(
-    inputs: &[Tensor],
-    n_outputs: usize,
-    f: impl Fn(&[Tensor]) -> Vec<Tensor> + 'static,
-) -> Result<Vec<Tensor>, TchError> {
+pub fn checkpoint(inputs: &[Tensor], n_outputs: usize, f: impl Fn(&[Tensor]) -> Vec<Tensor> + 'static) -> Vec<Tensor> {
     if !grad_enabled() || !inputs.iter().any(Tensor::requires_grad) {
-        return Ok(f(inputs));
+        return f(inputs);
     }
     let inputs: Vec<&Tensor> = inputs.iter().collect();
     let recomputed = Recomputed { f, tape: BucketTape::active_or_new() };
-    autograd::apply(recomputed, &inputs, n_outputs, Keep::Inputs)
+    autograd::run(recomputed, &inputs, n_outputs, Keep::Inputs)
 }
 
 /// A function whose backward recomputes it under autograd from its kept inputs. Both

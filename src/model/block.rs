@@ -28,7 +28,7 @@ pub struct Block {
 
 impl Block {
     pub fn new(vs: nn::Path, cfg: &ModelConfig, kind: AttentionKind) -> Self {
-        let norm = nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() };
+        let norm = nn::LayerNormConfig { eps: cfg.compat.layer_norm_eps, ..Default::default() };
         let attention_norm = nn::layer_norm(&vs / "attn_norm", vec![cfg.d_model], norm);
         let attention = Attention::new(&vs / "attn", cfg, kind);
         let ff_norm = nn::layer_norm(&vs / "ff_norm", vec![cfg.d_model], norm);

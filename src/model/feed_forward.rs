@@ -22,8 +22,8 @@ impl FeedForward {
         Self {
             up: nn::linear(&vs / "up", cfg.d_model, cfg.d_ff, Default::default()),
             down: nn::linear(&vs / "down", cfg.d_ff, cfg.d_model, Default::default()),
-            activation: cfg.activation,
-            chunk_len: cfg.ff_chunk_len,
+            activation: cfg.compat.activation,
+            chunk_len: cfg.execution.ff_chunk_len,
             dropout: cfg.dropout_ff,
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tch::{nn, Kind, TchError, Tensor};
 
 use super::attention::lsh::LshParams;
+use super::attention::window_rule::WindowRule;
 use super::attention::Attention;
 use super::block::Block;
 use super::config::ModelConfig;
@@ -53,7 +54,7 @@ impl ReformerLm {
             final_norm: nn::layer_norm(
                 &vs / "final_norm",
                 vec![2 * cfg.d_model],
-                nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() },
+                nn::LayerNormConfig { eps: cfg.compat.layer_norm_eps, ..Default::default() },
             ),
             head: nn::linear(&vs / "head", 2 * cfg.d_model, cfg.vocab_size, Default::default()),
         }
@@ -65,27 +66,15 @@ impl ReformerLm {
         self.update_lsh(|params| params.n_hashes = n_hashes)
     }
 
-    /// Switches LSH layers to the strict causal rule (`lsh.strict_causal`) or back.
-    pub fn set_strict_causal(&mut self, strict: bool) -> Result<(), TchError> {
-        // The strict rule has windows of its own: it replaces `lsh.wrap_around` while on.
-        let wrap_around = self.cfg.lsh.wrap_around && !strict;
-        self.update_lsh(|params| {
-            params.strict_causal = strict;
-            params.wrap_around = wrap_around;
-        })
+    /// Switches LSH layers to window rule `rule` (`lsh.window`).
+    pub fn set_window_rule(&mut self, rule: WindowRule) -> Result<(), TchError> {
+        self.update_lsh(|params| params.rule = rule)
     }
 
     /// Evaluates LSH layers as dense attention with their shared query/key and self-mask:
     /// one round and one chunk covering `seq_len` tokens (LSH's exact special case).
     pub fn use_dense_lsh(&mut self, seq_len: i64) -> Result<(), TchError> {
-        self.update_lsh(|params| {
-            params.n_hashes = 1;
-            params.chunk_len = seq_len;
-            params.n_chunks_before = 0;
-            params.n_chunks_after = 0;
-            params.strict_causal = false;
-            params.wrap_around = false;
-        })
+        self.update_lsh(|params| *params = params.dense(seq_len))
     }
 
     /// Changes the settings of every LSH layer; fails while the graph of a reversible
@@ -118,7 +107,7 @@ impl ReformerLm {
     /// `tokens`: (B, T) int64; returns (B, T, D).
     pub fn embed_at(&self, tokens: &Tensor, start: i64, mode: ForwardMode) -> Tensor {
         let t = tokens.size()[1];
-        let x = (tokens + self.cfg.token_offset).apply(&self.embedding); // (B, T, D)
+        let x = (tokens + self.cfg.compat.token_offset).apply(&self.embedding); // (B, T, D)
         let x = match self.positional.range(start, t) {
             Some(positions) => x + positions, // (T, D) broadcast over B
             None => x,
@@ -133,9 +122,8 @@ impl ReformerLm {
     /// # Shapes
     /// `x`: (B, T, D); returns (y1, y2), each (B, T, D).
     pub fn run_blocks(&self, x: &Tensor, mode: ForwardMode) -> (Tensor, Tensor) {
-        if self.cfg.reversible && autograd::grad_enabled() {
-            return reversible::reversible_blocks(&self.blocks, x, x, mode)
-                .unwrap_or_else(|e| panic!("reversible block stack: {e}"));
+        if self.cfg.execution.reversible && autograd::grad_enabled() {
+            return reversible::reversible_blocks(&self.blocks, x, x, mode);
         }
         let mut streams = (x.shallow_clone(), x.shallow_clone());
         for (i, block) in self.blocks.iter().enumerate() {
@@ -167,7 +155,7 @@ impl ReformerLm {
     /// # Shapes
     /// `hidden`: (B, T, 2D); returns (B, T, V - token_offset).
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        let offset = self.cfg.token_offset;
+        let offset = self.cfg.compat.token_offset;
         self.vocab_logits(hidden).narrow(-1, offset, self.cfg.vocab_size - offset)
     }
 
@@ -203,13 +191,13 @@ impl ReformerLm {
             }
         };
         let t = targets.size()[1];
-        let chunk_len = self.cfg.loss_chunk_len.unwrap_or(t).min(t);
+        let chunk_len = self.cfg.execution.loss_chunk_len.unwrap_or(t).min(t);
         let mut nll_sum = Tensor::zeros([], (Kind::Float, targets.device()));
         let mut correct = Tensor::zeros([], (Kind::Float, targets.device()));
         for start in (0..t).step_by(chunk_len as usize) {
             let len = chunk_len.min(t - start);
             let logits = self.vocab_logits(&hidden.narrow(1, start, len)); // (B, C, V)
-            let target = targets.narrow(1, start, len) + self.cfg.token_offset; // (B, C) vocabulary ids
+            let target = targets.narrow(1, start, len) + self.cfg.compat.token_offset; // (B, C) vocabulary ids
             let weight = weights.narrow(1, start, len); // (B, C)
             let log_probs = logits.log_softmax(-1, Kind::Float); // (B, C, V)
             let nll = -log_probs.gather(-1, &target.unsqueeze(-1), false).squeeze_dim(-1); // (B, C)

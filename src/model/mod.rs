@@ -2,7 +2,7 @@
 //!
 //! Dimension letters used in shape comments:
 //! B batch, T length (tokens), Tp length padded (to a multiple of the chunk, or under
-//! `lsh.wrap_around` of the chunk lengths' lcm), H heads,
+//! the released window rule of the chunk lengths' lcm), H heads,
 //! Dh head width, D model width (one residual stream), V vocabulary, R hash rounds,
 //! NB buckets per round, C chunk length (tokens), NC chunks (per round), W keys a chunk
 //! attends to ((before + 1 + after)·C), S rotated columns per hash round (NB/2, or half

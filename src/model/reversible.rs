@@ -31,17 +31,12 @@ type Streams = (Tensor, Tensor);
 ///
 /// # Shapes
 /// `x1`, `x2`: (B, T, D); returns (y1, y2), each (B, T, D).
-pub fn reversible_blocks(
-    blocks: &Arc<[Block]>,
-    x1: &Tensor,
-    x2: &Tensor,
-    mode: ForwardMode,
-) -> Result<(Tensor, Tensor), TchError> {
+pub fn reversible_blocks(blocks: &Arc<[Block]>, x1: &Tensor, x2: &Tensor, mode: ForwardMode) -> (Tensor, Tensor) {
     // The parameters are inputs of the node so that it returns their gradients.
     let inputs: Vec<&Tensor> = [x1, x2].into_iter().chain(blocks.iter().flat_map(Block::parameters)).collect();
     let stack = ReversibleStack { blocks: Arc::clone(blocks), mode, tape: BucketTape::default() };
-    let mut outputs = autograd::apply(stack, &inputs, 2, Keep::Outputs)?.into_iter();
-    Ok((outputs.next().expect("two outputs"), outputs.next().expect("two outputs")))
+    let [y1, y2] = <[Tensor; 2]>::try_from(autograd::run(stack, &inputs, 2, Keep::Outputs)).expect("two outputs");
+    (y1, y2)
 }
 
 /// What the autograd node holds for its lifetime: the blocks, the forward pass's mode and

@@ -102,11 +102,11 @@ impl Task for Duplication {
     }
 
     fn check_model(&self, model: &ModelConfig) -> Result<()> {
-        if model.vocab_size - model.token_offset < self.cfg.n_symbols {
+        if model.vocab_size - model.compat.token_offset < self.cfg.n_symbols {
             bail!(
-                "the duplication task uses {} symbols but the model has {} (vocab_size - token_offset): raise model.vocab_size",
+                "the duplication task uses {} symbols but the model has {} (vocab_size - compat.token_offset): raise model.vocab_size",
                 self.cfg.n_symbols,
-                model.vocab_size - model.token_offset
+                model.vocab_size - model.compat.token_offset
             );
         }
         if self.seq_len() > model.max_seq_len {

@@ -127,10 +127,10 @@ impl Task for TextData {
     }
 
     fn check_model(&self, model: &ModelConfig) -> Result<()> {
-        if model.vocab_size - model.token_offset < 256 {
+        if model.vocab_size - model.compat.token_offset < 256 {
             bail!(
-                "byte-level text needs model.vocab_size - model.token_offset >= 256, not {}",
-                model.vocab_size - model.token_offset
+                "byte-level text needs model.vocab_size - model.compat.token_offset >= 256, not {}",
+                model.vocab_size - model.compat.token_offset
             );
         }
         if self.seq_len > model.max_seq_len {

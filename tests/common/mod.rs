@@ -1,6 +1,6 @@
 //! What several test files share: the tiny model they check.
 
-use reformer::model::config::{LocalConfig, LshConfig};
+use reformer::model::config::{ExecutionConfig, LocalConfig, LshConfig};
 use reformer::model::{seeded_random, AttentionKind, ModelConfig, PositionalConfig};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -40,7 +40,7 @@ pub fn tiny_model_config() -> ModelConfig {
         attention: vec![AttentionKind::Lsh, AttentionKind::Local, AttentionKind::Full],
         lsh: LshConfig { chunk_len: 8, n_hashes: 2, ..Default::default() },
         local: LocalConfig { chunk_len: 8, ..Default::default() },
-        reversible: false,
+        execution: ExecutionConfig { reversible: false, ..Default::default() },
         ..Default::default()
     }
 }

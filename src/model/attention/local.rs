@@ -31,7 +31,7 @@ impl LocalAttention {
                 causal: cfg.causal,
                 dropout: cfg.dropout_attention,
             },
-            sliced: cfg.sliced_attention,
+            sliced: cfg.execution.sliced_attention,
         }
     }
 
@@ -84,7 +84,7 @@ impl LocalAttention {
                 let inputs = [q, k, v].map(|x| x.narrow(1, head, 1)); // 3 × (B, 1, T, Dh)
                 let window = self.window.clone();
                 let attend = move |x: &[Tensor]| vec![window.attend(&x[0], &x[1], &x[2], mode, head, n_heads)];
-                checkpoint(&inputs, 1, attend).unwrap_or_else(|e| panic!("{e}")).remove(0)
+                checkpoint(&inputs, 1, attend).remove(0)
                 // (B, 1, T, Dh)
             })
             .collect();

@@ -1,5 +1,5 @@
-//! Incremental decoding through an LSH attention layer under the strict causal rule
-//! (`lsh.strict_causal`): a query sees itself and, in each hash round, the `chunk_len`
+//! Incremental decoding through an LSH attention layer under the strict window rule
+//! (`lsh.window = "strict"`): a query sees itself and, in each hash round, the `chunk_len`
 //! most recent earlier tokens of its own bucket. That set depends only on the past, so
 //! a new token's attention is found from per-bucket lists of recent positions, at a cost
 //! that does not grow with the context: n_hashes × chunk_len keys per head.
@@ -13,10 +13,10 @@ use tch::Tensor;
 
 use super::hashing::hash_buckets;
 use super::kv_cache::KvCache;
-use super::lsh::{
-    combine_rounds, gather_rows, lsh_attend, normalize, LshAttention, LshParams, MASKED_LOGIT, SELF_LOGIT,
-};
+use super::lsh::{gather_rows, lsh_attend, normalize, LshParams};
+use super::lsh_layer::LshAttention;
 use super::softmax::softmax_and_logsumexp;
+use super::window_rule::{WindowRule, MASKED_LOGIT, SELF_LOGIT};
 use crate::model::seeded_random::ForwardMode;
 use crate::precision::at_least_float32;
 
@@ -92,7 +92,7 @@ impl LshAttention {
     pub fn prefill(&self, x: &Tensor, mode: ForwardMode, capacity: i64) -> (Tensor, LshCache) {
         let (qk, v) = self.project(x); // (B, H, P, Dh) each
         let rotations = self.rotations(mode, x.device());
-        let strict = LshParams { strict_causal: true, wrap_around: false, ..self.params.clone() };
+        let strict = LshParams { rule: WindowRule::Strict, ..self.params.clone() };
         let out = lsh_attend(&qk, &v, &rotations, &strict, mode); // (B, H, P, Dh)
         let buckets = hash_buckets(&qk, &rotations, &strict.hash); // (B, H, R, P)
         let rings = BucketRings::from_buckets(&buckets, strict.chunk_len, strict.hash.n_buckets);
@@ -137,7 +137,7 @@ impl LshAttention {
         let values = Tensor::cat(&[values, own_value], 3); // (B, H, R, C+1, Dh)
 
         let (probs, lse) = softmax_and_logsumexp(&logits); // (B, H, R, 1, C+1), (B, H, R, 1, 1)
-        let out = combine_rounds(&probs.to_kind(values.kind()).matmul(&values), &lse); // (B, H, 1, Dh)
+        let out = WindowRule::Strict.weigh_rounds(&probs.to_kind(values.kind()).matmul(&values), &lse); // (B, H, 1, Dh)
         cache.kv.push(&normalize(&qk), &v);
         self.output(&out)
     }

@@ -5,19 +5,18 @@
 //! (rounds × positions × window) masks and probabilities nor the sorted copies exist; the
 //! backward recomputes each block from the inputs. It computes what the
 //! batched path of `lsh::attend_rounds` computes, which stays as its reference and as the
-//! path for the cases it does not cover (`unavailable`).
+//! path for the cases it does not cover (`lsh_path`).
 
 use std::ffi::{c_char, c_int};
 
-use tch::{Device, Kind, TchError, Tensor};
+use tch::{TchError, Tensor};
 use torch_sys::C_tensor;
 
-use super::lsh::{MASKED_LOGIT, SELF_LOGIT};
 use super::lsh_params::LshParams;
+use super::window_rule::{MASKED_LOGIT, SELF_LOGIT};
 use crate::autograd::{self, Function, Keep};
 use crate::cpu_paths::{self, KernelIsa};
 use crate::ffi::checked;
-use crate::model::seeded_random::ForwardMode;
 
 /// `LshWindowRules` in csrc/lsh_window_attention.cpp: which keys a query may see.
 #[repr(C)]
@@ -29,6 +28,7 @@ pub struct WindowRules {
     /// Positions from here on are padding.
     pub real_len: i64,
     pub causal: i32,
+    /// The strict window rule (the kernel covers the paper's and the strict one).
     pub strict_causal: i32,
     pub self_logit: f64,
     pub masked_logit: f64,
@@ -43,41 +43,10 @@ impl WindowRules {
             n_chunks_after: p.n_chunks_after,
             real_len: t,
             causal: p.causal.into(),
-            strict_causal: p.strict_causal.into(),
+            strict_causal: p.rule.reads_buckets().into(),
             self_logit: SELF_LOGIT,
             masked_logit: MASKED_LOGIT,
         }
-    }
-}
-
-/// Why a call takes the batched path rather than the fused kernel, or None when the
-/// kernel runs. The kernel covers the CPU in float32 and float64, causal or not, any
-/// window, padding and the strict causal rule; not CUDA (no kernel yet), half precision
-/// (autocast's bfloat16/float16 matmuls), the ring windows of `lsh.wrap_around`, or
-/// attention dropout while training (its masks are drawn over the batched path's
-/// probabilities).
-pub fn unavailable(p: &LshParams, kind: Kind, device: Device, mode: ForwardMode) -> Option<&'static str> {
-    if !p.fused {
-        Some("lsh.fused = false")
-    } else if device != Device::Cpu {
-        Some("no fused kernel on CUDA yet")
-    } else if !matches!(kind, Kind::Float | Kind::Double) {
-        Some("half precision")
-    } else if p.wrap_around {
-        Some("lsh.wrap_around")
-    } else if mode.train && p.dropout > 0.0 {
-        Some("attention dropout")
-    } else {
-        None
-    }
-}
-
-/// The name of the path an LSH layer with `p` takes for inputs of `kind` on `device`, for
-/// reports: "fused (its row-work variant)" or "batched (reason)".
-pub fn path_name(p: &LshParams, kind: Kind, device: Device, mode: ForwardMode) -> String {
-    match unavailable(p, kind, device, mode) {
-        None => format!("fused ({})", cpu_paths::lsh_kernel_isa().name()),
-        Some(reason) => format!("batched ({reason})"),
     }
 }
 
@@ -120,8 +89,7 @@ pub fn attend_rounds_with(
     };
     let flat = |x: &Tensor| x.reshape([b * h, t_pad, dh]); // (B·h, Tp, Dh)
     let inputs = [flat(q), flat(k), flat(v)];
-    let outputs = autograd::apply(function, &[&inputs[0], &inputs[1], &inputs[2]], 2, Keep::Inputs)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let outputs = autograd::run(function, &[&inputs[0], &inputs[1], &inputs[2]], 2, Keep::Inputs);
     let out = outputs[0].view([b, h, r, t_pad, dh]); // (B, h, r, Tp, Dh)
     let lse = outputs[1].view([b, h, r, t_pad, 1]); // (B, h, r, Tp, 1)
     (out, lse)

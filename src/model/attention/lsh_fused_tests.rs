@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::hashing::{random_rotations, HashSpec};
 use super::lsh::{attend_each_round, normalize, sort_slots, LshParams, Padded};
 use super::lsh_fused::{self, WindowRules};
+use super::window_rule::WindowRule;
 use crate::model::seeded_random::{self, ForwardMode};
 
 /// One case: the settings, the sequence length and the batch size (heads = batch).
@@ -27,7 +28,6 @@ fn case(n_hashes: i64, chunk_len: i64, causal: bool, t: i64) -> Case {
         n_chunks_before: 1,
         n_chunks_after: 0,
         causal,
-        strict_causal: false,
         dropout: 0.0,
         sliced: false,
         ..Default::default()
@@ -143,7 +143,7 @@ fn factorised_buckets() {
 #[test]
 fn strict_causal_and_unscaled_logits() {
     let mut c = case(3, 8, true, 45);
-    c.p.strict_causal = true;
+    c.p.rule = WindowRule::Strict;
     check(&c, "strict causal");
     let mut c = case(2, 8, true, 40);
     c.p.scale_logits = false;
@@ -171,7 +171,7 @@ fn error_with_rules(c: &Case, edit: impl Fn(&mut WindowRules)) -> f64 {
 fn each_masking_rule_broken_in_the_kernel_fails_the_comparison() {
     let causal = case(2, 8, true, 61);
     let mut strict = case(2, 8, true, 61);
-    strict.p.strict_causal = true;
+    strict.p.rule = WindowRule::Strict;
     assert!(error_with_rules(&causal, |_| {}) < 1e-10, "the unbroken kernel must agree");
     assert!(error_with_rules(&strict, |_| {}) < 1e-10, "the unbroken kernel must agree");
     let broken: [(&str, &Case, &RuleEdit); 5] = [
@@ -185,18 +185,4 @@ fn each_masking_rule_broken_in_the_kernel_fails_the_comparison() {
         let error = error_with_rules(c, edit);
         assert!(error > 1e-3, "breaking the {rule} rule changed the result by only {error:e}");
     }
-}
-
-#[test]
-fn the_kernel_path_is_named_and_the_batched_one_gives_its_reason() {
-    let p = case(2, 8, true, 16).p;
-    let (cpu, eval) = (Device::Cpu, ForwardMode::eval(0));
-    let fused = format!("fused ({})", crate::cpu_paths::lsh_kernel_isa().name());
-    assert_eq!(lsh_fused::path_name(&p, Kind::Float, cpu, eval), fused);
-    assert_eq!(lsh_fused::path_name(&p, Kind::BFloat16, cpu, eval), "batched (half precision)");
-    let wrap = LshParams { wrap_around: true, ..p.clone() };
-    assert_eq!(lsh_fused::path_name(&wrap, Kind::Float, cpu, eval), "batched (lsh.wrap_around)");
-    let dropout = LshParams { dropout: 0.1, ..p.clone() };
-    assert_eq!(lsh_fused::path_name(&dropout, Kind::Float, cpu, eval), fused);
-    assert_eq!(lsh_fused::path_name(&dropout, Kind::Float, cpu, ForwardMode::train(0)), "batched (attention dropout)");
 }

@@ -1,17 +1,13 @@
-//! The settings of one LSH attention call (`LshParams`), and the rules that depend only
-//! on them: how a sequence is padded, when it attends densely, and the released models'
-//! float32 forms of the window softmax and of the rounds' weights (`lsh.wrap_around`).
+//! The settings of one LSH attention call (`LshParams`), read from the model's config
+//! once per layer; what they imply for a given length is the window rule's
+//! (`window_rule`).
 
-use tch::{Kind, Tensor};
-
-use super::chunking::padding_to_chunks;
 use super::hashing::HashSpec;
-use super::lsh::combine_rounds;
-use super::softmax::WindowSoftmax;
+use super::window_rule::WindowRule;
 use crate::model::config::ModelConfig;
 
 /// The default of `LshParams::max_logits_at_once`. (Under autograd, slices cost a
-/// recomputation: that is `sliced_attention`'s choice, not this limit's.)
+/// recomputation: that is `execution.sliced_attention`'s choice, not this limit's.)
 const MOST_LOGITS_AT_ONCE: i64 = 1 << 26;
 
 /// The settings that shape one LSH attention call.
@@ -23,12 +19,11 @@ pub struct LshParams {
     pub n_chunks_before: i64,
     pub n_chunks_after: i64,
     pub causal: bool,
-    pub strict_causal: bool,
-    /// Logits divided by √Dh (`lsh.scale_logits`).
+    /// Which keys a window offers (`lsh.window`).
+    pub rule: WindowRule,
+    /// Logits divided by √Dh (`compat.scale_lsh_logits`).
     pub scale_logits: bool,
-    /// The released checkpoints' windows and padding (`lsh.wrap_around`).
-    pub wrap_around: bool,
-    /// Under `wrap_around`: a length above `pad_above` is padded to a multiple of
+    /// Under the released rule: a length above `pad_above` is padded to a multiple of
     /// `pad_multiple` (the model's chunk lengths' lcm and shortest, see
     /// `ModelConfig::chunk_lengths`).
     pub pad_multiple: i64,
@@ -37,12 +32,12 @@ pub struct LshParams {
     /// One slice (a head and round, or a head) at a time under activation checkpointing
     /// (see `lsh_attend`).
     pub sliced: bool,
-    /// Without autograd, batched-path attention with more logits than this runs a slice at a time
-    /// (the same numbers, nothing recomputed), so that evaluation and generation at long
-    /// context hold one slice's logits at once: default 2^26 float32 logits, 256 MiB,
-    /// each with its mask and probability alongside.
+    /// Without autograd, batched-path attention with more logits than this runs a slice
+    /// at a time (the same numbers, nothing recomputed), so that evaluation and
+    /// generation at long context hold one slice's logits at once: default 2^26 float32
+    /// logits, 256 MiB, each with its mask and probability alongside.
     pub max_logits_at_once: i64,
-    /// Through the fused kernel where it applies (`lsh.fused`).
+    /// Through the fused kernel where it applies (`execution.fused_lsh`).
     pub fused: bool,
 }
 
@@ -63,15 +58,14 @@ impl LshParams {
             n_chunks_before: cfg.lsh.n_chunks_before,
             n_chunks_after: cfg.lsh.n_chunks_after,
             causal: cfg.causal,
-            strict_causal: cfg.lsh.strict_causal,
-            scale_logits: cfg.lsh.scale_logits,
-            wrap_around: cfg.lsh.wrap_around,
+            rule: cfg.lsh.window,
+            scale_logits: cfg.compat.scale_lsh_logits,
             pad_multiple,
             pad_above,
             dropout: cfg.dropout_attention,
-            sliced: cfg.sliced_attention,
+            sliced: cfg.execution.sliced_attention,
             max_logits_at_once: MOST_LOGITS_AT_ONCE,
-            fused: cfg.lsh.fused,
+            fused: cfg.execution.fused_lsh,
         }
     }
 
@@ -80,60 +74,26 @@ impl LshParams {
         (self.n_chunks_before + 1 + self.n_chunks_after) * self.chunk_len
     }
 
-    /// The length a `t`-token sequence is padded to.
+    /// The length a `t`-token sequence is padded to (the rule's).
     pub(super) fn padded_len(&self, t: i64) -> i64 {
-        if !self.wrap_around {
-            t + padding_to_chunks(t, self.chunk_len)
-        } else if t > self.pad_above {
-            t + padding_to_chunks(t, self.pad_multiple)
-        } else {
-            t
-        }
+        self.rule.padded_len(self, t)
     }
 
-    /// The softmax over a window and its log-sum-exp, and under `wrap_around` the factor
-    /// per row that turns the softmax into what the released models compute,
-    /// exp(logits − logsumexp(logits)) with the log-sum-exp rounded to float32: near
-    /// SELF_LOGIT (a row that sees only the query itself) float32 numbers are 2^-7
-    /// apart, and such a row then sums to 1 only within ±0.4%, and so does its output.
-    /// The factor, exp(max logit − lse) / max probability, is 1 within float32 rounding
-    /// elsewhere; applied to the row's output it spares a pass over the probabilities.
-    ///
-    /// # Shapes
-    /// `logits`: (..., W); returns (..., W), (..., 1) and (..., 1) or None.
-    pub(super) fn window_softmax(&self, logits: &Tensor) -> (Tensor, Tensor, Option<Tensor>) {
-        let softmax = WindowSoftmax::new(logits);
-        let lse = softmax.logsumexp(); // (..., 1)
-        let released_scale = self.wrap_around.then(|| (&softmax.max_logit - &lse).exp() / &softmax.max_prob); // (..., 1)
-        (softmax.probs, lse, released_scale)
-    }
-
-    /// `combine_rounds`; under `wrap_around` with the round weights
-    /// exp(lse − logsumexp(lse)), as the released models compute them (see
-    /// `window_softmax`).
-    ///
-    /// # Shapes
-    /// `out`: (B, H, R, N, Dh); `lse`: (B, H, R, N, 1); returns (B, H, N, Dh).
-    pub(super) fn weigh_rounds(&self, out: &Tensor, lse: &Tensor) -> Tensor {
-        if !self.wrap_around || out.size()[2] == 1 {
-            return combine_rounds(out, lse);
-        }
-        let weights = (lse - lse.logsumexp([2], true)).exp(); // (B, H, R, N, 1)
-        (out * weights).sum_dim_intlist(2, false, None::<Kind>)
-    }
-
-    /// The settings for a sequence padded to `t_pad` tokens: under `wrap_around`, one
-    /// that fits in a chunk attends densely (one round, one chunk, nothing before).
+    /// The settings for a sequence padded to `t_pad` tokens (the rule's).
     pub(super) fn for_padded_len(&self, t_pad: i64) -> Self {
-        if !self.wrap_around || t_pad > self.chunk_len {
-            return self.clone();
-        }
+        self.rule.for_padded_len(self, t_pad)
+    }
+
+    /// Dense attention with the shared query/key and self-mask over `len` tokens, LSH's
+    /// exact special case: one round, one chunk of `len`, nothing before or after, the
+    /// paper's rule.
+    pub fn dense(&self, len: i64) -> Self {
         Self {
             n_hashes: 1,
-            chunk_len: t_pad,
+            chunk_len: len,
             n_chunks_before: 0,
             n_chunks_after: 0,
-            wrap_around: false,
+            rule: WindowRule::Paper,
             ..self.clone()
         }
     }

@@ -1,7 +1,9 @@
 //! The attention layers a block's F can be, and what they share. LSH attention
 //! (`lsh`, paper §2: shared query/key, hashing by random rotations, sort, chunk, attend
-//! within a chunk and one back) with its settings (`lsh_params`), its fused CPU kernel
-//! (`lsh_fused`) and its incremental decoding (`lsh_decoding`); local
+//! within a chunk and one back) with its layer (`lsh_layer`), its settings
+//! (`lsh_params`), its window rule (`window_rule`), the choice of how a call computes
+//! (`lsh_path`), its fused CPU kernel (`lsh_fused`) and its incremental decoding
+//! (`lsh_decoding`); local
 //! attention over fixed chunks (`local`); full attention (`full`). Shared pieces: the
 //! angular hash (`hashing`), the sort of each round by bucket (`bucket_sort`), the
 //! softmax over a window with its masks and dropout (`softmax`), separate Q/K/V
@@ -20,9 +22,12 @@ pub mod lsh_decoding;
 pub mod lsh_fused;
 #[cfg(test)]
 mod lsh_fused_tests;
+pub mod lsh_layer;
 pub mod lsh_params;
+pub mod lsh_path;
 pub mod qkv;
 pub mod softmax;
+pub mod window_rule;
 
 use tch::{nn, Tensor};
 
@@ -30,7 +35,7 @@ use super::config::{AttentionKind, ModelConfig};
 use super::seeded_random::ForwardMode;
 use full::FullAttention;
 use local::LocalAttention;
-use lsh::LshAttention;
+use lsh_layer::LshAttention;
 
 /// One block's attention layer.
 #[derive(Debug)]

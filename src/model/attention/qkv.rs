@@ -1,10 +1,10 @@
 //! The projections of attention with separate queries, keys and values (local and full
 //! attention): one fused input projection to Q, K, V split into heads, and the output
-//! projection back to the model width.
+//! projection back to the model width; and the head split and merge every attention
+//! layer uses.
 
 use tch::{nn, Tensor};
 
-use super::lsh::{merge_heads, split_heads};
 use crate::model::config::ModelConfig;
 use crate::model::dense::linear;
 use crate::model::parameters::linear_parameters;
@@ -51,5 +51,19 @@ impl QkvProjection {
 
 /// The attention output projection's settings: with or without its bias.
 pub fn output_projection(cfg: &ModelConfig) -> nn::LinearConfig {
-    nn::LinearConfig { bias: cfg.attention_output_bias, ..Default::default() }
+    nn::LinearConfig { bias: cfg.compat.attention_output_bias, ..Default::default() }
+}
+
+/// # Shapes
+/// (B, T, H·Dh) -> (B, H, T, Dh)
+pub fn split_heads(x: &Tensor, n_heads: i64, d_head: i64) -> Tensor {
+    let (b, t, _) = x.size3().unwrap();
+    x.view([b, t, n_heads, d_head]).transpose(1, 2)
+}
+
+/// # Shapes
+/// (B, H, T, Dh) -> (B, T, H·Dh)
+pub fn merge_heads(x: &Tensor) -> Tensor {
+    let (b, h, t, dh) = x.size4().unwrap();
+    x.transpose(1, 2).contiguous().view([b, t, h * dh])
 }

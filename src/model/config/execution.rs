@@ -1,0 +1,31 @@
+//! How the model is computed, where the choice does not change the result (within
+//! float32 rounding): memory against time. The memory planner owns these.
+
+use serde::{Deserialize, Serialize};
+
+use super::settings::settings;
+
+settings! {
+    /// Ways of computing the same function (`model.execution`).
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct ExecutionConfig {
+        /// Run the block stack through the memory-saving reversible backward.
+        pub reversible: bool = true,
+        /// Attention one slice at a time under activation checkpointing: LSH one (head,
+        /// round), local attention one head. Only one slice's attention tensors exist at
+        /// once, in the forward and in the backward, at the price of computing each
+        /// slice's forward once more.
+        pub sliced_attention: bool = false,
+        /// Positions per feed-forward chunk; null applies it to the whole sequence at once.
+        pub ff_chunk_len: Option<i64> = None,
+        /// Positions per chunk of the output layer and loss; null: all at once.
+        pub loss_chunk_len: Option<i64> = None,
+        /// LSH attention through the fused CPU kernel: the same function without the
+        /// (rounds × positions × window) masks and probabilities. It applies on the CPU in
+        /// float32/float64; CUDA, autocast's half precision, the released window rule and
+        /// attention dropout while training take the batched path (`reformer bench` says
+        /// which path each case ran). false: always the batched path.
+        pub fused_lsh: bool = true,
+    }
+}
