@@ -1,19 +1,13 @@
 //! The command line: versions, help, and one clear error line for every user mistake.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-/// The binary as a user without RUST_BACKTRACE runs it.
-fn reformer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reformer"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("the binary runs")
-}
+use std::path::{Path, PathBuf};
+
+use common::{assert_success, reformer, reformer_command, scratch};
 
 /// A command that must succeed (its stderr is the failure message).
-fn reformer_ok(args: &[&str]) -> Output {
+fn reformer_ok(args: &[&str]) -> std::process::Output {
     let out = reformer(args);
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     out
@@ -32,29 +26,16 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reformer-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A run configuration of a small model (bytes, 2 layers) that trains for 2 steps,
-/// with `extra` top-level fields (e.g. the task and its data).
+/// A run configuration of a small model (bytes, learned positions, local then LSH
+/// attention) that trains for 2 steps, with `extra` top-level fields (e.g. the task and
+/// its data).
 fn tiny_config(dir: &Path, extra: serde_json::Value) -> PathBuf {
-    let mut config = serde_json::json!({
-        "model": {
-            "vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 64,
-            "positional": {"kind": "learned"}, "attention": ["local", "lsh"],
-            "lsh": {"n_hashes": 2, "chunk_len": 8}, "local": {"chunk_len": 8}
-        },
-        "train": {"seq_len": 32, "batch_size": 2, "steps": 2, "eval_every": 2, "eval_batches": 1,
-                  "duplication": {"n_symbols": 16, "copy_len": 15}}
+    let mut overrides = serde_json::json!({
+        "model": {"vocab_size": 256, "positional": {"kind": "learned"}, "attention": ["local", "lsh"]},
+        "train": {"seq_len": 32, "batch_size": 2, "steps": 2, "eval_every": 2, "eval_batches": 1}
     });
-    config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    let path = dir.join("config.json");
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
+    overrides.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    common::write_tiny_config(dir.join("config.json"), overrides)
 }
 
 /// Trains `config` on CPU into `dir/run`; returns the run folder.
@@ -66,10 +47,7 @@ fn trained_run(dir: &Path, config: &Path) -> PathBuf {
 
 /// Trains `config` on CPU into `run`, with `extra` arguments; the run must succeed.
 fn train_into(config: &Path, run: &Path, extra: &[&str]) {
-    let mut args =
-        vec!["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    reformer_ok(&args);
+    assert_success(&common::train(config, run, extra));
 }
 
 #[test]
@@ -118,8 +96,7 @@ fn a_configured_task_and_data_stand_without_task_and_data_flags() {
     std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(100)).unwrap();
     let config = tiny_config(&dir, serde_json::json!({"task": "text", "data": text}));
     let run = trained_run(&dir, &config);
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let saved = common::read_json(&run.join("config.json"));
     assert_eq!(saved["task"], "text", "{saved}");
     assert_eq!(saved["data"], text.to_str().unwrap(), "{saved}");
     // A preset's task stands too: enwik8-cpu is an enwik8 preset.
@@ -177,7 +154,7 @@ fn a_libtorch_failure_is_one_line_and_its_cpp_frames_only_on_request() {
     let out = reformer(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("frame #") && !stderr.contains("Exception raised"), "{stderr}");
-    let out = Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).env("RUST_BACKTRACE", "1").output().unwrap();
+    let out = reformer_command(&args).env("RUST_BACKTRACE", "1").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("frame #"), "RUST_BACKTRACE=1 shows libtorch's frames");
 }
 
@@ -191,8 +168,7 @@ fn bench_refuses_bad_lengths_before_any_case() {
 
 #[test]
 fn short_text_file_is_refused_with_its_size() {
-    let dir = std::env::temp_dir().join(format!("reformer-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("short-text");
     let file = dir.join("short.txt");
     std::fs::write(&file, b"too short for a window").unwrap();
     assert_one_line_error(&["train", "--task", "text", "--data", file.to_str().unwrap()], "fewer than one window");
@@ -201,8 +177,7 @@ fn short_text_file_is_refused_with_its_size() {
 
 #[test]
 fn bench_reports_cases_predicted_not_to_fit_and_goes_on() {
-    let dir = std::env::temp_dir().join(format!("reformer-cli-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("bench");
     let json = dir.join("bench.json");
     // 2^22 tokens: every attention kind's prediction is tens of GiB or more.
     reformer_ok(&[
@@ -348,8 +323,7 @@ fn an_imported_transformers_model_scores_generates_and_fine_tunes() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("starting from the weights of"), "{stderr}");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tuned.join("config.json")).unwrap()).unwrap();
+    let config = common::read_json(&tuned.join("config.json"));
     assert_eq!(config["model"]["compat"]["token_offset"], 2, "the imported model's settings carry over");
     assert_eq!(config["model"]["lsh"]["window"], "released");
     assert_eq!(

@@ -3,77 +3,38 @@
 //! writer, a dead worker or an unreachable master ending the run with a clear error, and
 //! resuming with another number of workers.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{assert_success, run, scratch, train_command};
 use reformer::run_dir::load_model;
 use tch::Device;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reformer-dist-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A small duplication run without dropout (so that one process with batch 2B draws the
 /// same randomness as two with B each): LSH and local attention, reversible layers.
 fn tiny_config(dir: &Path, batch_size: i64, steps: i64) -> PathBuf {
-    let config = serde_json::json!({
-        "model": {
-            "vocab_size": 16, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 64,
-            "positional": {"kind": "axial", "shape": [8, 8], "dims": [16, 16]},
-            "attention": ["lsh", "local"], "lsh": {"n_hashes": 2, "chunk_len": 8}, "local": {"chunk_len": 8}
-        },
+    let overrides = serde_json::json!({
         "train": {
             "batch_size": batch_size, "steps": steps, "lr": 3e-3, "warmup_steps": 2, "schedule": "rsqrt",
-            "log_every": 1, "eval_every": 2, "eval_batches": 2, "keep_last": 2,
-            "duplication": {"n_symbols": 16, "copy_len": 15}
+            "log_every": 1, "eval_every": 2, "eval_batches": 2, "keep_last": 2
         }
     });
-    let path = dir.join(format!("config-b{batch_size}.json"));
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
-fn train_command(config: &Path, run: &Path, extra: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_reformer"));
-    command
-        .args(["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()])
-        .args(extra)
-        .env_remove("WORLD_SIZE");
-    command
-}
-
-fn run(mut command: Command) -> Output {
-    let out = command.output().expect("the binary runs");
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn assert_success(out: &Output) {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::write_tiny_config(dir.join(format!("config-b{batch_size}.json")), overrides)
 }
 
 fn training_losses(run: &Path) -> Vec<(i64, f64)> {
-    metrics(run).iter().filter_map(|r| Some((r["step"].as_i64()?, r.get("loss")?.as_f64()?))).collect()
+    common::metrics(run).iter().filter_map(|r| Some((r["step"].as_i64()?, r.get("loss")?.as_f64()?))).collect()
 }
 
 #[test]
 fn two_workers_train_the_parameters_of_one_process_with_the_whole_batch() {
     let dir = scratch("equal");
     let (single, pair) = (dir.join("single"), dir.join("pair"));
-    assert_success(&run(train_command(&tiny_config(&dir, 4, 4), &single, &[])));
-    assert_success(&run(train_command(&tiny_config(&dir, 2, 4), &pair, &["--nproc", "2"])));
+    assert_success(&common::train(&tiny_config(&dir, 4, 4), &single, &[]));
+    assert_success(&common::train(&tiny_config(&dir, 2, 4), &pair, &["--nproc", "2"]));
 
     let (expected, actual) = (training_losses(&single), training_losses(&pair));
     assert_eq!(expected.len(), 4);
@@ -91,8 +52,9 @@ fn two_workers_train_the_parameters_of_one_process_with_the_whole_batch() {
         assert!(gap <= 1e-4 * scale, "{name}: two workers differ from one by {gap:e} (scale {scale:e})");
     }
     // The validation sequences are the same whatever the number of workers.
-    let valid =
-        |run: &Path| -> Vec<f64> { metrics(run).iter().filter_map(|r| r.get("valid_loss")?.as_f64()).collect() };
+    let valid = |run: &Path| -> Vec<f64> {
+        common::metrics(run).iter().filter_map(|r| r.get("valid_loss")?.as_f64()).collect()
+    };
     let (e, a) = (valid(&single), valid(&pair));
     assert_eq!(e.len(), a.len());
     for (e, a) in e.iter().zip(&a) {
@@ -105,7 +67,7 @@ fn ranks_whose_parameters_differ_are_stopped() {
     let dir = scratch("diverge");
     let mut command = train_command(&tiny_config(&dir, 2, 6), &dir.join("run"), &["--nproc", "2"]);
     command.env("REFORMER_INJECT_DIVERGENCE_AT_STEP", "3");
-    let out = run(command);
+    let out = run(&mut command);
     assert!(!out.status.success(), "a run whose ranks diverged must fail");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("parameters differ between ranks"), "{stderr}");
@@ -181,7 +143,7 @@ fn an_unreachable_master_is_one_clear_line() {
         .env("MASTER_ADDR", "no-such-host.invalid")
         .env("MASTER_PORT", "29555");
     let started = Instant::now();
-    let out = run(command);
+    let out = run(&mut command);
     assert!(!out.status.success());
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -194,7 +156,7 @@ fn an_unreachable_master_is_one_clear_line() {
 
     let mut command = train_command(&tiny_config(&dir, 2, 2), &dir.join("run"), &[]);
     command.env("WORLD_SIZE", "2");
-    let stderr = String::from_utf8_lossy(&run(command).stderr).into_owned();
+    let stderr = String::from_utf8_lossy(&run(&mut command).stderr).into_owned();
     assert!(stderr.contains("WORLD_SIZE is set but RANK is not"), "{stderr}");
 }
 
@@ -202,11 +164,9 @@ fn an_unreachable_master_is_one_clear_line() {
 fn a_run_resumes_with_another_number_of_workers() {
     let dir = scratch("resume");
     let run_dir = dir.join("run");
-    assert_success(&run(train_command(&tiny_config(&dir, 2, 2), &run_dir, &["--nproc", "2"])));
+    assert_success(&common::train(&tiny_config(&dir, 2, 2), &run_dir, &["--nproc", "2"]));
     let resume = |extra: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_reformer"));
-        command.args(["train", "--device", "cpu", "--resume", run_dir.to_str().unwrap()]).args(extra);
-        run(command)
+        run(common::reformer_command(&["train", "--device", "cpu", "--resume", run_dir.to_str().unwrap()]).args(extra))
     };
     assert_success(&resume(&["--steps", "4"]));
     assert_success(&resume(&["--steps", "6", "--nproc", "2"]));
@@ -233,11 +193,10 @@ fn workers_started_by_torchrun_join_its_store() {
     let mut command = Command::new(torchrun);
     command
         .args(["--no-python", "--nproc-per-node", "2", "--master-port", &free_port().to_string()])
-        .arg(env!("CARGO_BIN_EXE_reformer"))
+        .arg(common::BINARY)
         .args(["train", "--device", "cpu", "--json", "--config", config.to_str().unwrap(), "--out"])
-        .arg(&run_dir)
-        .env_remove("WORLD_SIZE");
-    let out = run(command);
+        .arg(&run_dir);
+    let out = run(common::user_environment(&mut command));
     assert_success(&out);
     let summary: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(summary["world_size"], 2);
@@ -249,10 +208,8 @@ fn nccl_on_the_cpu_is_refused_with_the_reason() {
     let dir = scratch("nccl");
     let mut command = train_command(&tiny_config(&dir, 2, 2), &dir.join("run"), &["--dist-backend", "nccl"]);
     command.env("RANK", "0").env("WORLD_SIZE", "1").env("MASTER_PORT", free_port().to_string());
-    let out = run(command);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("nccl backend reduces CUDA tensors only"), "{stderr}");
+    let out = run(&mut command);
+    common::assert_fails_saying(&out, "nccl backend reduces CUDA tensors only");
 }
 
 #[test]
@@ -260,14 +217,14 @@ fn one_worker_group_trains_as_a_single_process() {
     // A group of one takes every collective path (broadcast, all-reduce, agreement check).
     let dir = scratch("one");
     let (single, group) = (dir.join("single"), dir.join("group"));
-    assert_success(&run(train_command(&tiny_config(&dir, 2, 3), &single, &[])));
+    assert_success(&common::train(&tiny_config(&dir, 2, 3), &single, &[]));
     let mut command = train_command(&tiny_config(&dir, 2, 3), &group, &[]);
     command
         .env("RANK", "0")
         .env("WORLD_SIZE", "1")
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", free_port().to_string());
-    assert_success(&run(command));
+    assert_success(&run(&mut command));
     assert_eq!(training_losses(&single), training_losses(&group));
 }
 

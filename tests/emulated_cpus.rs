@@ -6,6 +6,8 @@
 //! relative. Where the emulator cannot be had the test says why and passes, except under
 //! `CI=true`, where that fails it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -43,16 +45,13 @@ fn emulator() -> Option<PathBuf> {
 /// Runs the binary (under `cpu` when given) and returns its standard output; panics
 /// with its error output if it fails.
 fn reformer(cpu: Option<(&Path, &str)>, args: &[&str]) -> String {
-    let binary = env!("CARGO_BIN_EXE_reformer");
-    let mut command = match cpu {
+    let out = match cpu {
         Some((emulator, model)) => {
-            let mut c = Command::new(emulator);
-            c.args(["-cpu", model, binary]);
-            c
+            let mut command = Command::new(emulator);
+            common::run(common::user_environment(command.args(["-cpu", model, common::BINARY]).args(args)))
         }
-        None => Command::new(binary),
+        None => common::reformer(args),
     };
-    let out = command.args(args).output().expect("the binary starts");
     let label = cpu.map_or("native", |c| c.1);
     assert!(out.status.success(), "{label}: reformer {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -60,8 +59,7 @@ fn reformer(cpu: Option<(&Path, &str)>, args: &[&str]) -> String {
 
 /// The training loss and the validation loss of a run folder's last step.
 fn losses(run: &Path) -> [f64; 2] {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = common::metrics(run);
     let find = |key: &str| rows.iter().rev().find_map(|r| r[key].as_f64()).unwrap_or_else(|| panic!("no {key}"));
     [find("loss"), find("valid_loss")]
 }
@@ -84,8 +82,7 @@ fn train_and_generate(cpu: Option<(&Path, &str)>, folder: &Path) -> ([f64; 2], S
 #[test]
 fn train_and_generate_on_haswell_and_westmere_match_the_native_run() {
     let Some(emulator) = emulator() else { return };
-    let scratch = std::env::temp_dir().join(format!("reformer-emulated-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
+    let scratch = common::fresh_path("runs");
     let (native, _) = train_and_generate(None, &scratch.join("native"));
     // The two emulated CPUs side by side: each emulator runs on one core.
     let runs: Vec<(&str, ([f64; 2], String))> = std::thread::scope(|s| {

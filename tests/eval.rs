@@ -1,60 +1,33 @@
 //! `reformer eval` through the binary: it reproduces the training run's validation
 //! figure, changes only what it is asked to, and refuses unsafe overrides.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reformer-eval-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn reformer(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).output().expect("the binary runs");
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("--json prints one object")
-}
+use common::{json_of, scratch};
 
 /// Trains a small [local, lsh] model for a few steps; returns the run folder.
 fn trained_run(dir: &Path, task: &[&str], vocab: i64) -> PathBuf {
-    let config = serde_json::json!({
-        "model": {
-            "vocab_size": vocab, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 64,
-            "positional": {"kind": "learned"}, "attention": ["local", "lsh"],
-            "lsh": {"n_hashes": 2, "chunk_len": 8}, "local": {"chunk_len": 8}
-        },
-        "train": {"seq_len": 32, "batch_size": 4, "steps": 4, "eval_every": 4, "eval_batches": 2,
-                  "duplication": {"n_symbols": 16, "copy_len": 15}}
+    let overrides = serde_json::json!({
+        "model": {"vocab_size": vocab, "positional": {"kind": "learned"}, "attention": ["local", "lsh"]},
+        "train": {"seq_len": 32, "batch_size": 4, "steps": 4, "eval_every": 4, "eval_batches": 2}
     });
-    let path = dir.join("config.json");
-    std::fs::write(&path, config.to_string()).unwrap();
+    let config = common::write_tiny_config(dir.join("config.json"), overrides);
     let run = dir.join("run");
-    let base = ["train", "--device", "cpu", "--config", path.to_str().unwrap(), "--out", run.to_str().unwrap()];
-    let out = reformer(&[&base[..], task].concat());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::assert_success(&common::train(&config, &run, task));
     run
 }
 
 /// The validation loss the training run logged last.
 fn logged_valid_loss(run: &Path) -> f64 {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["valid_loss"].as_f64())
-        .next_back()
-        .expect("a validation record")
+    common::metrics(run).iter().filter_map(|v| v["valid_loss"].as_f64()).next_back().expect("a validation record")
 }
 
 fn eval(run: &Path, extra: &[&str]) -> Output {
     let base = ["eval", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--json"];
-    reformer(&[&base[..], extra].concat())
+    common::reformer(&[&base[..], extra].concat())
 }
 
 fn text_file(dir: &Path) -> PathBuf {
@@ -62,6 +35,20 @@ fn text_file(dir: &Path) -> PathBuf {
     let text: String = (0..400).map(|i| format!("line {i}: the quick brown fox jumps over the lazy dog.\n")).collect();
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// `text` as the file short.txt in `dir`.
+fn short_text(dir: &Path, text: &[u8]) -> PathBuf {
+    let path = dir.join("short.txt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A run trained on the text of [`text_file`] (bytes); returns the text file and the run.
+fn trained_text_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let file = text_file(dir);
+    let run = trained_run(dir, &["--task", "text", "--data", file.to_str().unwrap()], 256);
+    (file, run)
 }
 
 const SAME: f64 = 1e-6;
@@ -123,8 +110,7 @@ fn eval_of_a_duplication_run_scores_its_validation_set_by_default() {
 #[test]
 fn eval_of_a_text_run_scores_each_split() {
     let dir = scratch("text");
-    let file = text_file(&dir);
-    let run = trained_run(&dir, &["--task", "text", "--data", file.to_str().unwrap()], 256);
+    let (_, run) = trained_text_run(&dir);
     let logged = logged_valid_loss(&run);
     let same_windows = json_of(&eval(&run, &["--training-windows"]));
     assert!((same_windows["results"][0]["loss"].as_f64().unwrap() - logged).abs() <= SAME);
@@ -150,27 +136,22 @@ fn eval_of_a_text_run_scores_each_split() {
 fn a_text_shorter_than_a_window_per_split_is_scored_whole() {
     // 33 bytes: one window of the run's 32 tokens over the whole file, none in any split.
     let dir = scratch("short");
-    let file = text_file(&dir);
-    let run = trained_run(&dir, &["--task", "text", "--data", file.to_str().unwrap()], 256);
-    let short = dir.join("short.txt");
-    std::fs::write(&short, &std::fs::read(&file).unwrap()[..33]).unwrap();
+    let (file, run) = trained_text_run(&dir);
+    let short = short_text(&dir, &std::fs::read(&file).unwrap()[..33]);
     let data = ["--task", "text", "--data", short.to_str().unwrap()];
     let whole = json_of(&eval(&run, &[&data[..], &["--split", "all"]].concat()));
     assert_eq!(whole["results"][0]["n_targets"].as_f64(), Some(32.0));
     assert!(whole["results"][0]["bpc"].as_f64().unwrap().is_finite());
     let test_split = eval(&run, &[&data[..], &["--split", "test"]].concat());
-    assert!(!test_split.status.success());
-    assert!(String::from_utf8_lossy(&test_split.stderr).contains("fewer than one window"));
+    common::assert_fails_saying(&test_split, "fewer than one window");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn unsafe_overrides_are_refused_with_one_line() {
     let dir = scratch("errors");
-    let file = text_file(&dir);
-    let run = trained_run(&dir, &["--task", "text", "--data", file.to_str().unwrap()], 256);
-    let short = dir.join("short.txt");
-    std::fs::write(&short, b"far too short").unwrap();
+    let (_, run) = trained_text_run(&dir);
+    let short = short_text(&dir, b"far too short");
     let cases: [(&[&str], &str); 4] = [
         (&["--seq-len", "65"], "beyond the model's positional range"),
         (&["--n-hashes", "0"], "at least 1"),
@@ -186,7 +167,6 @@ fn unsafe_overrides_are_refused_with_one_line() {
         assert!(errors[0].contains(needle), "{args:?}: {stderr}");
     }
     let out = eval(&dir.join("missing-run"), &[]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    common::assert_fails_saying(&out, "does not exist");
     let _ = std::fs::remove_dir_all(&dir);
 }

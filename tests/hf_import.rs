@@ -4,10 +4,13 @@
 //! Also: the imported model through the project's own reversible training path, and
 //! what `reformer import` says about folders it cannot import.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use common::scratch;
 use reformer::import::import;
 use reformer::model::attention::Attention;
 use reformer::model::{ForwardMode, ReformerLm};
@@ -41,14 +44,6 @@ fn references(case: &Path) -> Vec<PathBuf> {
     files.sort();
     assert!(!files.is_empty(), "{} has no reference outputs", case.display());
     files
-}
-
-/// A fresh folder under the system's temporary one, for this test process.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reformer-hf-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// The fixture `case` imported into a run folder under `scratch`, and loaded from there.
@@ -213,7 +208,7 @@ fn broken_copy(case: &str, dir: &Path, edit: impl FnOnce(&Path)) -> PathBuf {
 
 fn edit_config(folder: &Path, change: impl FnOnce(&mut serde_json::Value)) {
     let path = folder.join("config.json");
-    let mut json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let mut json = common::read_json(&path);
     change(&mut json);
     fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
 }
@@ -284,8 +279,7 @@ fn a_model_larger_than_the_memory_is_refused_before_it_is_built() {
         let path = entry.unwrap().path();
         fs::copy(&path, from.join(path.file_name().unwrap())).unwrap();
     }
-    let mut config: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(case.join("config.json")).unwrap()).unwrap();
+    let mut config = common::read_json(&case.join("config.json"));
     config["feed_forward_size"] = serde_json::json!(10_000_000_000i64);
     fs::write(from.join("config.json"), config.to_string()).unwrap();
     let started = std::time::Instant::now();

@@ -3,6 +3,8 @@
 //! compute what that release computed: an LSH model whose config.json has
 //! `"n_buckets": null`, an imported released-form model, and a strict-causal model.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -17,21 +19,18 @@ fn fixtures() -> PathBuf {
 
 /// A copy of fixture run `name` (loading may pin settings into its config.json).
 fn copy_of(name: &str) -> PathBuf {
-    let to = std::env::temp_dir().join(format!("reformer-fixture-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&to);
+    let to = common::fresh_path(name);
     let status = Command::new("cp").arg("-r").arg(fixtures().join(name)).arg(&to).status().unwrap();
     assert!(status.success());
     to
 }
 
 fn reformer_json(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_reformer")).args(args).output().expect("the binary runs");
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("a JSON report")
+    common::json_of(&common::reformer(args))
 }
 
 fn expected() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap()
+    common::read_json(&fixtures().join("expected.json"))
 }
 
 /// `reformer eval` of fixture `name` with `task_args`, against the recorded scores.

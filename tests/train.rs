@@ -3,66 +3,41 @@
 //! still logged, validated and saved), a resumed run that keeps its learning-rate
 //! schedule, sampling a checkpoint with and without the decoding cache.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Output, Stdio};
 use std::time::Duration;
+
+use common::{assert_success, json_of, reformer, reformer_command, reformer_with_env, scratch, train};
 
 /// How long a tiny run may take to write its first checkpoint on a loaded machine.
 const FIRST_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("reformer-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A small duplication run: 2 layers of LSH and local attention, dropout on.
 fn tiny_config(dir: &Path, steps: i64, eval_every: i64) -> PathBuf {
-    let config = serde_json::json!({
-        "model": {
-            "vocab_size": 16, "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 64,
-            "dropout_hidden": 0.1, "dropout_attention": 0.1,
-            "positional": {"kind": "axial", "shape": [8, 8], "dims": [16, 16]},
-            "attention": ["lsh", "local"], "lsh": {"n_hashes": 2, "chunk_len": 8}, "local": {"chunk_len": 8}
-        },
+    let overrides = serde_json::json!({
+        "model": {"dropout_hidden": 0.1, "dropout_attention": 0.1},
         "train": {
             "batch_size": 4, "steps": steps, "lr": 3e-3, "warmup_steps": 2, "schedule": "rsqrt",
-            "log_every": 1, "eval_every": eval_every, "eval_batches": 1, "keep_last": 2,
-            "duplication": {"n_symbols": 16, "copy_len": 15}
+            "log_every": 1, "eval_every": eval_every, "eval_batches": 1, "keep_last": 2
         }
     });
-    let path = dir.join("config.json");
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
+    common::write_tiny_config(dir.join("config.json"), overrides)
 }
 
-fn reformer(args: &[&str]) -> Output {
-    reformer_with_env(args, &[])
-}
-
-/// `reformer` with extra environment variables (the fault-injection hooks).
-fn reformer_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_reformer"));
-    command.args(args).envs(env.iter().copied());
-    let out = command.output().expect("the binary runs");
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn assert_success(out: &Output) {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// `reformer train` on CPU with `config`, writing to `run`, plus `extra` arguments.
-fn train(config: &Path, run: &Path, extra: &[&str]) -> Output {
-    train_with_env(config, run, extra, &[])
+/// A scratch folder named `name` with [`tiny_config`] in it, and where its run goes:
+/// (folder, config, run folder).
+fn tiny_run(name: &str, steps: i64, eval_every: i64) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let config = tiny_config(&dir, steps, eval_every);
+    let run = dir.join("run");
+    (dir, config, run)
 }
 
 /// `train` with extra environment variables.
 fn train_with_env(config: &Path, run: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
-    let base = ["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()];
-    reformer_with_env(&[&base[..], extra].concat(), env)
+    common::run(common::train_command(config, run, extra).envs(env.iter().copied()))
 }
 
 /// `reformer generate --json` on CPU from the run folder `run`, `n` new tokens.
@@ -78,17 +53,13 @@ fn latest_weights(run: &Path) -> Vec<u8> {
 
 /// metrics.jsonl without the wall-clock fields.
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let object = v.as_object_mut().unwrap();
-            object.remove("elapsed");
-            object.remove("tokens_per_sec");
-            v
-        })
-        .collect()
+    let mut records = common::metrics(run);
+    for record in &mut records {
+        let object = record.as_object_mut().unwrap();
+        object.remove("elapsed");
+        object.remove("tokens_per_sec");
+    }
+    records
 }
 
 #[test]
@@ -123,19 +94,14 @@ fn wait_while_running(child: &mut std::process::Child, path: &Path) -> bool {
 
 #[test]
 fn a_kill_at_any_instant_leaves_a_loadable_checkpoint() {
-    let dir = scratch("kill");
-    let config = tiny_config(&dir, 100_000, 1); // a checkpoint every step
-    let run = dir.join("run");
+    // A validation, and so a checkpoint, every step.
+    let (dir, config, run) = tiny_run("kill", 100_000, 1);
     // Kills at instants after the first checkpoint (whenever the machine gets there),
     // then at fixed instants from the start, which may or may not precede it.
     let kills = [(true, 0), (true, 37), (true, 113), (true, 260), (false, 1500), (false, 1910)];
     let mut checked = 0;
     for (after_first_checkpoint, delay_ms) in kills {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_reformer"))
-            .args(["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = common::train_command(&config, &run, &[]).stderr(Stdio::null()).spawn().unwrap();
         let waited = !after_first_checkpoint || wait_while_running(&mut child, &run.join("latest"));
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL: no chance to clean up
@@ -153,17 +119,9 @@ fn a_kill_at_any_instant_leaves_a_loadable_checkpoint() {
 
 #[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
-    let dir = scratch("nan");
-    let config = tiny_config(&dir, 50, 1);
-    let run = dir.join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_reformer"))
-        .args(["train", "--device", "cpu", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()])
-        .env("REFORMER_INJECT_NAN_AT_STEP", "3")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("step 3: non-finite loss"), "{stderr}");
+    let (dir, config, run) = tiny_run("nan", 50, 1);
+    let out = common::train_command(&config, &run, &[]).env("REFORMER_INJECT_NAN_AT_STEP", "3").output().unwrap();
+    common::assert_fails_saying(&out, "step 3: non-finite loss");
     assert_eq!(std::fs::read_to_string(run.join("latest")).unwrap(), "step-00000002");
     let out = generate(&run, "1", &[]);
     assert_success(&out);
@@ -173,25 +131,19 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
 
 #[test]
 fn a_diverging_run_stops_instead_of_training_on_nan() {
-    let dir = scratch("diverge");
-    let config = tiny_config(&dir, 50, 1);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("diverge", 50, 1);
     let out = train(
         &config,
         &run,
         &["--set", "train.lr=1e38", "--set", "train.clip_grad_norm=null", "--set", "train.warmup_steps=0"],
     );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("non-finite loss"), "{stderr}");
+    common::assert_fails_saying(&out, "non-finite loss");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_trained_checkpoint_generates_and_reports_json() {
-    let dir = scratch("generate");
-    let config = tiny_config(&dir, 3, 3);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("generate", 3, 3);
     let out = train(&config, &run, &["--json"]);
     assert_success(&out);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("train --json prints one object");
@@ -200,21 +152,17 @@ fn a_trained_checkpoint_generates_and_reports_json() {
     }
     assert_eq!(summary["steps"], 3);
     let out = generate(&run, "5", &["--prompt", "\u{1}\u{2}", "--seed", "1"]);
-    assert_success(&out);
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let result = json_of(&out);
     assert_eq!(result["new_tokens"], 5);
     assert_eq!(result["cache"], true);
     let out = reformer(&["generate", "--device", "cpu", "--checkpoint", run.to_str().unwrap(), "--prompt", "ab"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("outside this model's 16-symbol vocabulary"));
+    common::assert_fails_saying(&out, "outside this model's 16-symbol vocabulary");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn cached_and_uncached_greedy_sampling_agree_and_run_past_the_window() {
-    let dir = scratch("generate-cache");
-    let config = tiny_config(&dir, 3, 3);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("generate-cache", 3, 3);
     assert_success(&train(&config, &run, &["--set", "model.lsh.strict_causal=true"]));
     let sample = |n: &str, extra: &[&str]| {
         let out = generate(&run, n, &[&["--greedy", "--prompt", "\u{1}\u{2}\u{3}"], extra].concat());
@@ -236,9 +184,7 @@ fn cached_and_uncached_greedy_sampling_agree_and_run_past_the_window() {
 
 #[test]
 fn a_run_stopped_by_its_time_limit_validates_and_can_mark_its_last_checkpoint_best() {
-    let dir = scratch("time-limit");
-    let config = tiny_config(&dir, 1_000_000, 1_000_000);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("time-limit", 1_000_000, 1_000_000);
     let out = train(&config, &run, &["--time-limit", "0.05"]);
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("time limit reached"));
@@ -253,9 +199,7 @@ fn a_run_stopped_by_its_time_limit_validates_and_can_mark_its_last_checkpoint_be
 /// floor although the step horizon is far away).
 #[test]
 fn a_time_budget_stops_the_run_and_decays_the_cosine_over_the_minutes() {
-    let dir = scratch("budget");
-    let config = tiny_config(&dir, 1_000_000, 1_000_000);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("budget", 1_000_000, 1_000_000);
     let budget = ["--set", "train.minutes=0.05", "--set", "train.schedule=cosine", "--set", "train.warmup_steps=1"];
     let out = train(&config, &run, &budget);
     assert_success(&out);
@@ -272,9 +216,7 @@ fn a_time_budget_stops_the_run_and_decays_the_cosine_over_the_minutes() {
 /// at or above); an unreachable one lets the run go to its last step.
 #[test]
 fn a_run_stops_at_the_first_validation_that_reaches_its_target() {
-    let dir = scratch("target");
-    let config = tiny_config(&dir, 6, 2);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("target", 6, 2);
     let out = train(&config, &run, &["--target", "0.0", "--json"]);
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("target reached"));
@@ -285,21 +227,17 @@ fn a_run_stops_at_the_first_validation_that_reaches_its_target() {
 
     let unreachable = dir.join("unreachable");
     let out = train(&config, &unreachable, &["--target", "1.0", "--json"]);
-    assert_success(&out);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = json_of(&out);
     assert_eq!(summary["steps"].as_i64(), Some(6));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_skipped_step_on_an_evaluation_boundary_is_still_validated_logged_and_saved() {
-    let dir = scratch("skip");
-    let config = tiny_config(&dir, 6, 3);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("skip", 6, 3);
     let skip = ["--set", "train.on_non_finite=skip", "--json"];
     let out = train_with_env(&config, &run, &skip, &[("REFORMER_INJECT_NAN_AT_STEP", "3")]);
-    assert_success(&out);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = json_of(&out);
     assert_eq!((summary["steps"].as_i64(), summary["skipped_steps"].as_i64()), (Some(6), Some(1)));
     assert!(run.join("checkpoints/step-00000003/state.json").exists(), "the skipped step's checkpoint is missing");
     let at_3: Vec<_> = metrics(&run).into_iter().filter(|m| m["step"] == 3).collect();
@@ -311,13 +249,10 @@ fn a_skipped_step_on_an_evaluation_boundary_is_still_validated_logged_and_saved(
 
 #[test]
 fn a_resumed_run_keeps_the_schedule_it_started_with() {
-    let dir = scratch("horizon");
-    let config = tiny_config(&dir, 10, 10);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("horizon", 10, 10);
     assert_success(&train(&config, &run, &["--set", "train.schedule=cosine"]));
     assert_success(&reformer(&["train", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "20"]));
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let config = common::read_json(&run.join("config.json"));
     let final_lr = config["train"]["lr"].as_f64().unwrap() * config["train"]["final_lr_fraction"].as_f64().unwrap();
     let lrs: Vec<(i64, f64)> =
         metrics(&run).iter().filter_map(|m| Some((m["step"].as_i64()?, m.get("lr")?.as_f64()?))).collect();
@@ -344,13 +279,10 @@ fn loss_scales(run: &Path) -> Vec<(i64, f64)> {
 
 #[test]
 fn an_overflowed_float16_step_is_skipped_halves_the_loss_scale_and_the_run_goes_on() {
-    let dir = scratch("overflow");
-    let config = tiny_config(&dir, 6, 1);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("overflow", 6, 1);
     let extra = [&FLOAT16[..], &["--set", "train.keep_last=10", "--json"]].concat();
     let out = train_with_env(&config, &run, &extra, &[("REFORMER_INJECT_OVERFLOW_AT_STEP", "3")]);
-    assert_success(&out);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = json_of(&out);
     assert_eq!(summary["steps"], 6);
     // The overflow is the scaler's, not the non-finite guard's (which would have stopped).
     assert_eq!((summary["overflow_steps"].as_i64(), summary["skipped_steps"].as_i64()), (Some(1), Some(0)));
@@ -383,20 +315,16 @@ fn a_resumed_float16_run_keeps_its_loss_scale_and_equals_the_uninterrupted_run()
 
 #[test]
 fn the_precision_is_recorded_in_config_json_and_kept_by_resume_and_generate() {
-    let dir = scratch("precision");
-    let config = tiny_config(&dir, 2, 2);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("precision", 2, 2);
     let out = train(&config, &run, &["--precision", "bf16", "--json"]);
-    assert_success(&out);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = json_of(&out);
     assert_eq!(summary["precision"], "bf16");
     let recorded = std::fs::read_to_string(run.join("config.json")).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(&recorded).unwrap();
     assert_eq!(cfg["train"]["precision"], "bf16");
     let resume = ["train", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "4", "--json"];
     let out = reformer(&resume);
-    assert_success(&out);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = json_of(&out);
     assert_eq!((summary["steps"].as_i64(), summary["precision"].as_str()), (Some(4), Some("bf16")));
     assert_eq!(std::fs::read_to_string(run.join("config.json")).unwrap(), recorded);
     // Another precision on resume is refused in one line.
@@ -418,8 +346,7 @@ fn the_precision_is_recorded_in_config_json_and_kept_by_resume_and_generate() {
     // A run given no precision records float32.
     let plain = dir.join("plain");
     assert_success(&train(&config, &plain, &["--steps", "1"]));
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(plain.join("config.json")).unwrap()).unwrap();
+    let cfg = common::read_json(&plain.join("config.json"));
     assert_eq!(cfg["train"]["precision"], "f32");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -433,17 +360,15 @@ fn a_run_folder_has_one_writer() {
     let run = dir.join("run");
     assert_success(&train(&tiny_config(&dir, 2, 2), &run, &[]));
     let again = train(&tiny_config(&dir, 2, 2), &run, &[]);
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a run: continue it with --resume"));
+    common::assert_fails_saying(&again, "already holds a run: continue it with --resume");
 
     let long = dir.join("long");
     let base = ["train", "--device", "cpu", "--threads", "1", "--out", long.to_str().unwrap()];
     let config = tiny_config(&dir, 100_000, 100_000);
-    let mut first = Command::new(env!("CARGO_BIN_EXE_reformer"))
-        .args(base)
+    let mut first = reformer_command(&base)
         .args(["--config", config.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
@@ -454,9 +379,7 @@ fn a_run_folder_has_one_writer() {
     let second = reformer(&["train", "--device", "cpu", "--resume", long.to_str().unwrap(), "--steps", "1"]);
     first.kill().unwrap();
     let _ = first.wait();
-    assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains(&format!("is in use by process {}", first.id())), "{stderr}");
+    common::assert_fails_saying(&second, &format!("is in use by process {}", first.id()));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -465,9 +388,7 @@ fn a_run_folder_has_one_writer() {
 /// scale of 0.
 #[test]
 fn persistent_float16_overflow_stops_the_run_with_one_line() {
-    let dir = scratch("overflow-forever");
-    let config = tiny_config(&dir, 100, 10);
-    let run = dir.join("run");
+    let (dir, config, run) = tiny_run("overflow-forever", 100, 10);
     let out = train_with_env(&config, &run, &FLOAT16, &[("REFORMER_INJECT_OVERFLOW_FROM_STEP", "2")]);
     assert!(!out.status.success(), "a run whose every step overflows must not end as done");
     let stderr = String::from_utf8_lossy(&out.stderr);
