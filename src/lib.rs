@@ -20,6 +20,7 @@ pub mod progress;
 pub mod run_config;
 pub mod run_dir;
 pub mod run_lock;
+pub mod sampling;
 pub mod score;
 pub mod tasks;
 pub mod train;
