@@ -7,7 +7,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
-use serde_json::Value;
+
+use super::report::{CaseRow, Status};
 
 const SIZE: (u32, u32) = (1200, 480);
 const MIB: f64 = (1 << 20) as f64;
@@ -16,11 +17,10 @@ const MIB: f64 = (1 << 20) as f64;
 pub type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
 /// Points of the cases of `suite` that ran, grouped by case label.
-fn series(cases: &[Value], suite: &str, x: impl Fn(&Value) -> f64, y: impl Fn(&Value) -> f64) -> Series {
+fn series(cases: &[CaseRow], suite: &str, x: impl Fn(&CaseRow) -> f64, y: impl Fn(&CaseRow) -> f64) -> Series {
     let mut lines = Series::new();
-    for case in cases.iter().filter(|c| c["suite"] == suite && c["status"] == "ok") {
-        let label = case["label"].as_str().unwrap_or("?").to_string();
-        lines.entry(label).or_default().push((x(case), y(case)));
+    for case in cases.iter().filter(|c| c.suite == suite && c.status == Status::Ok) {
+        lines.entry(case.label.clone()).or_default().push((x(case), y(case)));
     }
     for points in lines.values_mut() {
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -38,19 +38,14 @@ fn bounds(lines: &Series) -> ((f64, f64), (f64, f64)) {
     (x, y)
 }
 
-/// Writes the two panels for the cases of a bench report (its JSON `cases` array).
-pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
+/// Writes the two panels for the cases of a bench report.
+pub fn write_svg(cases: &[CaseRow], path: &Path) -> Result<()> {
     let err = |e: &dyn std::fmt::Debug| anyhow!("cannot draw {}: {e:?}", path.display());
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let panels = root.split_evenly((1, 2));
 
-    let time = series(
-        cases,
-        "attention",
-        |c| c["seq_len"].as_f64().unwrap_or(0.0),
-        |c| c["us_per_token"].as_f64().unwrap_or(0.0),
-    );
+    let time = series(cases, "attention", |c| c.seq_len as f64, |c| c.measured.us_per_token);
     if time.is_empty() {
         empty_panel(&panels[0], "time per token: no attention cases in this report").map_err(|e| err(&e))?;
     } else {
@@ -75,12 +70,7 @@ pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
         draw_lines(&mut chart, &time).map_err(|e| err(&e))?;
     }
 
-    let memory = series(
-        cases,
-        "depth",
-        |c| c["n_layers"].as_f64().unwrap_or(0.0),
-        |c| c["peak_bytes"].as_f64().unwrap_or(0.0) / MIB,
-    );
+    let memory = series(cases, "depth", |c| c.n_layers as f64, |c| c.measured.peak_bytes as f64 / MIB);
     if memory.is_empty() {
         empty_panel(&panels[1], "memory: no depth cases in this report").map_err(|e| err(&e))?;
     } else {
