@@ -5,14 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 
-use crate::bench::plot::{draw_lines, Series};
+use crate::plot::{draw_lines, drawing_error, Series, SIZE};
 use crate::run_dir::RunDir;
 use crate::score::Figure;
-
-const SIZE: (u32, u32) = (1200, 480);
 
 /// Draw the validation curves of training runs into one SVG.
 #[derive(clap::Args, Debug)]
@@ -97,7 +95,7 @@ fn folder_name(run: &Path) -> String {
 
 /// Two panels: the figure against minutes, and against steps.
 fn write_svg(curves: &[Curve], path: &Path) -> Result<()> {
-    let err = |e: &dyn std::fmt::Debug| anyhow!("cannot draw {}: {e:?}", path.display());
+    let err = drawing_error(path);
     let figure = curves[0].figure;
     let figure_name = format!("validation {}", figure.name());
     let root = SVGBackend::new(path, SIZE).into_drawing_area();

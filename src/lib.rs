@@ -15,6 +15,7 @@ pub mod generate;
 pub mod import;
 pub mod model;
 pub mod optimizer;
+pub mod plot;
 pub mod precision;
 pub mod progress;
 pub mod run_config;

@@ -3,8 +3,8 @@
 
 mod args;
 pub mod case;
+pub mod figure;
 pub mod memory_model;
-pub mod plot;
 pub mod precision;
 pub mod report;
 pub mod steady;
@@ -180,7 +180,7 @@ fn measure(cases: &[Case], opts: &BenchArgs, device: Device, peak: f64) -> Resul
 /// The figure of `rows` when `--plot` asks for one.
 fn write_plot(rows: &[CaseRow], opts: &BenchArgs) -> Result<()> {
     if let Some(path) = &opts.plot {
-        plot::write_svg(rows, path)?;
+        figure::write_svg(rows, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

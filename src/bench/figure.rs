@@ -2,19 +2,15 @@
 //! sequence length for each attention kind (attention suite), and peak memory against
 //! depth with reversible and ordinary residual layers (depth suite), as an SVG.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use plotters::prelude::*;
 
 use super::report::{CaseRow, Status};
+use crate::plot::{draw_lines, drawing_error, empty_panel, Series, SIZE};
 
-const SIZE: (u32, u32) = (1200, 480);
 const MIB: f64 = (1 << 20) as f64;
-
-/// One line of a panel: its name and (x, y) points in x order.
-pub type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
 /// Points of the cases of `suite` that ran, grouped by case label.
 fn series(cases: &[CaseRow], suite: &str, x: impl Fn(&CaseRow) -> f64, y: impl Fn(&CaseRow) -> f64) -> Series {
@@ -40,7 +36,7 @@ fn bounds(lines: &Series) -> ((f64, f64), (f64, f64)) {
 
 /// Writes the two panels for the cases of a bench report.
 pub fn write_svg(cases: &[CaseRow], path: &Path) -> Result<()> {
-    let err = |e: &dyn std::fmt::Debug| anyhow!("cannot draw {}: {e:?}", path.display());
+    let err = drawing_error(path);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let panels = root.split_evenly((1, 2));
@@ -94,37 +90,4 @@ pub fn write_svg(cases: &[CaseRow], path: &Path) -> Result<()> {
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
-}
-
-/// Each series as a line with markers, and a legend.
-pub fn draw_lines<'a, DB, X, Y>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
-    lines: &Series,
-) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
-where
-    DB: DrawingBackend + 'a,
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
-{
-    for (i, (label, points)) in lines.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
-            .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-}
-
-fn empty_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
-    text: &str,
-) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    area.draw_text(text, &("sans-serif", 16).into_text_style(area), (40, SIZE.1 as i32 / 2))
 }
