@@ -5,14 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 
-use crate::bench::plot::{draw_lines, Series};
+use crate::plot::{draw_lines, drawing_error, Series, SIZE};
 use crate::run_dir::RunDir;
-use crate::tasks::TaskKind;
-
-const SIZE: (u32, u32) = (1200, 480);
+use crate::score::Figure;
 
 /// Draw the validation curves of training runs into one SVG.
 #[derive(clap::Args, Debug)]
@@ -26,31 +24,6 @@ pub struct PlotArgs {
     /// Legend labels, one per run, comma-separated (default: the folders' names).
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
-}
-
-/// What a run's validation is measured in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Figure {
-    /// Bits per byte (language-model tasks): lower is better, drawn on a log scale.
-    BitsPerByte,
-    /// Second-copy accuracy (duplication), in percent.
-    Accuracy,
-}
-
-impl Figure {
-    fn of(task: TaskKind) -> Self {
-        match task {
-            TaskKind::Duplication => Self::Accuracy,
-            TaskKind::Enwik8 | TaskKind::Text => Self::BitsPerByte,
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Self::BitsPerByte => "validation bits per byte",
-            Self::Accuracy => "validation second-copy accuracy (%)",
-        }
-    }
 }
 
 /// One validation: (step, minutes of training, figure).
@@ -72,17 +45,13 @@ fn read_curve(run: &Path, label: String) -> Result<Curve> {
     let figure = Figure::of(cfg.task);
     let metrics = run.join("metrics.jsonl");
     let text = std::fs::read_to_string(&metrics).with_context(|| format!("cannot read {}", metrics.display()))?;
-    let key = match figure {
-        Figure::BitsPerByte => "valid_bpc",
-        Figure::Accuracy => "valid_accuracy",
-    };
-    let scale = if figure == Figure::Accuracy { 100.0 } else { 1.0 };
+    let key = format!("valid_{}", figure.stored_key());
     let points = text
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter_map(|record| {
-            let value = record[key].as_f64()?;
-            Some((record["step"].as_f64()?, record["elapsed"].as_f64()? / 60.0, value * scale))
+            let value = figure.in_unit(record[&key].as_f64()?);
+            Some((record["step"].as_f64()?, record["elapsed"].as_f64()? / 60.0, value))
         })
         .collect();
     Ok(Curve { label, figure, points })
@@ -126,8 +95,9 @@ fn folder_name(run: &Path) -> String {
 
 /// Two panels: the figure against minutes, and against steps.
 fn write_svg(curves: &[Curve], path: &Path) -> Result<()> {
-    let err = |e: &dyn std::fmt::Debug| anyhow!("cannot draw {}: {e:?}", path.display());
+    let err = drawing_error(path);
     let figure = curves[0].figure;
+    let figure_name = format!("validation {}", figure.name());
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let panels = root.split_evenly((1, 2));
@@ -139,7 +109,7 @@ fn write_svg(curves: &[Curve], path: &Path) -> Result<()> {
         let x_max = points.clone().map(|p| p.0).fold(f64::MIN, f64::max).max(1e-3);
         let (y_min, y_max) = points.fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
         let mut chart = ChartBuilder::on(panel);
-        chart.caption(format!("{} against {x_desc}", figure.describe()), ("sans-serif", 18));
+        chart.caption(format!("{figure_name} against {x_desc}"), ("sans-serif", 18));
         chart.margin(12).x_label_area_size(40).y_label_area_size(60);
         match figure {
             Figure::BitsPerByte => {
@@ -148,7 +118,7 @@ fn write_svg(curves: &[Curve], path: &Path) -> Result<()> {
                 chart
                     .configure_mesh()
                     .x_desc(x_desc)
-                    .y_desc(figure.describe())
+                    .y_desc(&figure_name)
                     .y_label_formatter(&|y| format!("{y:.2}"))
                     .draw()
                     .map_err(|e| err(&e))?;
@@ -156,7 +126,7 @@ fn write_svg(curves: &[Curve], path: &Path) -> Result<()> {
             }
             Figure::Accuracy => {
                 let mut chart = chart.build_cartesian_2d(0.0..x_max * 1.05, 0.0..100.0).map_err(|e| err(&e))?;
-                chart.configure_mesh().x_desc(x_desc).y_desc(figure.describe()).draw().map_err(|e| err(&e))?;
+                chart.configure_mesh().x_desc(x_desc).y_desc(&figure_name).draw().map_err(|e| err(&e))?;
                 draw_lines(&mut chart, &series).map_err(|e| err(&e))?;
             }
         }

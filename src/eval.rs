@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::arg_values::at_least_one;
@@ -16,12 +16,13 @@ use crate::model::attention::Attention;
 use crate::model::ReformerLm;
 use crate::precision::Precision;
 use crate::progress::Progress;
+use crate::run_config::RunConfig;
 use crate::run_dir::load_model;
-use crate::score::{evaluate, Score};
-use crate::tasks::{Batch, Split, TaskKind};
+use crate::score::{Figure, Score, ScoreTotals};
+use crate::tasks::{Batch, Split, Task, TaskKind};
 
 /// What LSH layers compute at evaluation time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EvalAttention {
     /// As trained (with `--n-hashes` rounds when given).
@@ -80,6 +81,56 @@ pub struct EvalArgs {
     pub run: RunArgs,
 }
 
+/// One evaluation (one `--n-hashes` value): a row of `eval --json`'s `results`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalResult {
+    /// Hash rounds of the LSH layers (null when they ran as dense attention).
+    pub n_hashes: Option<i64>,
+    #[serde(flatten)]
+    pub score: Score,
+    pub tokens_per_sec: f64,
+}
+
+/// What `eval --json` prints: the settings used and one row per evaluation.
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    pub checkpoint: PathBuf,
+    pub task: TaskKind,
+    pub split: ScoredWindows,
+    pub seq_len: i64,
+    pub batch_size: i64,
+    pub attention: EvalAttention,
+    pub trained_n_hashes: i64,
+    pub precision: Precision,
+    pub results: Vec<EvalResult>,
+}
+
+/// Which windows are scored: a split of the data, or exactly the validation windows the
+/// training run logged (`--training-windows`, written "training-validation").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoredWindows {
+    Split(Split),
+    TrainingValidation,
+}
+
+impl Serialize for ScoredWindows {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Split(split) => split.serialize(serializer),
+            Self::TrainingValidation => serializer.serialize_str("training-validation"),
+        }
+    }
+}
+
+impl ScoredWindows {
+    fn describe(self) -> String {
+        match self {
+            Self::Split(split) => format!("the {split:?} split"),
+            Self::TrainingValidation => "the training run's validation windows".into(),
+        }
+    }
+}
+
 fn has_lsh(model: &ReformerLm) -> bool {
     model.blocks.iter().any(|b| matches!(b.attention, Attention::Lsh(_)))
 }
@@ -88,26 +139,19 @@ fn has_lsh(model: &ReformerLm) -> bool {
 fn score(model: &ReformerLm, batches: &[Batch], device: Device, label: &str) -> (Score, f64) {
     let started = Instant::now();
     let mut progress = Progress::new(label, batches.len() as u64);
-    let (mut nll, mut correct, mut n) = (0.0, 0.0, 0.0);
+    let mut totals = ScoreTotals::default();
     for (i, batch) in batches.iter().enumerate() {
-        let s = evaluate(model, std::slice::from_ref(batch), device);
-        nll += s.loss * s.n_targets;
-        correct += s.accuracy * s.n_targets;
-        n += s.n_targets;
-        progress.update(i as u64 + 1, format!("{:.4} bits/byte", nll / n.max(1.0) / std::f64::consts::LN_2));
+        totals += ScoreTotals::of(model, std::iter::once(batch), device);
+        progress.update(i as u64 + 1, format!("{:.4} bits/byte", totals.score().bpc));
     }
     progress.finish();
     let tokens: i64 = batches.iter().map(Batch::n_tokens).sum();
-    let loss = nll / n.max(1.0);
-    let score = Score { loss, bpc: loss / std::f64::consts::LN_2, accuracy: correct / n.max(1.0), n_targets: n };
-    (score, tokens as f64 / started.elapsed().as_secs_f64().max(1e-9))
+    (totals.score(), tokens as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
-pub fn run(opts: EvalArgs) -> Result<()> {
-    let device = opts.run.setup()?;
-    let (_vs, mut model, mut cfg) = load_model(&opts.checkpoint, device)?;
-    let trained_rounds = cfg.model.lsh.n_hashes;
-    let precision = opts.precision.unwrap_or(cfg.train.precision);
+/// The run's settings with `opts`' overrides (task, data, window length, batch size)
+/// applied, each checked against the model.
+fn apply_overrides(opts: &EvalArgs, cfg: &mut RunConfig) -> Result<()> {
     if let Some(task) = opts.task {
         cfg.task = task;
     }
@@ -126,6 +170,43 @@ pub fn run(opts: EvalArgs) -> Result<()> {
     if let Some(batch_size) = opts.batch_size {
         cfg.train.batch_size = batch_size;
     }
+    Ok(())
+}
+
+/// The hash rounds of each evaluation: `None` for dense attention.
+fn round_settings(opts: &EvalArgs, trained_rounds: i64) -> Vec<Option<i64>> {
+    match opts.attention {
+        EvalAttention::Full => vec![None],
+        EvalAttention::Lsh | EvalAttention::Strict if opts.n_hashes.is_empty() => vec![Some(trained_rounds)],
+        EvalAttention::Lsh | EvalAttention::Strict => opts.n_hashes.iter().map(|&j| Some(j)).collect(),
+    }
+}
+
+/// The batches `opts` asks for, refused when they hold not one window.
+fn scored_batches(opts: &EvalArgs, cfg: &RunConfig, task: &dyn Task) -> Result<(ScoredWindows, Vec<Batch>)> {
+    let (windows, batches) = if opts.training_windows {
+        (ScoredWindows::TrainingValidation, task.valid_batches(cfg.train.batch_size, cfg.train.eval_batches))
+    } else {
+        let split = opts.split.unwrap_or_else(|| task.scoring_split());
+        (ScoredWindows::Split(split), task.split_batches(split, cfg.train.batch_size, opts.eval_bytes)?)
+    };
+    if batches.is_empty() {
+        bail!(
+            "{} {} fewer than one window of {} tokens (+1 for the last target): score a longer text, or --split all for the whole file",
+            windows.describe(),
+            if windows == ScoredWindows::TrainingValidation { "hold" } else { "holds" },
+            task.seq_len()
+        );
+    }
+    Ok((windows, batches))
+}
+
+pub fn run(opts: EvalArgs) -> Result<()> {
+    let device = opts.run.setup()?;
+    let (_vs, mut model, mut cfg) = load_model(&opts.checkpoint, device)?;
+    let trained_rounds = cfg.model.lsh.n_hashes;
+    let precision = opts.precision.unwrap_or(cfg.train.precision);
+    apply_overrides(&opts, &mut cfg)?;
     if (!opts.n_hashes.is_empty() || opts.attention != EvalAttention::Lsh) && !has_lsh(&model) {
         bail!("this model has no LSH layers: --n-hashes and --attention full|strict change nothing");
     }
@@ -134,42 +215,22 @@ pub fn run(opts: EvalArgs) -> Result<()> {
         model.set_window_rule(WindowRule::Strict)?;
     }
     let task = cfg.build_task()?;
-    let split = opts.split.unwrap_or_else(|| task.scoring_split());
-    let batches = if opts.training_windows {
-        task.valid_batches(cfg.train.batch_size, cfg.train.eval_batches)
-    } else {
-        task.split_batches(split, cfg.train.batch_size, opts.eval_bytes)?
-    };
-    if batches.is_empty() {
-        bail!(
-            "the {split:?} split holds fewer than one window of {} tokens (+1 for the last target): score a longer text, or --split all for the whole file",
-            task.seq_len()
-        );
-    }
+    let (windows, batches) = scored_batches(&opts, &cfg, task.as_ref())?;
     eprintln!(
-        "evaluating {:?} ({}) with seq_len {}, batch size {}, LSH layers as {:?}, in {}",
+        "evaluating {:?} on {} with seq_len {}, batch size {}, LSH layers as {:?}, in {}",
         cfg.task,
-        if opts.training_windows {
-            "the training run's validation windows".to_string()
-        } else {
-            format!("{split:?} split")
-        },
+        windows.describe(),
         task.seq_len(),
         cfg.train.batch_size,
         opts.attention,
         precision.name()
     );
-
-    let settings: Vec<Option<i64>> = match opts.attention {
-        EvalAttention::Full => vec![None],
-        EvalAttention::Lsh | EvalAttention::Strict if opts.n_hashes.is_empty() => vec![Some(trained_rounds)],
-        EvalAttention::Lsh | EvalAttention::Strict => opts.n_hashes.iter().map(|&j| Some(j)).collect(),
-    };
+    let figure = Figure::of(cfg.task);
     let mut results = Vec::new();
-    for rounds in &settings {
+    for rounds in round_settings(&opts, trained_rounds) {
         let label = match rounds {
             Some(j) => {
-                model.set_n_hashes(*j)?;
+                model.set_n_hashes(j)?;
                 format!("eval ({j} rounds)")
             }
             None => {
@@ -177,40 +238,32 @@ pub fn run(opts: EvalArgs) -> Result<()> {
                 "eval (dense)".to_string()
             }
         };
-        let (s, tokens_per_sec) = precision.autocast(device, || score(&model, &batches, device, &label))?;
-        results.push(json!({"n_hashes": rounds, "loss": s.loss, "bpc": s.bpc, "accuracy": s.accuracy,
-            "n_targets": s.n_targets, "tokens_per_sec": tokens_per_sec}));
-        let figure = if task.reports_bpc() {
-            format!("{:.4} bits per byte", s.bpc)
-        } else {
-            format!("second-copy accuracy {:.2}%", 100.0 * s.accuracy)
-        };
-        eprintln!("{label}: loss {:.4}, {figure}, {} targets, {tokens_per_sec:.0} tokens/s", s.loss, s.n_targets);
+        let (score, tokens_per_sec) = precision.autocast(device, || score(&model, &batches, device, &label))?;
+        eprintln!("{label}: {}, {} targets, {tokens_per_sec:.0} tokens/s", score.describe(figure), score.n_targets);
+        results.push(EvalResult { n_hashes: rounds, score, tokens_per_sec });
     }
-    if settings.len() > 1 {
+    if results.len() > 1 {
         let row: Vec<String> = results
             .iter()
             .map(|r| {
-                let figure = if task.reports_bpc() {
-                    r["bpc"].as_f64().unwrap_or(f64::NAN)
-                } else {
-                    100.0 * r["accuracy"].as_f64().unwrap_or(f64::NAN)
-                };
-                format!("{}: {figure:.2}", r["n_hashes"])
+                format!("{}: {:.2}", r.n_hashes.expect("several settings are hash rounds"), figure.value(&r.score))
             })
             .collect();
         eprintln!("trained with {trained_rounds} rounds, evaluated with  {}", row.join("  "));
     }
     if opts.json {
-        println!(
-            "{}",
-            json!({
-                "checkpoint": opts.checkpoint.display().to_string(), "task": cfg.task,
-                "split": if opts.training_windows { json!("training-validation") } else { json!(split) },
-                "seq_len": task.seq_len(), "batch_size": cfg.train.batch_size, "attention": opts.attention,
-                "trained_n_hashes": trained_rounds, "precision": precision, "results": results,
-            })
-        );
+        let report = EvalReport {
+            checkpoint: opts.checkpoint.clone(),
+            task: cfg.task,
+            split: windows,
+            seq_len: task.seq_len(),
+            batch_size: cfg.train.batch_size,
+            attention: opts.attention,
+            trained_n_hashes: trained_rounds,
+            precision,
+            results,
+        };
+        println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::arg_values::{at_least_one, non_negative, probability};
@@ -16,6 +16,7 @@ use crate::device::RunArgs;
 use crate::model::{Decoder, ForwardMode, ReformerLm};
 use crate::precision::Precision;
 use crate::run_dir::load_model;
+use crate::sampling::Sampling;
 use crate::score::EVAL_SEED;
 
 /// Sample text from a trained checkpoint, streamed to stdout.
@@ -77,31 +78,11 @@ impl GenerateArgs {
             (None, None) => Ok(Vec::new()),
         }
     }
-}
 
-/// Picks the next token from the last position's logits.
-///
-/// # Shapes
-/// `logits`: (V − token_offset); returns a token (a byte, for a byte model).
-pub fn sample(logits: &Tensor, opts: &GenerateArgs) -> i64 {
-    if opts.greedy || opts.temperature == 0.0 {
-        return logits.argmax(-1, false).int64_value(&[]);
+    /// The rule `--greedy`, `--temperature`, `--top-k` and `--top-p` describe.
+    pub fn sampling(&self) -> Result<Sampling> {
+        Sampling::new(self.temperature, self.top_k, self.top_p, self.greedy)
     }
-    let mut logits = logits.to_kind(Kind::Float) / opts.temperature;
-    if let Some(k) = opts.top_k {
-        let k = k.min(logits.size()[0]);
-        let kth = logits.topk(k, -1, true, true).0.get(k - 1);
-        logits = logits.masked_fill(&logits.lt_tensor(&kth), f64::NEG_INFINITY);
-    }
-    if let Some(p) = opts.top_p {
-        let (sorted, order) = logits.sort(-1, true);
-        let cumulative = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
-        // Drop a token when the more likely ones already cover p (the first always stays).
-        let drop_sorted = (cumulative - sorted.softmax(-1, Kind::Float)).gt(p);
-        let drop = drop_sorted.scatter(0, &order, &drop_sorted);
-        logits = logits.masked_fill(&drop, f64::NEG_INFINITY);
-    }
-    logits.softmax(-1, Kind::Float).multinomial(1, false).int64_value(&[0])
 }
 
 /// Writes complete UTF-8 characters as they form, holding back a partial one.
@@ -176,13 +157,36 @@ impl<'a> NextLogits<'a> {
     }
 }
 
-pub fn run(opts: GenerateArgs) -> Result<()> {
-    let device = opts.run.setup()?;
-    tch::manual_seed(opts.run.seed as i64);
+/// What `generate --json` prints: the samples and how fast they came.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GenerateReport {
+    pub samples: Vec<String>,
+    /// Whether the tokens went through the decoding cache (not `--no-cache`).
+    pub cache: bool,
+    pub precision: Precision,
+    pub prompt_tokens: usize,
+    /// Tokens generated over all samples.
+    pub new_tokens: usize,
+    /// All tokens over all the time spent generating them.
+    pub tokens_per_sec: f64,
+    /// Tokens after each sample's first, over the time after the first: the per-token
+    /// decoding rate.
+    pub decode_tokens_per_sec: f64,
+    /// Mean over samples of the time until the first token (the prompt's forward pass).
+    pub time_to_first_token_secs: f64,
+}
+
+/// One sample's tokens and times.
+struct Drawn {
+    bytes: Vec<u8>,
+    first_token_secs: f64,
+    total_secs: f64,
+}
+
+/// The prompt as tokens: `--prompt` or `--prompt-file` (a newline without either), each
+/// byte checked against the model's vocabulary, and only the last `max_seq_len` kept.
+fn prompt_tokens(opts: &GenerateArgs, model: &ReformerLm) -> Result<Vec<i64>> {
     let mut prompt: Vec<i64> = opts.prompt_bytes()?.into_iter().map(i64::from).collect();
-    let (_vs, model, cfg) = load_model(&opts.checkpoint, device)?;
-    let precision = opts.precision.unwrap_or(cfg.train.precision);
-    let max_len = model.cfg.max_seq_len;
     if prompt.is_empty() {
         prompt.push(b'\n' as i64);
     }
@@ -190,6 +194,7 @@ pub fn run(opts: GenerateArgs) -> Result<()> {
     if let Some(&bad) = prompt.iter().find(|&&t| t >= vocab) {
         bail!("the prompt holds byte {bad}, outside this model's {vocab}-symbol vocabulary");
     }
+    let max_len = model.cfg.max_seq_len;
     if prompt.len() as i64 > max_len {
         eprintln!(
             "warning: the prompt has {} tokens; keeping the last {max_len} (the model's max_seq_len)",
@@ -197,72 +202,105 @@ pub fn run(opts: GenerateArgs) -> Result<()> {
         );
         prompt.drain(..prompt.len() - max_len as usize);
     }
+    Ok(prompt)
+}
+
+/// Draws `max_new_tokens` after `prompt` with `sampling`, streaming them to `out` unless
+/// `out` is `None`.
+fn draw(
+    next_logits: &mut NextLogits,
+    prompt: &[i64],
+    sampling: Sampling,
+    max_new_tokens: usize,
+    mut out: Option<&mut dyn Write>,
+) -> Result<Drawn> {
+    let mut context = prompt.to_vec();
+    let mut drawn = Drawn { bytes: Vec::new(), first_token_secs: 0.0, total_secs: 0.0 };
+    let mut stream = Utf8Stream { pending: Vec::new() };
+    let started = Instant::now();
+    for i in 0..max_new_tokens {
+        let last = next_logits.after(&context)?; // (V)
+        if last.isfinite().all().int64_value(&[]) == 0 {
+            bail!("the model produced non-finite logits: the checkpoint's weights are damaged or diverged");
+        }
+        let next = sampling.next_token(&last);
+        if i == 0 {
+            drawn.first_token_secs = started.elapsed().as_secs_f64();
+        }
+        context.push(next);
+        drawn.bytes.push(next as u8);
+        if let Some(out) = out.as_mut() {
+            stream.push(next as u8, out)?;
+        }
+    }
+    if let Some(out) = out {
+        out.write_all(&stream.pending)?;
+        writeln!(out)?;
+    }
+    drawn.total_secs = started.elapsed().as_secs_f64();
+    Ok(drawn)
+}
+
+impl GenerateReport {
+    /// The report of `draws` after a prompt of `prompt_tokens`.
+    fn new(draws: &[Drawn], prompt_tokens: usize, cache: bool, precision: Precision) -> Self {
+        let new_tokens: usize = draws.iter().map(|d| d.bytes.len()).sum();
+        let total_secs: f64 = draws.iter().map(|d| d.total_secs).sum();
+        let first_token_secs: f64 = draws.iter().map(|d| d.first_token_secs).sum();
+        let later_tokens = new_tokens.saturating_sub(draws.len());
+        Self {
+            samples: draws.iter().map(|d| String::from_utf8_lossy(&d.bytes).into_owned()).collect(),
+            cache,
+            precision,
+            prompt_tokens,
+            new_tokens,
+            tokens_per_sec: new_tokens as f64 / total_secs.max(1e-9),
+            decode_tokens_per_sec: later_tokens as f64 / (total_secs - first_token_secs).max(1e-9),
+            time_to_first_token_secs: first_token_secs / draws.len().max(1) as f64,
+        }
+    }
+
+    /// The statistics in one line, for a terminal.
+    fn describe(&self) -> String {
+        format!(
+            "{} tokens at {:.1} tokens/s ({:.1} tokens/s after the first); first token after {:.3}s ({} prompt \
+             tokens, {})",
+            self.new_tokens,
+            self.tokens_per_sec,
+            self.decode_tokens_per_sec,
+            self.time_to_first_token_secs,
+            self.prompt_tokens,
+            if self.cache { "cached" } else { "no cache" }
+        )
+    }
+}
+
+pub fn run(opts: GenerateArgs) -> Result<()> {
+    let sampling = opts.sampling()?;
+    let device = opts.run.setup()?;
+    tch::manual_seed(opts.run.seed as i64);
+    let (_vs, model, cfg) = load_model(&opts.checkpoint, device)?;
+    let precision = opts.precision.unwrap_or(cfg.train.precision);
+    let prompt = prompt_tokens(&opts, &model)?;
     if !opts.no_cache {
         crate::model::decoding::check_decodable(&model.cfg)?;
     }
-    let mut samples = Vec::new();
-    let (mut total_tokens, mut total_secs, mut first_token_secs) = (0usize, 0.0, 0.0);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let mut draws = Vec::new();
     for sample_index in 0..opts.num_samples {
         let mut next_logits = NextLogits { model: &model, use_cache: !opts.no_cache, decoder: None, device, precision };
-        let mut context = prompt.clone();
-        let mut generated = Vec::new();
-        let mut stream = Utf8Stream { pending: Vec::new() };
-        let started = Instant::now();
-        for i in 0..opts.max_new_tokens {
-            let last = next_logits.after(&context)?; // (V)
-            if last.isfinite().all().int64_value(&[]) == 0 {
-                bail!("the model produced non-finite logits: the checkpoint's weights are damaged or diverged");
-            }
-            let next = sample(&last, &opts);
-            if i == 0 {
-                first_token_secs += started.elapsed().as_secs_f64();
-            }
-            context.push(next);
-            generated.push(next as u8);
-            if !opts.json {
-                stream.push(next as u8, &mut out)?;
-            }
-        }
-        if !opts.json {
-            out.write_all(&stream.pending)?;
-            writeln!(out)?;
-        }
-        total_secs += started.elapsed().as_secs_f64();
-        total_tokens += generated.len();
-        samples.push(String::from_utf8_lossy(&generated).into_owned());
+        let stream: Option<&mut dyn Write> = if opts.json { None } else { Some(&mut out) };
+        draws.push(draw(&mut next_logits, &prompt, sampling, opts.max_new_tokens, stream)?);
         if !opts.json && sample_index + 1 < opts.num_samples {
             writeln!(out, "---")?;
         }
     }
-    let n_samples = opts.num_samples.max(1) as f64;
-    let tokens_per_sec = total_tokens as f64 / total_secs.max(1e-9);
-    let ttft = first_token_secs / n_samples;
-    // Tokens after the first, over the time after the first: the per-token decoding rate.
-    let later_tokens = total_tokens.saturating_sub(opts.num_samples);
-    let decode_tokens_per_sec = later_tokens as f64 / (total_secs - first_token_secs).max(1e-9);
+    let report = GenerateReport::new(&draws, prompt.len(), !opts.no_cache, precision);
     if opts.json {
-        println!(
-            "{}",
-            json!({
-                "samples": samples,
-                "cache": !opts.no_cache,
-                "precision": precision,
-                "prompt_tokens": prompt.len(),
-                "new_tokens": total_tokens,
-                "tokens_per_sec": tokens_per_sec,
-                "decode_tokens_per_sec": decode_tokens_per_sec,
-                "time_to_first_token_secs": ttft,
-            })
-        );
+        println!("{}", serde_json::to_string(&report)?);
     } else {
-        eprintln!(
-            "{total_tokens} tokens at {tokens_per_sec:.1} tokens/s ({decode_tokens_per_sec:.1} tokens/s after the first); \
-             first token after {ttft:.3}s ({} prompt tokens, {})",
-            prompt.len(),
-            if opts.no_cache { "no cache" } else { "cached" }
-        );
+        eprintln!("{}", report.describe());
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ pub struct BenchArgs {
     /// Arithmetic of the measured passes: f32, or bf16 / f16 autocast.
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: Precision,
-    /// LSH layers on the batched path (`lsh.fused = false`) instead of the fused kernel:
+    /// LSH layers on the batched path (`model.execution.fused_lsh = false`) instead of the fused kernel:
     /// for measuring one against the other.
     #[arg(long)]
     pub batched_lsh: bool,

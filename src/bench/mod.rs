@@ -3,9 +3,10 @@
 
 mod args;
 pub mod case;
+pub mod figure;
 pub mod memory_model;
-pub mod plot;
 pub mod precision;
+pub mod report;
 pub mod steady;
 mod suites;
 
@@ -13,12 +14,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::precision::Precision;
 pub use args::BenchArgs;
-use case::{run_case, Case, CaseKind, Measurement};
+use case::{run_case, Case, Measurement};
+use report::{check_some_measured, print_table, BenchReport, CaseRow, Machine, PrecisionReport, Status};
 use suites::{cases, preset_cases, skips_f16};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -61,7 +62,7 @@ pub fn matmul_flops(device: Device) -> f64 {
 
 /// Runs one case in a child process of this binary; a crash (e.g. out of memory) is
 /// reported as a status, not an error.
-fn run_in_child(case: &Case, device: Device, threads: Option<usize>) -> Result<(String, Measurement)> {
+fn run_in_child(case: &Case, device: Device, threads: Option<usize>) -> Result<(Status, Measurement)> {
     let exe = std::env::current_exe().context("cannot find the reformer binary")?;
     let mut command = Command::new(exe);
     command.arg("bench").arg("--case").arg(serde_json::to_string(case)?).arg("--device").arg(device_arg(device));
@@ -71,13 +72,14 @@ fn run_in_child(case: &Case, device: Device, threads: Option<usize>) -> Result<(
     let output = command.output().context("cannot start a bench child process")?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let status = if stderr.contains("out of memory") || output.status.code().is_none() { "oom" } else { "failed" };
-        eprintln!("  {} at T={}: {status}: {}", case.label, case.seq_len, stderr.lines().last().unwrap_or(""));
-        return Ok((status.into(), Measurement::default()));
+        let oom = stderr.contains("out of memory") || output.status.code().is_none();
+        let status = if oom { Status::Oom } else { Status::Failed };
+        eprintln!("  {} at T={}: {}: {}", case.label, case.seq_len, status.name(), stderr.lines().last().unwrap_or(""));
+        return Ok((status, Measurement::default()));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().last().context("bench child printed nothing")?;
-    Ok(("ok".into(), serde_json::from_str(line).context("bench child printed a bad result")?))
+    Ok((Status::Ok, serde_json::from_str(line).context("bench child printed a bad result")?))
 }
 
 /// `device` as `--device` takes it.
@@ -105,24 +107,48 @@ pub fn run(opts: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let cases = chosen_cases(&opts, device)?;
+    let peak = matmul_flops(device);
+    eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(device), peak / 1e9);
+    let rows = measure(&cases, &opts, device, peak)?;
+    print_table(&rows);
+    let precision = match opts.suite {
+        Suite::Precision | Suite::All if opts.preset.is_none() => Some(run_precision(&opts, device)?),
+        _ => None,
+    };
+    write_plot(&rows, &opts)?;
+    let report = BenchReport { machine: Machine::of(device), matmul_flops: peak, cases: rows, precision };
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    check_some_measured(&report.cases)
+}
+
+/// The cases of `--preset` or of the suites, in `--precision` (but the precision suite's
+/// own, which sets each) and on the batched LSH path with `--batched-lsh`.
+fn chosen_cases(opts: &BenchArgs, device: Device) -> Result<Vec<Case>> {
     let cases = match &opts.preset {
         Some(name) => preset_cases(name, opts.lengths.as_deref(), opts.steps)?,
         None if opts.lengths.is_some() && !matches!(opts.suite, Suite::Attention | Suite::All) => {
             bail!("--lengths applies to the attention suite and to --preset, not to --suite {:?}", opts.suite)
         }
-        None => cases(&opts, device),
+        None => cases(opts, device),
     };
-    // `--precision` for every case but the precision suite's own, which sets each.
-    let cases: Vec<Case> = cases
+    Ok(cases
         .into_iter()
         .map(|case| if case.suite == "precision" { case } else { case.in_precision(opts.precision) })
         .map(|mut case| {
             case.model.execution.fused_lsh &= !opts.batched_lsh;
             case
         })
-        .collect();
-    let peak = matmul_flops(device);
-    eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(device), peak / 1e9);
+        .collect())
+}
+
+/// Runs each case in a child process, unless the memory model predicts it does not fit
+/// (then it is skipped), with a progress bar; `peak` is the device's matmul rate.
+fn measure(cases: &[Case], opts: &BenchArgs, device: Device, peak: f64) -> Result<Vec<CaseRow>> {
     let mut progress = crate::progress::Progress::new("bench", cases.len() as u64);
     let mut rows = Vec::new();
     let available = match device {
@@ -131,7 +157,7 @@ pub fn run(opts: BenchArgs) -> Result<()> {
     };
     for (i, case) in cases.iter().enumerate() {
         let predicted = memory_model::predicted_bytes(case, case.lsh_path(device).starts_with("fused"));
-        let (status, m) = match available {
+        let (status, measured) = match available {
             Some(available) if predicted > available => {
                 eprintln!(
                     "  {} at T={}: skipped: predicted {:.1} GiB, {:.1} GiB available",
@@ -140,54 +166,21 @@ pub fn run(opts: BenchArgs) -> Result<()> {
                     predicted / GIB,
                     available / GIB
                 );
-                ("skipped".to_string(), Measurement::default())
+                (Status::Skipped, Measurement::default())
             }
             _ => run_in_child(case, device, opts.run.threads)?,
         };
-        let flops = case.flops_per_token();
-        let utilization = if status == "ok" { flops * m.tokens_per_sec / peak } else { 0.0 };
-        rows.push(json!({
-            "suite": case.suite, "label": case.label, "attention": case.attention(),
-            "n_hashes": case.model.lsh.n_hashes, "seq_len": case.seq_len, "batch_size": case.batch_size,
-            "n_layers": if case.kind == CaseKind::Layer { 1 } else { case.model.n_layers }, "reversible": case.model.execution.reversible,
-            "ff_chunked": case.model.execution.ff_chunk_len.is_some(), "precision": case.precision, "lsh_path": case.lsh_path(device), "status": status,
-            "ms_per_step": m.ms_per_step, "us_per_token": m.us_per_token, "tokens_per_sec": m.tokens_per_sec,
-            "peak_bytes": m.peak_bytes, "predicted_bytes": predicted, "flops_per_token": flops, "utilization": utilization, "step_ms": m.step_ms,
-        }));
+        rows.push(CaseRow::new(case, device, status, measured, predicted, peak));
         progress.update(i as u64 + 1, format!("{} T={}", case.label, case.seq_len));
     }
     progress.finish();
-    print_table(&rows);
-    let precision_report = match opts.suite {
-        Suite::Precision | Suite::All if opts.preset.is_none() => run_precision(&opts, device)?,
-        _ => json!(null),
-    };
-    write_plot(&rows, &opts)?;
-    if let Some(path) = &opts.json {
-        let report = json!({"machine": machine(device), "matmul_flops": peak, "cases": rows,
-            "precision": precision_report});
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    check_some_measured(&rows)
-}
-
-/// An error when cases ran and every one of them failed (a case predicted not to fit is
-/// skipped, not failed).
-fn check_some_measured(rows: &[serde_json::Value]) -> Result<()> {
-    let count = |status: &[&str]| rows.iter().filter(|r| status.iter().any(|s| r["status"] == *s)).count();
-    let failed = count(&["failed", "oom"]);
-    if failed > 0 && count(&["ok"]) == 0 {
-        bail!("every case that ran failed ({failed} of {}): see the lines above", rows.len());
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// The figure of `rows` when `--plot` asks for one.
-fn write_plot(rows: &[serde_json::Value], opts: &BenchArgs) -> Result<()> {
+fn write_plot(rows: &[CaseRow], opts: &BenchArgs) -> Result<()> {
     if let Some(path) = &opts.plot {
-        plot::write_svg(rows, path)?;
+        figure::write_svg(rows, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -197,12 +190,7 @@ fn write_plot(rows: &[serde_json::Value], opts: &BenchArgs) -> Result<()> {
 fn report_from(opts: &BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     for path in &opts.from {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read bench report {}", path.display()))?;
-        let report: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not a bench JSON report", path.display()))?;
-        let cases = report["cases"].as_array().with_context(|| format!("{} has no \"cases\" array", path.display()))?;
-        rows.extend(cases.iter().cloned());
+        rows.extend(BenchReport::read(path)?.cases);
     }
     print_table(&rows);
     write_plot(&rows, opts)?;
@@ -213,7 +201,7 @@ fn report_from(opts: &BenchArgs) -> Result<()> {
 /// reversible backward rebuilds each block's inputs over depth, and (`--suite precision`
 /// only, not `all`) what a short duplication run reaches, per precision. Printed, and
 /// returned for the JSON report.
-fn run_precision(opts: &BenchArgs, device: Device) -> Result<serde_json::Value> {
+fn run_precision(opts: &BenchArgs, device: Device) -> Result<PrecisionReport> {
     println!("{:<8} {:<14} {:>22} {:>22}", "layers", "arithmetic", "first block rel. error", "worst block rel. error");
     let mut reconstruction = Vec::new();
     for arithmetic in precision::ARITHMETICS {
@@ -224,7 +212,7 @@ fn run_precision(opts: &BenchArgs, device: Device) -> Result<serde_json::Value> 
         }
     }
     if opts.suite != Suite::Precision {
-        return Ok(json!({"reconstruction": reconstruction}));
+        return Ok(PrecisionReport { reconstruction, duplication: None });
     }
     println!("{:<10} {:>6} {:>12} {:>14} {:>10}", "precision", "steps", "valid loss", "accuracy", "seconds");
     let mut duplication = Vec::new();
@@ -244,70 +232,5 @@ fn run_precision(opts: &BenchArgs, device: Device) -> Result<serde_json::Value> 
         );
         duplication.push(run);
     }
-    Ok(json!({"reconstruction": reconstruction, "duplication": duplication}))
-}
-
-fn print_table(rows: &[serde_json::Value]) {
-    println!(
-        "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10} {:>9} {:>11} {:>10} {:>10} {:>6}  LSH path",
-        "suite", "case", "T", "batch", "layers", "ms/step", "us/token", "tokens/s", "peak MiB", "pred. MiB", "util"
-    );
-    for r in rows {
-        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
-        if r["status"] != "ok" {
-            println!(
-                "{:<10} {:<12} {:>7} {:>6} {:>7} {:>42} {:>10.0}",
-                r["suite"].as_str().unwrap_or(""),
-                r["label"].as_str().unwrap_or(""),
-                r["seq_len"].as_i64().unwrap_or(0),
-                r["batch_size"].as_i64().unwrap_or(0),
-                r["n_layers"].as_i64().unwrap_or(0),
-                r["status"].as_str().unwrap_or(""),
-                f("predicted_bytes") / (1 << 20) as f64
-            );
-            continue;
-        }
-        println!(
-            "{:<10} {:<12} {:>7} {:>6} {:>7} {:>10.1} {:>9.2} {:>11.0} {:>10.1} {:>10.0} {:>5.1}%  {}",
-            r["suite"].as_str().unwrap_or(""),
-            r["label"].as_str().unwrap_or(""),
-            r["seq_len"].as_i64().unwrap_or(0),
-            r["batch_size"].as_i64().unwrap_or(0),
-            r["n_layers"].as_i64().unwrap_or(0),
-            f("ms_per_step"),
-            f("us_per_token"),
-            f("tokens_per_sec"),
-            f("peak_bytes") / (1 << 20) as f64,
-            f("predicted_bytes") / (1 << 20) as f64,
-            100.0 * f("utilization"),
-            r["lsh_path"].as_str().unwrap_or("-")
-        );
-    }
-}
-
-fn machine(device: Device) -> serde_json::Value {
-    let commit =
-        Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok().filter(|o| o.status.success());
-    json!({
-        "device": crate::device::describe(device),
-        "threads": tch::get_num_threads(),
-        "libtorch": crate::LIBTORCH_VERSION,
-        "cuda_available": tch::Cuda::is_available(),
-        "git_commit": commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
-        "allocator": crate::allocator::describe(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bench_fails_when_no_case_that_ran_succeeded() {
-        let rows =
-            |statuses: &[&str]| -> Vec<serde_json::Value> { statuses.iter().map(|s| json!({ "status": s })).collect() };
-        assert!(check_some_measured(&rows(&["failed", "oom", "skipped"])).is_err());
-        assert!(check_some_measured(&rows(&["failed", "ok"])).is_ok());
-        assert!(check_some_measured(&rows(&["skipped", "skipped"])).is_ok());
-    }
+    Ok(PrecisionReport { reconstruction, duplication: Some(duplication) })
 }

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::model::attention::bucket_tape::BucketTape;
@@ -32,7 +32,7 @@ pub const ARITHMETICS: [Arithmetic; 4] = [
     Arithmetic { label: "bf16-weights", kind: Kind::BFloat16, precision: Precision::F32 },
 ];
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ReconstructionError {
     pub n_layers: i64,
     pub arithmetic: String,
@@ -101,7 +101,7 @@ pub fn measure(n_layers: i64, arithmetic: Arithmetic, seq_len: i64, device: Devi
 
 /// What `reformer train --preset duplication` reached (its 1,000 steps: the task is
 /// learnt suddenly, at chance for the first few hundred steps, near 100% at the end).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct DuplicationRun {
     pub precision: Precision,
     pub steps: i64,

@@ -2,25 +2,21 @@
 //! sequence length for each attention kind (attention suite), and peak memory against
 //! depth with reversible and ordinary residual layers (depth suite), as an SVG.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use plotters::prelude::*;
-use serde_json::Value;
 
-const SIZE: (u32, u32) = (1200, 480);
+use super::report::{CaseRow, Status};
+use crate::plot::{draw_lines, drawing_error, empty_panel, Series, SIZE};
+
 const MIB: f64 = (1 << 20) as f64;
 
-/// One line of a panel: its name and (x, y) points in x order.
-pub type Series = BTreeMap<String, Vec<(f64, f64)>>;
-
 /// Points of the cases of `suite` that ran, grouped by case label.
-fn series(cases: &[Value], suite: &str, x: impl Fn(&Value) -> f64, y: impl Fn(&Value) -> f64) -> Series {
+fn series(cases: &[CaseRow], suite: &str, x: impl Fn(&CaseRow) -> f64, y: impl Fn(&CaseRow) -> f64) -> Series {
     let mut lines = Series::new();
-    for case in cases.iter().filter(|c| c["suite"] == suite && c["status"] == "ok") {
-        let label = case["label"].as_str().unwrap_or("?").to_string();
-        lines.entry(label).or_default().push((x(case), y(case)));
+    for case in cases.iter().filter(|c| c.suite == suite && c.status == Status::Ok) {
+        lines.entry(case.label.clone()).or_default().push((x(case), y(case)));
     }
     for points in lines.values_mut() {
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -38,19 +34,14 @@ fn bounds(lines: &Series) -> ((f64, f64), (f64, f64)) {
     (x, y)
 }
 
-/// Writes the two panels for the cases of a bench report (its JSON `cases` array).
-pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
-    let err = |e: &dyn std::fmt::Debug| anyhow!("cannot draw {}: {e:?}", path.display());
+/// Writes the two panels for the cases of a bench report.
+pub fn write_svg(cases: &[CaseRow], path: &Path) -> Result<()> {
+    let err = drawing_error(path);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let panels = root.split_evenly((1, 2));
 
-    let time = series(
-        cases,
-        "attention",
-        |c| c["seq_len"].as_f64().unwrap_or(0.0),
-        |c| c["us_per_token"].as_f64().unwrap_or(0.0),
-    );
+    let time = series(cases, "attention", |c| c.seq_len as f64, |c| c.measured.us_per_token);
     if time.is_empty() {
         empty_panel(&panels[0], "time per token: no attention cases in this report").map_err(|e| err(&e))?;
     } else {
@@ -75,12 +66,7 @@ pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
         draw_lines(&mut chart, &time).map_err(|e| err(&e))?;
     }
 
-    let memory = series(
-        cases,
-        "depth",
-        |c| c["n_layers"].as_f64().unwrap_or(0.0),
-        |c| c["peak_bytes"].as_f64().unwrap_or(0.0) / MIB,
-    );
+    let memory = series(cases, "depth", |c| c.n_layers as f64, |c| c.measured.peak_bytes as f64 / MIB);
     if memory.is_empty() {
         empty_panel(&panels[1], "memory: no depth cases in this report").map_err(|e| err(&e))?;
     } else {
@@ -104,37 +90,4 @@ pub fn write_svg(cases: &[Value], path: &Path) -> Result<()> {
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
-}
-
-/// Each series as a line with markers, and a legend.
-pub fn draw_lines<'a, DB, X, Y>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
-    lines: &Series,
-) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
-where
-    DB: DrawingBackend + 'a,
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
-{
-    for (i, (label, points)) in lines.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
-            .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-}
-
-fn empty_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, plotters::coord::Shift>,
-    text: &str,
-) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    area.draw_text(text, &("sans-serif", 16).into_text_style(area), (40, SIZE.1 as i32 / 2))
 }
