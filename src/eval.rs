@@ -11,6 +11,7 @@ use tch::Device;
 
 use crate::arg_values::at_least_one;
 use crate::device::RunArgs;
+use crate::hash_rounds_sweep;
 use crate::model::attention::Attention;
 use crate::model::ReformerLm;
 use crate::precision::Precision;
@@ -165,18 +166,12 @@ pub fn run(opts: EvalArgs) -> Result<()> {
         EvalAttention::Lsh | EvalAttention::Strict => opts.n_hashes.iter().map(|&j| Some(j)).collect(),
     };
     let mut results = Vec::new();
-    for rounds in &settings {
+    hash_rounds_sweep::sweep(&mut model, &settings, task.seq_len(), |model, rounds| {
         let label = match rounds {
-            Some(j) => {
-                model.set_n_hashes(*j)?;
-                format!("eval ({j} rounds)")
-            }
-            None => {
-                model.use_dense_lsh(task.seq_len())?;
-                "eval (dense)".to_string()
-            }
+            Some(j) => format!("eval ({j} rounds)"),
+            None => "eval (dense)".to_string(),
         };
-        let (s, tokens_per_sec) = precision.autocast(device, || score(&model, &batches, device, &label))?;
+        let (s, tokens_per_sec) = precision.autocast(device, || score(model, &batches, device, &label))?;
         results.push(json!({"n_hashes": rounds, "loss": s.loss, "bpc": s.bpc, "accuracy": s.accuracy,
             "n_targets": s.n_targets, "tokens_per_sec": tokens_per_sec}));
         let figure = if task.reports_bpc() {
@@ -185,7 +180,8 @@ pub fn run(opts: EvalArgs) -> Result<()> {
             format!("second-copy accuracy {:.2}%", 100.0 * s.accuracy)
         };
         eprintln!("{label}: loss {:.4}, {figure}, {} targets, {tokens_per_sec:.0} tokens/s", s.loss, s.n_targets);
-    }
+        Ok(())
+    })?;
     if settings.len() > 1 {
         let row: Vec<String> = results
             .iter()

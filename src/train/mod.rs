@@ -10,6 +10,7 @@ use serde_json::json;
 use tch::{Device, Tensor};
 
 use crate::distributed::ProcessGroup;
+use crate::hash_rounds_sweep::{self, TABLE2_ROUNDS};
 use crate::model::ReformerLm;
 use crate::run_config::RunConfig;
 use crate::run_dir::RunDir;
@@ -25,9 +26,6 @@ pub use crate::precision::Precision;
 pub use args::TrainArgs;
 pub use loss_scale::LossScale;
 use trainer::Trainer;
-
-/// Hash rounds at which a duplication model is evaluated at the end (paper Table 2).
-pub const TABLE2_ROUNDS: [i64; 4] = [1, 2, 4, 8];
 
 /// `reformer train`: the loop over `Trainer`'s phases. Every way out (the last step, the
 /// time limit, an interrupt, a non-finite loss) ends in `Trainer::finish`.
@@ -209,19 +207,20 @@ impl Faults {
 fn table2_row(
     model: &mut ReformerLm,
     batches: &[Batch],
+    seq_len: i64,
     device: Device,
     precision: Precision,
 ) -> Result<serde_json::Value> {
-    let trained = model.cfg.lsh.n_hashes;
+    let settings = TABLE2_ROUNDS.map(Some);
+    let scores = hash_rounds_sweep::sweep(model, &settings, seq_len, |model, _| {
+        precision.autocast(device, || evaluate(model, batches, device))
+    })?;
     let mut row = serde_json::Map::new();
-    let mut line = format!("trained with {trained} rounds, evaluated with:");
-    for rounds in TABLE2_ROUNDS {
-        model.set_n_hashes(rounds)?;
-        let score = precision.autocast(device, || evaluate(model, batches, device))?;
+    let mut line = format!("trained with {} rounds, evaluated with:", model.cfg.lsh.n_hashes);
+    for (rounds, score) in TABLE2_ROUNDS.iter().zip(&scores) {
         line += &format!("  {rounds}: {:.1}%", 100.0 * score.accuracy);
         row.insert(rounds.to_string(), json!(score.accuracy));
     }
-    model.set_n_hashes(trained)?;
     eprintln!("{line}");
     Ok(serde_json::Value::Object(row))
 }

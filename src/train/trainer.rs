@@ -404,8 +404,9 @@ impl Trainer {
             summary["valid_accuracy"] = json!(valid.accuracy);
             if self.is_main {
                 let precision = self.cfg.train.precision;
+                let seq_len = self.task.seq_len();
                 summary["accuracy_by_rounds"] =
-                    table2_row(&mut self.model, &self.valid_batches, self.device, precision)?;
+                    table2_row(&mut self.model, &self.valid_batches, seq_len, self.device, precision)?;
             }
         }
         if let Some(group) = &self.group {
