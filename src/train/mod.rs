@@ -21,10 +21,12 @@ use crate::tasks::{Batch, TaskKind, DEFAULT_ENWIK8_PATH};
 mod args;
 mod loss_scale;
 mod metrics;
+mod state;
 mod trainer;
 pub use crate::precision::Precision;
 pub use args::TrainArgs;
 pub use loss_scale::LossScale;
+pub use state::TrainState;
 use trainer::Trainer;
 
 /// `reformer train`: the loop over `Trainer`'s phases. Every way out (the last step, the

@@ -14,6 +14,7 @@ mod restore;
 mod stopping;
 
 use super::metrics::{window_message, MetricsWindow};
+use super::state::TrainState;
 use super::{
     default_out, describe_score, download_enwik8_if_missing, open_run, resolve_config, table2_row, Faults, LossScale,
     Precision, Stop, TrainArgs,
@@ -24,7 +25,7 @@ use crate::model::{ForwardMode, ReformerLm};
 use crate::optimizer::{learning_rate, AdamW};
 use crate::progress::Progress;
 use crate::run_config::{NonFinitePolicy, RunConfig};
-use crate::run_dir::{RunDir, TrainState};
+use crate::run_dir::RunDir;
 use crate::score::{evaluate_shared, Score};
 use crate::tasks::{Batch, Split, Task, TaskKind};
 
@@ -347,7 +348,7 @@ impl Trainer {
     pub fn save(&mut self, is_best: bool) -> Result<()> {
         if self.is_main {
             let keep_last = self.cfg.train.keep_last;
-            self.run_dir.save(&self.vs, &self.optimizer.state(), &self.state, is_best, keep_last)?;
+            self.run_dir.save(self.state.step, &self.vs, &self.optimizer.state(), &self.state, is_best, keep_last)?;
         }
         self.last_saved = self.state.step;
         Ok(())

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 
 use super::Trainer;
 use crate::run_dir::{load_train_state, load_weights, RunDir};
+use crate::train::state::TrainState;
 
 impl Trainer {
     /// Loads the weights of another run's best checkpoint (fine-tuning starts there).
@@ -28,7 +29,7 @@ impl Trainer {
         let checkpoint =
             run_dir.latest().with_context(|| format!("{} has no checkpoint to resume", run_dir.path.display()))?;
         load_weights(&mut self.vs, &checkpoint)?;
-        let (optimizer_state, saved) = load_train_state(&checkpoint)?;
+        let (optimizer_state, saved) = load_train_state::<TrainState>(&checkpoint)?;
         self.optimizer.load_state(optimizer_state, saved.n_updates)?;
         if self.is_main {
             run_dir.truncate_metrics(saved.step)?;
