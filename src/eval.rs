@@ -11,6 +11,7 @@ use tch::Device;
 
 use crate::arg_values::at_least_one;
 use crate::device::RunArgs;
+use crate::hash_rounds_sweep;
 use crate::model::attention::window_rule::WindowRule;
 use crate::model::attention::Attention;
 use crate::model::ReformerLm;
@@ -226,22 +227,16 @@ pub fn run(opts: EvalArgs) -> Result<()> {
         precision.name()
     );
     let figure = Figure::of(cfg.task);
-    let mut results = Vec::new();
-    for rounds in round_settings(&opts, trained_rounds) {
+    let settings = round_settings(&opts, trained_rounds);
+    let results = hash_rounds_sweep::sweep(&mut model, &settings, task.seq_len(), |model, rounds| {
         let label = match rounds {
-            Some(j) => {
-                model.set_n_hashes(j)?;
-                format!("eval ({j} rounds)")
-            }
-            None => {
-                model.use_dense_lsh(task.seq_len())?;
-                "eval (dense)".to_string()
-            }
+            Some(j) => format!("eval ({j} rounds)"),
+            None => "eval (dense)".to_string(),
         };
-        let (score, tokens_per_sec) = precision.autocast(device, || score(&model, &batches, device, &label))?;
+        let (score, tokens_per_sec) = precision.autocast(device, || score(model, &batches, device, &label))?;
         eprintln!("{label}: {}, {} targets, {tokens_per_sec:.0} tokens/s", score.describe(figure), score.n_targets);
-        results.push(EvalResult { n_hashes: rounds, score, tokens_per_sec });
-    }
+        Ok(EvalResult { n_hashes: rounds, score, tokens_per_sec })
+    })?;
     if results.len() > 1 {
         let row: Vec<String> = results
             .iter()

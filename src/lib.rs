@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod ffi;
 pub mod generate;
+pub mod hash_rounds_sweep;
 pub mod import;
 pub mod model;
 pub mod optimizer;

@@ -1,9 +1,9 @@
-//! The `reformer` command line: train, generate, eval, bench. Each subcommand's flags are
-//! its `Args` struct, in the module that does the work.
+//! The `reformer` command line: train, generate, eval, bench, plot, import. Each
+//! subcommand's flags are its `Args` struct, in the module that does the work.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use reformer::allocator::{self, ConfString};
 use reformer::bench::{self, BenchArgs};
@@ -71,10 +71,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_version();
             Ok(())
         }
-        None => {
-            anyhow::bail!("no subcommand: use `reformer train`, `generate`, `eval`, `bench` or `plot` (see --help)")
-        }
+        None => anyhow::bail!("no subcommand: use one of {} (see --help)", subcommand_names().join(", ")),
     }
+}
+
+/// The subcommands' names, as clap knows them from `Command`.
+fn subcommand_names() -> Vec<String> {
+    Cli::command().get_subcommands().map(|command| command.get_name().to_string()).collect()
 }
 
 /// Whether the user asked for libtorch's C++ frames.

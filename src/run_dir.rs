@@ -5,6 +5,7 @@
 //! RUN/config.json                      the resolved RunConfig
 //! RUN/metrics.jsonl                    one JSON object per log interval
 //! RUN/checkpoints/step-00000100/       model.safetensors, optimizer.safetensors, state.json
+//!                                      (the trainer's `TrainState`, train/state.rs)
 //! RUN/latest, RUN/best                 the name of the newest / best checkpoint folder
 //! ```
 //! A checkpoint folder is filled under a temporary name, its files synced, then renamed
@@ -15,60 +16,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tch::{nn, Device, Tensor};
 
-use crate::model::seeded_random::derive_seed;
 use crate::model::ReformerLm;
 use crate::run_config::RunConfig;
 use crate::run_lock::RunLock;
-use crate::tasks::SamplerRng;
-use crate::train::LossScale;
 
 const MODEL_FILE: &str = "model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "state.json";
-/// Tag of the data sampler's seed, derived from the run's seed (fixed: changing it would
-/// change every run's data order).
-const SAMPLER_SEED_TAG: u64 = 0x5A_4D_9E;
-
-/// Everything besides tensors that a resumed run needs to continue exactly.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Optimizer steps completed.
-    pub step: i64,
-    /// The run's `--seed` (forward-pass seeds derive from it and the step).
-    pub seed: u64,
-    /// The data sampler, positioned after the last batch drawn.
-    pub sampler: SamplerRng,
-    /// Adam's update count (differs from `step` when steps were skipped).
-    pub n_updates: i64,
-    /// Lowest validation loss so far, if validated.
-    pub best_valid_loss: Option<f64>,
-    /// Steps skipped for a non-finite loss or gradient.
-    pub skipped_steps: i64,
-    /// Training time so far, in seconds, across resumes.
-    pub elapsed_secs: f64,
-    /// The float16 loss scaler (f16 runs only; absent from older checkpoints).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_scale: Option<LossScale>,
-}
-
-impl TrainState {
-    /// The state of a new run with `--seed` `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self {
-            step: 0,
-            seed,
-            sampler: SamplerRng::new(derive_seed(seed, SAMPLER_SEED_TAG)),
-            n_updates: 0,
-            best_valid_loss: None,
-            skipped_steps: 0,
-            elapsed_secs: 0.0,
-            loss_scale: None,
-        }
-    }
-}
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -155,17 +113,19 @@ impl RunDir {
         self.pointer("best").or_else(|| self.latest())
     }
 
-    /// Saves a checkpoint of step `state.step`; marks it best when `is_best`; keeps the
+    /// Saves the checkpoint of step `step`: the weights, the optimizer's tensors and the
+    /// writer's `state` (its state.json); marks it best when `is_best`; keeps the
     /// `keep_last` newest and the best, deleting older ones.
     pub fn save(
         &self,
+        step: i64,
         vs: &nn::VarStore,
         optimizer: &[(String, Tensor)],
-        state: &TrainState,
+        state: &impl Serialize,
         is_best: bool,
         keep_last: i64,
     ) -> Result<PathBuf> {
-        let name = format!("step-{:08}", state.step);
+        let name = format!("step-{step:08}");
         let checkpoints = self.path.join("checkpoints");
         let final_dir = checkpoints.join(&name);
         let tmp_dir = checkpoints.join(format!(".{name}.partial"));
@@ -260,27 +220,12 @@ pub fn load_weights(vs: &mut nn::VarStore, checkpoint: &Path) -> Result<()> {
         .with_context(|| format!("cannot load weights from {} (incompatible with config.json?)", path.display()))
 }
 
-/// Loads the optimizer tensors and the train state of a checkpoint folder.
-pub fn load_train_state(checkpoint: &Path) -> Result<(Vec<(String, Tensor)>, TrainState)> {
+/// Loads the optimizer tensors and the state (state.json, as `save` was given it) of a
+/// checkpoint folder.
+pub fn load_train_state<S: DeserializeOwned>(checkpoint: &Path) -> Result<(Vec<(String, Tensor)>, S)> {
     let optimizer = Tensor::read_safetensors(checkpoint.join(OPTIMIZER_FILE))
         .with_context(|| format!("cannot read optimizer state in {}", checkpoint.display()))?;
     let text = fs::read_to_string(checkpoint.join(STATE_FILE))?;
     let state = serde_json::from_str(&text).with_context(|| format!("bad {STATE_FILE} in {}", checkpoint.display()))?;
     Ok((optimizer, state))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_state_json_from_before_the_loss_scaler_still_loads() {
-        let mut old = serde_json::to_value(TrainState::new(7)).unwrap();
-        old.as_object_mut().unwrap().remove("loss_scale");
-        let state: TrainState = serde_json::from_value(old).unwrap();
-        assert!(state.loss_scale.is_none());
-        let f16 = TrainState { loss_scale: Some(LossScale::default()), ..TrainState::new(7) };
-        let back: TrainState = serde_json::from_str(&serde_json::to_string(&f16).unwrap()).unwrap();
-        assert_eq!(back.loss_scale, f16.loss_scale);
-    }
 }

@@ -14,8 +14,9 @@ use tch::{nn, Device};
 use crate::model::ReformerLm;
 use crate::optimizer::AdamW;
 use crate::run_config::RunConfig;
-use crate::run_dir::{RunDir, TrainState};
+use crate::run_dir::RunDir;
 use crate::tasks::TaskKind;
+use crate::train::TrainState;
 
 /// Import a transformers Reformer language model (config.json plus model.safetensors or
 /// pytorch_model.bin) as a run folder.
@@ -85,6 +86,7 @@ pub fn import(from: &Path, out: &Path, hash_seed: Option<u64>) -> Result<RunConf
     cfg.validate()?;
     let run = RunDir::create(out, &cfg)?;
     let optimizer = AdamW::new(&vs, &cfg.train);
-    run.save(&vs, &optimizer.state(), &TrainState::new(0), true, cfg.train.keep_last)?;
+    let state = TrainState::new(0);
+    run.save(state.step, &vs, &optimizer.state(), &state, true, cfg.train.keep_last)?;
     Ok(cfg)
 }

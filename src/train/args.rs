@@ -6,9 +6,8 @@ use std::time::Duration;
 use crate::arg_values::{at_least_one, seconds};
 use crate::device::RunArgs;
 use crate::distributed::Backend;
+use crate::precision::Precision;
 use crate::tasks::TaskKind;
-
-use super::Precision;
 
 /// Train a model: the duplication task (default), enwik8, or any text file.
 #[derive(clap::Args, Clone, Debug)]

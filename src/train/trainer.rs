@@ -1,33 +1,39 @@
-//! One training run in named phases: `new` (configuration, process group, model, and
-//! `--resume` or `--init-from`, in `trainer/restore.rs`), `step`, `log`, `validate`,
-//! `save` and `finish` (the exit save, the final scores, the Table-2 row, the `--json`
-//! summary). `train::run` strings them into the loop. Training and every score run under
-//! the run's `train.precision`.
+//! One training run in named phases: `new` (configuration in `trainer/configure.rs`,
+//! process group, model, and `--resume` or `--init-from` in `trainer/restore.rs`), `step`
+//! (`trainer/step.rs`), `log`, `validate` (`trainer/validation.rs`), `save` and `finish`
+//! (the exit save, the final scores, the Table-2 row, the `--json` summary, in
+//! `trainer/finish.rs`); when to stop is `trainer/stopping.rs`'s. `train::run` strings
+//! them into the loop. Training and every score run under the run's `train.precision`.
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
 use tch::{nn, Device, Tensor};
 
+mod configure;
+mod faults;
+mod finish;
 mod restore;
+mod step;
 mod stopping;
+mod validation;
 
-use super::metrics::{window_message, MetricsWindow};
-use super::{
-    default_out, describe_score, download_enwik8_if_missing, open_run, resolve_config, table2_row, Faults, LossScale,
-    Precision, Stop, TrainArgs,
-};
 use crate::distributed::{self, Backend, LaunchEnv, ProcessGroup};
-use crate::model::seeded_random::derive_seed;
-use crate::model::{ForwardMode, ReformerLm};
-use crate::optimizer::{learning_rate, AdamW};
+use crate::model::ReformerLm;
+use crate::optimizer::AdamW;
 use crate::progress::Progress;
-use crate::run_config::{NonFinitePolicy, RunConfig};
-use crate::run_dir::{RunDir, TrainState};
-use crate::score::{evaluate_shared, Score};
-use crate::tasks::{Batch, Split, Task, TaskKind};
+use crate::run_config::RunConfig;
+use crate::run_dir::RunDir;
+use crate::score::Score;
+use crate::tasks::{Batch, Task};
+use crate::train::args::TrainArgs;
+use crate::train::metrics::{window_message, MetricsWindow};
+use crate::train::state::TrainState;
+use faults::Faults;
 
+/// One run being trained: its configuration, data, model, optimizer and run folder, and
+/// where it stands.
 pub struct Trainer {
     cfg: RunConfig,
     /// The step at which training stops: `train.steps`, or `--steps` on resume, where
@@ -69,7 +75,7 @@ pub struct Trainer {
 impl Trainer {
     /// Resolves the configuration, joins the process group (when launched as a worker),
     /// builds the model and optimizer, and with `--resume` resumes them. The only reader
-    /// of the options.
+    /// of the options (with the `configure` functions and `start` it hands them to).
     pub fn new(opts: TrainArgs) -> Result<Self> {
         let device = opts.run.setup()?;
         if let Some(steps) = opts.steps.filter(|&steps| steps < 0) {
@@ -80,59 +86,14 @@ impl Trainer {
             (Some(launch), Device::Cuda(_)) => Device::Cuda(launch.local_rank as usize),
             (_, device) => device,
         };
-        let (existing_run, cfg) = match &opts.resume {
-            Some(dir) => {
-                let (run_dir, cfg) = open_run(dir, &opts)?;
-                (Some(run_dir), cfg)
-            }
-            None => (None, resolve_config(&opts)?),
-        };
+        let (resumed, cfg) = configure::choose_run(&opts)?;
         // On resume `--steps` moves only where training stops; config.json stays as it is.
         let last_step = opts.steps.unwrap_or(cfg.train.steps);
-        if opts.download && cfg.task == TaskKind::Enwik8 {
-            download_enwik8_if_missing(&cfg)?;
-        }
-        // The data is checked before anything is written.
-        crate::bench::memory_model::check_parameters_fit(&cfg.model)?;
-        let task = cfg.build_task()?;
-        task.check_trainable().with_context(|| match &cfg.data {
-            Some(path) => format!("data file {}", path.display()),
-            None => format!("the {:?} task's data", cfg.task),
-        })?;
-        stopping::check_target(opts.target, task.reports_bpc())?;
-        let group = match &launch {
-            Some(launch) => {
-                let backend = opts.dist_backend.unwrap_or_else(|| Backend::default_for(device));
-                Some(ProcessGroup::join(launch, backend, device, opts.dist_timeout)?)
-            }
-            None => None,
-        };
+        let task = configure::trainable_task(&cfg, &opts)?;
+        let group = join_group(launch.as_ref(), &opts, device)?;
         let is_main = group.as_ref().is_none_or(ProcessGroup::is_main);
-        let out = opts.out.clone().unwrap_or_else(|| default_out(cfg.task));
-        let run_dir = match existing_run {
-            Some(mut run_dir) => {
-                if is_main {
-                    run_dir.lock_for_writing()?;
-                }
-                run_dir
-            }
-            None if is_main => RunDir::create(&out, &cfg)?,
-            None => RunDir::unwritten(&out),
-        };
-        let world_size = match &group {
-            Some(group) => {
-                // The other ranks open the folder only once rank 0 has made it.
-                group.barrier()?;
-                if is_main {
-                    eprintln!(
-                        "data parallel: {} workers, {} sequences each per step",
-                        group.world_size, cfg.train.batch_size
-                    );
-                }
-                group.world_size
-            }
-            None => 1,
-        };
+        let run_dir = configure::run_folder(resumed, &opts, &cfg, is_main)?;
+        let world_size = await_run_folder(group.as_ref(), &cfg)?;
         if is_main {
             eprintln!("config: {}", serde_json::to_string(&cfg)?);
         }
@@ -142,11 +103,10 @@ impl Trainer {
         let model = ReformerLm::new(vs.root(), &cfg.model);
         let optimizer = AdamW::new(&vs, &cfg.train);
         let variables = vs.trainable_variables();
-        let n_params: i64 = variables.iter().map(|t| t.numel() as i64).sum();
         // Evaluation batches hold every rank's sequences (rank r scores its share), so the
         // scores are over the same sequences whatever the number of workers.
         let valid_batches = task.valid_batches(cfg.train.batch_size * world_size, cfg.train.eval_batches);
-        let mut trainer = Self {
+        let trainer = Self {
             last_step,
             device,
             eval_bytes: opts.eval_bytes,
@@ -174,118 +134,7 @@ impl Trainer {
             group,
             cfg,
         };
-        if opts.resume.is_some() {
-            trainer.resume()?;
-        }
-        if let Some(source) = &opts.init_from {
-            trainer.init_from(source)?;
-        }
-        if trainer.cfg.train.precision == Precision::F16 {
-            trainer.state.loss_scale.get_or_insert_with(LossScale::default);
-        }
-        if let Some(group) = &trainer.group {
-            distributed::broadcast_parameters(group, &trainer.variables)?;
-        }
-        if is_main {
-            eprintln!(
-                "model: {n_params} parameters on {}; run folder {}",
-                crate::device::describe(device),
-                trainer.run_dir.path.display()
-            );
-        }
-        trainer.started = Instant::now();
-        Ok(trainer)
-    }
-
-    /// One optimizer step over `train.grad_accumulation` micro-batches, the gradients
-    /// averaged over the ranks, unscaled (f16) and clipped. A non-finite loss or gradient
-    /// skips the update (the step still counts) or, under `train.on_non_finite=stop`,
-    /// returns the stop. Under f16 an overflowed gradient (with a finite loss) is the loss
-    /// scaler's: the update is skipped, the step still counts (its batch is consumed, the
-    /// learning-rate schedule moves on, as with PyTorch's GradScaler) and the scale backs off.
-    pub fn step(&mut self) -> Result<Option<Stop>> {
-        self.window.begin_step();
-        let lr = learning_rate(&self.cfg.train, self.state.step, self.schedule_clock()?);
-        self.last_lr = lr;
-        self.optimizer.zero_grad();
-        let (loss_sum, correct, weight, tokens) = self.accumulate_gradients()?;
-        let step = self.state.step + 1;
-        self.faults.overflow(step, &self.variables);
-        if let Some(scaler) = &self.state.loss_scale {
-            scaler.unscale(&self.variables);
-        }
-        let loss = loss_sum / weight.max(1.0) + self.faults.loss_offset(step);
-        let grad_norm = self.optimizer.clip_grad_norm(self.cfg.train.clip_grad_norm);
-        // A non-finite loss is not float16's range at fault (the scale applies after the
-        // loss): it leaves the scale as it is and goes to the guard below.
-        let overflowed = match self.state.loss_scale.as_mut() {
-            Some(scaler) if loss.is_finite() => {
-                scaler.update(!grad_norm.is_finite());
-                !grad_norm.is_finite()
-            }
-            _ => false,
-        };
-        if let Some(why) = self.state.loss_scale.as_ref().and_then(LossScale::exhausted) {
-            return Ok(Some(Stop::NonFinite(format!("step {step}: {why}"))));
-        }
-        if overflowed {
-            let scale = self.state.loss_scale.as_ref().map_or(f64::NAN, |scaler| scaler.scale);
-            self.progress
-                .println(&format!("step {step}: float16 gradients overflowed; update skipped, loss scale {scale}"));
-        } else if loss.is_finite() && grad_norm.is_finite() {
-            self.optimizer.step(lr);
-            self.faults.diverge(self.rank(), step, &self.variables);
-            self.window.add(loss * weight, correct, weight, tokens);
-        } else {
-            let what = format!("step {step}: non-finite loss {loss} or gradient norm {grad_norm}");
-            match self.cfg.train.on_non_finite {
-                NonFinitePolicy::Stop => return Ok(Some(Stop::NonFinite(what))),
-                NonFinitePolicy::Skip => {
-                    self.progress.println(&format!("{what}; update skipped"));
-                    self.state.skipped_steps += 1;
-                }
-            }
-        }
-        self.state.step = step;
-        self.state.n_updates = self.optimizer.n_updates;
-        self.state.elapsed_secs = self.elapsed_secs();
-        Ok(None)
-    }
-
-    /// Forward and backward passes over this rank's share of the step's micro-batches,
-    /// then the gradients averaged over the ranks. Returns the step's summed loss
-    /// (weighted), correct predictions, scored targets and tokens over all ranks.
-    fn accumulate_gradients(&mut self) -> Result<(f64, f64, f64, i64)> {
-        let train = &self.cfg.train;
-        let (rank, world_size) = (self.rank(), self.world_size());
-        let (mut loss_sum, mut correct, mut weight, mut tokens) = (0.0, 0.0, 0.0, 0i64);
-        for micro in 0..train.grad_accumulation {
-            // Every rank draws the whole step's sequences and keeps its own share, so the
-            // ranks read disjoint parts of one seeded stream.
-            let batch = self.task.train_batch(train.batch_size * world_size, &mut self.state.sampler);
-            let batch = batch.rows(rank * train.batch_size, train.batch_size).to_device(self.device);
-            let seed = derive_seed(self.state.seed, (self.state.step * train.grad_accumulation + micro) as u64);
-            let stats = train.precision.autocast(self.device, || {
-                self.model.loss(&batch.inputs, &batch.targets, Some(&batch.weights), ForwardMode::train(seed))
-            })?;
-            let loss = &stats.loss / train.grad_accumulation as f64;
-            match &self.state.loss_scale {
-                Some(scaler) => scaler.scale(&loss).backward(),
-                None => loss.backward(),
-            }
-            loss_sum += stats.loss.double_value(&[]) * stats.weight;
-            correct += stats.correct;
-            weight += stats.weight;
-            tokens += batch.n_tokens();
-        }
-        if let Some(group) = &self.group {
-            let reduce_started = Instant::now();
-            distributed::average_gradients(group, &self.variables, distributed::BUCKET_BYTES)?;
-            let sums = group.sum_f64(&[loss_sum, correct, weight, tokens as f64])?;
-            (loss_sum, correct, weight, tokens) = (sums[0], sums[1], sums[2], sums[3] as i64);
-            self.all_reduce_secs += reduce_started.elapsed().as_secs_f64();
-        }
-        Ok((loss_sum, correct, weight, tokens))
+        trainer.start(&opts)
     }
 
     /// Whether the step just taken ends a log interval.
@@ -319,110 +168,15 @@ impl Trainer {
         Ok(())
     }
 
-    /// Scores the model on the validation batches (each rank its share), logs the score,
-    /// redraws the run's `curve.svg` and keeps the best loss; returns whether this score
-    /// is the best so far.
-    pub fn validate(&mut self) -> Result<bool> {
-        let score = self.score(&self.valid_batches)?;
-        let is_best = self.state.best_valid_loss.is_none_or(|best| score.loss < best);
-        if is_best {
-            self.state.best_valid_loss = Some(score.loss);
-        }
-        if self.is_main {
-            self.run_dir.log_metrics(&json!({"step": self.state.step, "valid_loss": score.loss,
-                "valid_bpc": score.bpc, "valid_accuracy": score.accuracy, "elapsed": self.state.elapsed_secs}))?;
-            // The picture is a convenience: a failure to draw it does not stop the run.
-            if let Err(e) = crate::curves::write_run_curve(&self.run_dir.path) {
-                self.progress.println(&format!("warning: curve.svg not drawn: {e:#}"));
-            }
-        }
-        let line = format!("step {}: validation {}", self.state.step, describe_score(&score, self.task.reports_bpc()));
-        self.progress.println(&line);
-        self.last_valid = Some((self.state.step, score));
-        Ok(is_best)
-    }
-
     /// Saves the checkpoint of the current step (rank 0 writes it), marked best when
     /// `is_best`: the one place where checkpoints are written.
     pub fn save(&mut self, is_best: bool) -> Result<()> {
         if self.is_main {
             let keep_last = self.cfg.train.keep_last;
-            self.run_dir.save(&self.vs, &self.optimizer.state(), &self.state, is_best, keep_last)?;
+            self.run_dir.save(self.state.step, &self.vs, &self.optimizer.state(), &self.state, is_best, keep_last)?;
         }
         self.last_saved = self.state.step;
         Ok(())
-    }
-
-    /// Ends the run: saves the state the loop stopped at (unless saved already, or the
-    /// stop is a non-finite loss), then reports the validation score, the test score (LM
-    /// tasks) or the Table-2 row (duplication), and the `--json` summary.
-    pub fn finish(mut self, stop: Stop) -> Result<()> {
-        match stop {
-            // The state that gave a non-finite loss is not saved: the last good one stays.
-            Stop::NonFinite(_) => {}
-            _ if self.last_saved == self.state.step => {}
-            // At once, unvalidated: a second Ctrl-C may follow.
-            Stop::Interrupted => self.save(false)?,
-            // The time limit (or a run with no step left): validated, so it may be the best.
-            Stop::Done | Stop::OutOfTime | Stop::TargetReached => {
-                let is_best = self.validate()?;
-                self.save(is_best)?;
-            }
-        }
-        std::mem::replace(&mut self.progress, Progress::silent()).finish();
-        if let Stop::NonFinite(what) = stop {
-            bail!("{what}; stopped. The last good checkpoint is in {}", self.run_dir.path.display());
-        }
-        let valid = match self.last_valid {
-            Some((step, score)) if step == self.state.step => score,
-            _ => self.score(&self.valid_batches)?,
-        };
-        let tokens_per_sec = self.window.total_tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        let mut summary = json!({
-            "task": self.cfg.task, "steps": self.state.step, "skipped_steps": self.state.skipped_steps,
-            "valid_loss": valid.loss, "tokens_per_sec": tokens_per_sec, "elapsed_secs": self.state.elapsed_secs,
-            "checkpoint": self.run_dir.latest().map(|p| p.display().to_string()),
-            "precision": self.cfg.train.precision,
-        });
-        if let Some(scaler) = &self.state.loss_scale {
-            summary["overflow_steps"] = json!(scaler.overflow_steps);
-            summary["loss_scale"] = json!(scaler.scale);
-        }
-        if self.is_main {
-            eprintln!("final validation: {}", describe_score(&valid, self.task.reports_bpc()));
-        }
-        if self.task.reports_bpc() {
-            summary["valid_bpc"] = json!(valid.bpc);
-            let batch_size = self.cfg.train.batch_size * self.world_size();
-            let test_batches = self.task.split_batches(Split::Test, batch_size, self.eval_bytes)?;
-            let test = self.score(&test_batches)?;
-            if self.is_main {
-                eprintln!("test: {:.4} bits per byte over {} bytes", test.bpc, test.n_targets);
-            }
-            summary["test_bpc"] = json!(test.bpc);
-        } else {
-            summary["valid_accuracy"] = json!(valid.accuracy);
-            if self.is_main {
-                let precision = self.cfg.train.precision;
-                summary["accuracy_by_rounds"] =
-                    table2_row(&mut self.model, &self.valid_batches, self.device, precision)?;
-            }
-        }
-        if let Some(group) = &self.group {
-            summary["world_size"] = json!(group.world_size);
-            // No rank leaves (and tears down the group) while another still evaluates.
-            group.barrier()?;
-        }
-        if self.json && self.is_main {
-            println!("{summary}");
-        }
-        Ok(())
-    }
-
-    /// `batches` scored under the run's precision, each rank its share.
-    fn score(&self, batches: &[Batch]) -> Result<Score> {
-        let precision = self.cfg.train.precision;
-        precision.autocast(self.device, || evaluate_shared(&self.model, batches, self.device, self.group.as_ref()))?
     }
 
     fn rank(&self) -> i64 {
@@ -436,4 +190,23 @@ impl Trainer {
     fn elapsed_secs(&self) -> f64 {
         self.elapsed_before + self.started.elapsed().as_secs_f64()
     }
+}
+
+/// The process group of a worker launched by `--nproc` or a cluster launcher (`launch`),
+/// joined over `--dist-backend`; none for a single process.
+fn join_group(launch: Option<&LaunchEnv>, opts: &TrainArgs, device: Device) -> Result<Option<ProcessGroup>> {
+    let Some(launch) = launch else { return Ok(None) };
+    let backend = opts.dist_backend.unwrap_or_else(|| Backend::default_for(device));
+    Ok(Some(ProcessGroup::join(launch, backend, device, opts.dist_timeout)?))
+}
+
+/// Waits until rank 0 has made the run folder (the other ranks open it only then) and
+/// returns the number of workers (1 without a group).
+fn await_run_folder(group: Option<&ProcessGroup>, cfg: &RunConfig) -> Result<i64> {
+    let Some(group) = group else { return Ok(1) };
+    group.barrier()?;
+    if group.is_main() {
+        eprintln!("data parallel: {} workers, {} sequences each per step", group.world_size, cfg.train.batch_size);
+    }
+    Ok(group.world_size)
 }

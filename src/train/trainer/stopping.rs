@@ -4,8 +4,23 @@
 
 use anyhow::{bail, Result};
 
-use super::super::{agree_any, interrupt_requested, Stop};
 use super::Trainer;
+use crate::distributed::ProcessGroup;
+use crate::train::interrupt;
+
+/// Why the loop ended.
+pub enum Stop {
+    /// The last step is done.
+    Done,
+    /// Ctrl-C or SIGTERM (on any rank).
+    Interrupted,
+    /// `--time-limit` reached (on any rank).
+    OutOfTime,
+    /// A validation reached `--target`.
+    TargetReached,
+    /// A non-finite loss or gradient under `train.on_non_finite=stop`: what happened.
+    NonFinite(String),
+}
 
 impl Trainer {
     /// Whether to stop before the next step, and why. Every rank stops at the same step:
@@ -19,7 +34,7 @@ impl Trainer {
             return Ok(Some(Stop::TargetReached));
         }
         let out_of_time = self.time_limit_secs.is_some_and(|limit| self.elapsed_secs() >= limit);
-        let [interrupted, out_of_time] = agree_any(self.group.as_ref(), [interrupt_requested(), out_of_time])?;
+        let [interrupted, out_of_time] = agree_any(self.group.as_ref(), [interrupt::requested(), out_of_time])?;
         if interrupted {
             self.progress.println("stopping at the interrupt");
             return Ok(Some(Stop::Interrupted));
@@ -58,6 +73,13 @@ impl Trainer {
             _ => false,
         }
     }
+}
+
+/// For each flag, whether any rank raised it (without a group: the flag itself).
+fn agree_any<const N: usize>(group: Option<&ProcessGroup>, flags: [bool; N]) -> Result<[bool; N]> {
+    let Some(group) = group else { return Ok(flags) };
+    let sums = group.sum_f64(&flags.map(|f| if f { 1.0 } else { 0.0 }))?;
+    Ok(std::array::from_fn(|i| sums[i] > 0.0))
 }
 
 /// Checks that a `--target` can be reached by the task's figure: second-copy accuracy is
