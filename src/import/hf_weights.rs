@@ -152,9 +152,15 @@ pub fn load_into(vs: &nn::VarStore, cfg: &ModelConfig, mut state: StateDict) -> 
         bail!("the checkpoint holds tensors this model has no place for: {}", names.join(", "));
     }
 
+    copy_sources(vs, &sources)
+}
+
+/// Copies each (our variable, the checkpoint's name, value) into `vs`, refusing a shape
+/// that differs and variables that received no value.
+fn copy_sources(vs: &nn::VarStore, sources: &[(String, String, Tensor)]) -> Result<()> {
     let mut variables = vs.variables();
     tch::no_grad(|| -> Result<()> {
-        for (ours, theirs, source) in &sources {
+        for (ours, theirs, source) in sources {
             let mut variable =
                 variables.remove(ours).with_context(|| format!("the model has no variable {ours} (a bug)"))?;
             if source.size() != variable.size() {
