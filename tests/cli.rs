@@ -175,6 +175,37 @@ fn short_text_file_is_refused_with_its_size() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `bench --config FILE --set …` measures the file's model (a run folder's config.json
+/// names the case after the folder) with the changes applied: here a longer variant
+/// whose positions cover the longer length.
+#[test]
+fn bench_measures_a_config_file_with_its_changes() {
+    let dir = scratch("bench-config");
+    std::fs::create_dir_all(dir.join("tiny")).unwrap();
+    let config = common::write_tiny_config(dir.join("tiny").join("config.json"), serde_json::json!({}));
+    let json = dir.join("bench.json");
+    let longer = ["model.max_seq_len=128", r#"model.positional={"kind":"axial","shape":[8,16],"dims":[16,16]}"#];
+    let mut args = vec!["bench", "--config", config.to_str().unwrap(), "--lengths", "128", "--device", "cpu"];
+    args.extend(["--steps", "1", "--json", json.to_str().unwrap()]);
+    for change in longer {
+        args.extend(["--set", change]);
+    }
+    reformer_ok(&args);
+    let report = common::read_json(&json);
+    let cases = report["cases"].as_array().unwrap();
+    let labels: Vec<&str> = cases.iter().map(|c| c["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["tiny", "tiny-full"]);
+    for case in cases {
+        assert_eq!(case["status"], "ok", "{case}");
+        assert_eq!(case["seq_len"], 128, "{case}");
+    }
+    // Without the change, 128 tokens are beyond the file's max_seq_len: one line says how to raise it.
+    let too_long = ["bench", "--config", config.to_str().unwrap(), "--lengths", "128", "--device", "cpu"];
+    assert_one_line_error(&too_long, "--set model.max_seq_len");
+    assert_one_line_error(&["bench", "--set", "model.d_model=64", "--device", "cpu"], "--preset or --config");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bench_reports_cases_predicted_not_to_fit_and_goes_on() {
     let dir = scratch("bench");

@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 
+use anyhow::{bail, Context, Result};
 use tch::Device;
 
 use super::Suite;
 use crate::arg_values::at_least_one;
 use crate::device::RunArgs;
 use crate::precision::Precision;
+use crate::run_config::RunConfig;
 
 /// Measure speed and memory: LSH against full attention over length, training steps.
 #[derive(clap::Args, Clone, Debug)]
@@ -27,9 +29,18 @@ pub struct BenchArgs {
     /// Measure training steps of a shipped preset's model (and of the same model with
     /// full attention) instead of the suites, the first step timed (no warm-up):
     /// duplication, duplication-1k, duplication-4k, duplication-16k, enwik8-cpu, enwik8-paper.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
-    /// Sequence lengths of the attention suite (or of --preset), comma-separated (e.g.
+    /// Measure training steps of the model in this configuration file instead of a
+    /// preset's (the layout of `config.json`: a run folder's, e.g. an imported model's),
+    /// and of the same model with full attention.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Changes to the --preset or --config configuration, as `train --set` takes them
+    /// (e.g. `model.max_seq_len=131072`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Sequence lengths of the attention suite (or of --preset / --config), comma-separated (e.g.
     /// 1024,4096,65536).
     #[arg(long, value_delimiter = ',', value_parser = at_least_one::<i64>)]
     pub lengths: Option<Vec<i64>>,
@@ -59,8 +70,33 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// The configuration whose model `--preset` or `--config` measures, with `--set`
+    /// applied and validated; None for the suites.
+    pub fn measured_config(&self) -> Result<Option<(String, RunConfig)>> {
+        let (label, base) = match (&self.preset, &self.config) {
+            (Some(name), _) => (name.clone(), RunConfig::preset(name)?),
+            (None, Some(path)) => (config_label(path), RunConfig::from_file(path)?),
+            (None, None) if !self.set.is_empty() => bail!("--set changes the --preset or --config model: give one"),
+            (None, None) => return Ok(None),
+        };
+        let cfg = base.with_overrides(&self.set)?;
+        cfg.model.validate().context("the measured model")?;
+        Ok(Some((label, cfg)))
+    }
+
     /// Whether the suites use their smaller sizes: --quick, or on a CPU unless --full.
     pub fn quick_sizes(&self, device: Device) -> bool {
         self.quick || (!self.full && device == Device::Cpu)
     }
+}
+
+/// A case label for a configuration file: its folder's name for a run folder's
+/// `config.json`, else the file's stem.
+fn config_label(path: &std::path::Path) -> String {
+    let named = |p: Option<&std::ffi::OsStr>| p.map(|n| n.to_string_lossy().into_owned());
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some("config.json") => named(path.parent().and_then(|p| p.file_name())),
+        _ => named(path.file_stem()),
+    }
+    .unwrap_or_else(|| "config".into())
 }

@@ -20,7 +20,7 @@ use crate::precision::Precision;
 pub use args::BenchArgs;
 use case::{run_case, Case, Measurement};
 use report::{check_some_measured, print_table, BenchReport, CaseRow, Machine, PrecisionReport, Status};
-use suites::{cases, preset_cases, skips_f16};
+use suites::{cases, config_cases, skips_f16};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
@@ -113,7 +113,9 @@ pub fn run(opts: BenchArgs) -> Result<()> {
     let rows = measure(&cases, &opts, device, peak)?;
     print_table(&rows);
     let precision = match opts.suite {
-        Suite::Precision | Suite::All if opts.preset.is_none() => Some(run_precision(&opts, device)?),
+        Suite::Precision | Suite::All if opts.preset.is_none() && opts.config.is_none() => {
+            Some(run_precision(&opts, device)?)
+        }
         _ => None,
     };
     write_plot(&rows, &opts)?;
@@ -129,10 +131,13 @@ pub fn run(opts: BenchArgs) -> Result<()> {
 /// The cases of `--preset` or of the suites, in `--precision` (but the precision suite's
 /// own, which sets each) and on the batched LSH path with `--batched-lsh`.
 fn chosen_cases(opts: &BenchArgs, device: Device) -> Result<Vec<Case>> {
-    let cases = match &opts.preset {
-        Some(name) => preset_cases(name, opts.lengths.as_deref(), opts.steps)?,
+    let cases = match opts.measured_config()? {
+        Some((name, cfg)) => config_cases(&name, &cfg, opts.lengths.as_deref(), opts.steps)?,
         None if opts.lengths.is_some() && !matches!(opts.suite, Suite::Attention | Suite::All) => {
-            bail!("--lengths applies to the attention suite and to --preset, not to --suite {:?}", opts.suite)
+            bail!(
+                "--lengths applies to the attention suite and to --preset / --config, not to --suite {:?}",
+                opts.suite
+            )
         }
         None => cases(opts, device),
     };

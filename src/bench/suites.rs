@@ -136,20 +136,22 @@ fn ff_cases(lengths: &[i64], steps: usize) -> Vec<Case> {
     cases
 }
 
-/// Training steps of a preset's model at its training length (or each of `lengths`) and
-/// batch, and of the same model with full attention in every layer; the first step is
-/// timed (no warm-up).
-pub fn preset_cases(name: &str, lengths: Option<&[i64]>, steps: usize) -> Result<Vec<Case>> {
-    let preset = RunConfig::preset(name)?;
-    let trained_len = [preset.train.seq_len.min(preset.model.max_seq_len)];
-    let full = ModelConfig { attention: vec![AttentionKind::Full], ..preset.model.clone() };
+/// Training steps of a configuration's model (a preset's, or a file's, named `name`) at
+/// its training length (or each of `lengths`) and batch, and of the same model with full
+/// attention in every layer; the first step is timed (no warm-up).
+pub fn config_cases(name: &str, cfg: &RunConfig, lengths: Option<&[i64]>, steps: usize) -> Result<Vec<Case>> {
+    let trained_len = [cfg.train.seq_len.min(cfg.model.max_seq_len)];
+    let full = ModelConfig { attention: vec![AttentionKind::Full], ..cfg.model.clone() };
     let mut cases = Vec::new();
     for &seq_len in lengths.unwrap_or(&trained_len) {
-        if seq_len > preset.model.max_seq_len {
-            bail!("--lengths {seq_len} is beyond preset '{name}''s max_seq_len {}", preset.model.max_seq_len);
+        if seq_len > cfg.model.max_seq_len {
+            bail!(
+                "--lengths {seq_len} is beyond {name}'s max_seq_len {}: raise it with --set model.max_seq_len (and an axial shape that covers it)",
+                cfg.model.max_seq_len
+            );
         }
-        for (label, model) in [(name.to_string(), &preset.model), (format!("{name}-full"), &full)] {
-            let case = Case::step("preset", label, model.clone(), preset.train.batch_size, seq_len, steps);
+        for (label, model) in [(name.to_string(), &cfg.model), (format!("{name}-full"), &full)] {
+            let case = Case::step("preset", label, model.clone(), cfg.train.batch_size, seq_len, steps);
             cases.push(case.without_warmup());
         }
     }
