@@ -80,6 +80,32 @@ fn resume_equals_uninterrupted_bit_for_bit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Gradient accumulation computes the whole batch: a batch of 4 in 2 micro-batches of 2
+/// (dropout on, LSH and local attention) logs the training losses and accuracies of a
+/// batch of 4 at once, step by step (so its updates were the same), to float32 rounding.
+/// (Validation scores `eval_batches` batches of `batch_size`: other sequences here.)
+#[test]
+fn micro_batches_train_as_the_whole_batch() {
+    let (dir, config, whole) = tiny_run("micro", 4, 4);
+    let parts = dir.join("parts");
+    assert_success(&train(&config, &whole, &["--seed", "3"]));
+    let micro = ["--seed", "3", "--set", "train.batch_size=2", "--set", "train.grad_accumulation=2"];
+    assert_success(&train(&config, &parts, &micro));
+    let (whole_metrics, part_metrics) = (metrics(&whole), metrics(&parts));
+    assert_eq!(whole_metrics.len(), part_metrics.len());
+    let mut compared = 0;
+    for (w, p) in whole_metrics.iter().zip(&part_metrics) {
+        for key in ["loss", "accuracy"] {
+            if let (Some(a), Some(b)) = (w[key].as_f64(), p[key].as_f64()) {
+                assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{key}: {a} whole, {b} in micro-batches\n{w}\n{p}");
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 8, "too few figures compared: {compared}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Waits until `path` exists; false if `child` exits first or the wait times out.
 fn wait_while_running(child: &mut std::process::Child, path: &Path) -> bool {
     let started = std::time::Instant::now();
@@ -196,11 +222,12 @@ fn a_run_stopped_by_its_time_limit_validates_and_can_mark_its_last_checkpoint_be
 
 /// `train.minutes` is a time budget: the run stops when it is spent, validated, and its
 /// cosine has decayed over the minutes (the last logged learning rates fall towards the
-/// floor although the step horizon is far away).
+/// floor although the step horizon is far away). The budget, 12 seconds, leaves room for
+/// a few steps on a loaded machine.
 #[test]
 fn a_time_budget_stops_the_run_and_decays_the_cosine_over_the_minutes() {
     let (dir, config, run) = tiny_run("budget", 1_000_000, 1_000_000);
-    let budget = ["--set", "train.minutes=0.05", "--set", "train.schedule=cosine", "--set", "train.warmup_steps=1"];
+    let budget = ["--set", "train.minutes=0.2", "--set", "train.schedule=cosine", "--set", "train.warmup_steps=1"];
     let out = train(&config, &run, &budget);
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("time limit reached"));

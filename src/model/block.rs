@@ -8,7 +8,7 @@ use super::attention::Attention;
 use super::config::{AttentionKind, ModelConfig};
 use super::feed_forward::FeedForward;
 use super::parameters::layer_norm_parameters;
-use super::seeded_random::{self, ForwardMode};
+use super::seeded_random::ForwardMode;
 
 const ATTENTION_TAG: u64 = 1;
 const ATTENTION_DROPOUT_TAG: u64 = 2;
@@ -76,7 +76,7 @@ impl Block {
         attend: impl FnOnce(&Attention, &Tensor, ForwardMode) -> Tensor,
     ) -> Tensor {
         let out = attend(&self.attention, &x2.apply(&self.attention_norm), mode.child(ATTENTION_TAG));
-        seeded_random::dropout(&out, self.dropout_hidden, mode.child(ATTENTION_DROPOUT_TAG).seed, mode.train)
+        mode.child(ATTENTION_DROPOUT_TAG).dropout(&out, self.dropout_hidden)
     }
 
     /// G, the feed-forward branch.
@@ -85,7 +85,7 @@ impl Block {
     /// `y1`: (B, T, D); returns (B, T, D).
     pub fn g(&self, y1: &Tensor, mode: ForwardMode) -> Tensor {
         let out = self.ff.forward(&y1.apply(&self.ff_norm), mode.child(FEED_FORWARD_TAG));
-        seeded_random::dropout(&out, self.dropout_hidden, mode.child(FEED_FORWARD_DROPOUT_TAG).seed, mode.train)
+        mode.child(FEED_FORWARD_DROPOUT_TAG).dropout(&out, self.dropout_hidden)
     }
 
     /// Rows `start..start + L` of G over a `total_len`-token sequence, given only those
@@ -97,8 +97,7 @@ impl Block {
     /// `y1_rows`: (B, L, D); returns (B, L, D).
     pub fn g_rows(&self, y1_rows: &Tensor, mode: ForwardMode, start: i64, total_len: i64) -> Tensor {
         let out = self.ff.forward_rows(&y1_rows.apply(&self.ff_norm), mode.child(FEED_FORWARD_TAG), start);
-        let seed = mode.child(FEED_FORWARD_DROPOUT_TAG).seed;
-        seeded_random::dropout_rows(&out, self.dropout_hidden, seed, mode.train, start, total_len)
+        mode.child(FEED_FORWARD_DROPOUT_TAG).dropout_rows(&out, self.dropout_hidden, start, total_len)
     }
 
     /// Positions per feed-forward chunk over `len` positions, when chunked.

@@ -5,7 +5,7 @@ use tch::{nn, Tensor};
 
 use super::config::{Activation, ModelConfig};
 use super::parameters::linear_parameters;
-use super::seeded_random::{self, ForwardMode};
+use super::seeded_random::ForwardMode;
 use crate::model::dense::linear;
 
 #[derive(Debug)]
@@ -84,6 +84,6 @@ impl FeedForward {
             Activation::Gelu => hidden.gelu("none"),
             Activation::Relu => hidden.relu(),
         };
-        linear(&seeded_random::dropout(&hidden, self.dropout, mode.seed, mode.train), &self.down)
+        linear(&mode.dropout(&hidden, self.dropout), &self.down)
     }
 }

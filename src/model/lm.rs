@@ -13,7 +13,7 @@ use super::block::Block;
 use super::config::ModelConfig;
 use super::positional::PositionalEmbedding;
 use super::reversible;
-use super::seeded_random::{self, ForwardMode};
+use super::seeded_random::ForwardMode;
 use crate::autograd;
 use crate::model::dense::linear;
 
@@ -112,7 +112,7 @@ impl ReformerLm {
             Some(positions) => x + positions, // (T, D) broadcast over B
             None => x,
         };
-        seeded_random::dropout(&x, self.cfg.dropout_hidden, mode.child(EMBEDDING_DROPOUT_TAG).seed, mode.train)
+        mode.child(EMBEDDING_DROPOUT_TAG).dropout(&x, self.cfg.dropout_hidden)
     }
 
     /// The blocks. When `cfg.reversible` is set and autograd is recording, they run as

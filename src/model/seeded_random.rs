@@ -154,27 +154,83 @@ pub fn dropout_share(x: &Tensor, p: f64, seed: u64, train: bool, share: &MaskSha
     dropout_block(&block, p, seed, train, &share.whole, &share.offset).view(x.size().as_slice())
 }
 
-/// The randomness of one forward pass: whether dropout is on, and the seed from which
-/// every layer derives its own (hash rotations, dropout masks).
+/// Which rows of a step's whole batch a forward pass computes. Micro-batching runs a
+/// step's batch in parts; each part's dropout masks are its rows' share of the whole
+/// batch's masks, so that the parts together compute what the whole batch would.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchRows {
+    /// The first row's index in the whole batch.
+    pub start: i64,
+    /// Rows in the whole batch; 0: the pass's own batch is the whole.
+    pub total: i64,
+}
+
+/// The randomness of one forward pass: whether dropout is on, the seed from which every
+/// layer derives its own (hash rotations, dropout masks), and the rows of the whole batch
+/// it computes. Every tensor that dropout applies to has the batch as its first dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ForwardMode {
     pub seed: u64,
     pub train: bool,
+    pub rows: BatchRows,
 }
 
 impl ForwardMode {
     pub fn train(seed: u64) -> Self {
-        Self { seed, train: true }
+        Self { seed, train: true, rows: BatchRows::default() }
     }
 
     /// Evaluation: no dropout; LSH rotations still come from `seed`.
     pub fn eval(seed: u64) -> Self {
-        Self { seed, train: false }
+        Self { seed, train: false, rows: BatchRows::default() }
+    }
+
+    /// This mode for rows `start..` of a whole batch of `total` rows.
+    pub fn in_batch(self, start: i64, total: i64) -> Self {
+        Self { rows: BatchRows { start, total }, ..self }
     }
 
     /// The mode of a part (a layer, a purpose) of this forward pass.
     pub fn child(&self, tag: u64) -> Self {
-        Self { seed: derive_seed(self.seed, tag), train: self.train }
+        Self { seed: derive_seed(self.seed, tag), ..*self }
+    }
+
+    /// `dropout` with this mode's seed, as this pass's rows' share of the whole batch's.
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Tensor {
+        if self.rows.total == 0 {
+            return dropout(x, p, self.seed, self.train);
+        }
+        let whole = x.size();
+        self.dropout_block(x, p, &whole, &vec![0; whole.len()])
+    }
+
+    /// `dropout_rows` with this mode's seed, as this pass's rows' share of the whole batch's.
+    pub fn dropout_rows(&self, rows: &Tensor, p: f64, start: i64, total_len: i64) -> Tensor {
+        if self.rows.total == 0 {
+            return dropout_rows(rows, p, self.seed, self.train, start, total_len);
+        }
+        let mut whole = rows.size();
+        whole[1] = total_len;
+        let mut offset = vec![0; whole.len()];
+        offset[1] = start;
+        self.dropout_block(rows, p, &whole, &offset)
+    }
+
+    /// `dropout_block` with this mode's seed; the whole's first dimension is the batch,
+    /// widened to the whole batch's rows.
+    pub fn dropout_block(&self, block: &Tensor, p: f64, whole: &[i64], offset: &[i64]) -> Tensor {
+        let (mut whole, mut offset) = (whole.to_vec(), offset.to_vec());
+        if self.rows.total > 0 {
+            whole[0] = self.rows.total;
+            offset[0] += self.rows.start;
+        }
+        dropout_block(block, p, self.seed, self.train, &whole, &offset)
+    }
+
+    /// `dropout_share` with this mode's seed (see `dropout_block`).
+    pub fn dropout_share(&self, x: &Tensor, p: f64, share: &MaskShare) -> Tensor {
+        let block = x.view(share.view.as_slice());
+        self.dropout_block(&block, p, &share.whole, &share.offset).view(x.size().as_slice())
     }
 }
 

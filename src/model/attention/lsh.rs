@@ -12,7 +12,7 @@ pub use super::lsh_params::LshParams;
 use super::lsh_path::{LshKernel, LshPath, Slicing};
 pub use super::window_rule::{WindowRule, MASKED_LOGIT, SELF_LOGIT};
 use crate::model::activation_checkpoint::checkpoint;
-use crate::model::seeded_random::{self, ForwardMode};
+use crate::model::seeded_random::ForwardMode;
 use crate::precision::at_least_float32;
 
 /// Tag of the attention dropout's seed under the layer's mode (`lsh_layer` draws the
@@ -220,8 +220,7 @@ fn attend_batched(
     let (probs, lse, row_scale) = p.rule.window_softmax(&logits); // (B, h, r, NC, C, W), 2 × (B, h, r, NC, C, 1)
     let whole = [b, slice.n_heads, slice.n_rounds, n_chunks, c, logits.size()[5]];
     let offset = [0, slice.head, slice.round, 0, 0, 0];
-    let seed = mode.child(DROPOUT_TAG).seed;
-    let probs = seeded_random::dropout_block(&probs, p.dropout, seed, mode.train, &whole, &offset);
+    let probs = mode.child(DROPOUT_TAG).dropout_block(&probs, p.dropout, &whole, &offset);
     let s_out = probs.to_kind(sv.kind()).matmul(&sv); // (B, h, r, NC, C, Dh)
     let s_out = match row_scale {
         Some(scale) => s_out * scale,

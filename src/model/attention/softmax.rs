@@ -6,7 +6,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::model::seeded_random::{self, ForwardMode, MaskShare};
+use crate::model::seeded_random::{ForwardMode, MaskShare};
 
 /// Softmax attention with an optional mask of visible keys, or causal (query i sees
 /// keys 0..=i, for L = S) without a materialised mask, so that SDPA's fused kernel keeps
@@ -57,8 +57,8 @@ pub fn explicit_attention(
     };
     let probs = logits.softmax(-1, Kind::Float).to_kind(q.kind());
     let probs = match share {
-        Some(share) => seeded_random::dropout_share(&probs, dropout, mode.seed, mode.train, share),
-        None => seeded_random::dropout(&probs, dropout, mode.seed, mode.train),
+        Some(share) => mode.dropout_share(&probs, dropout, share),
+        None => mode.dropout(&probs, dropout),
     };
     probs.matmul(v)
 }

@@ -74,20 +74,32 @@ impl Trainer {
     /// Forward and backward passes over this rank's share of the step's micro-batches,
     /// then the gradients averaged over the ranks. Returns the step's summed loss
     /// (weighted), correct predictions, scored targets and tokens over all ranks.
+    ///
+    /// The micro-batches compute what this rank's share of the step's whole batch would:
+    /// they share the step's seed (so the same LSH rotations), each one's dropout masks
+    /// are its rows' share of the whole batch's, and each one's mean loss counts by its
+    /// share of the scored targets.
     fn accumulate_gradients(&mut self) -> Result<(f64, f64, f64, i64)> {
         let train = &self.cfg.train;
         let (rank, world_size) = (self.rank(), self.world_size());
+        let (rows, micro_batches) = (train.batch_size, train.grad_accumulation);
+        // Every rank draws the whole step's sequences and keeps its own share, so the
+        // ranks read disjoint parts of one seeded stream: micro-batch m of rank r holds
+        // rows (m·world_size + r)·rows.. of the step's whole batch.
+        let batches: Vec<_> = (0..micro_batches)
+            .map(|_| self.task.train_batch(rows * world_size, &mut self.state.sampler).rows(rank * rows, rows))
+            .collect();
+        let rank_weight: f64 = batches.iter().map(|b| b.weights.sum(tch::Kind::Double).double_value(&[])).sum();
+        let seed = derive_seed(self.state.seed, self.state.step as u64);
+        let whole_rows = rows * micro_batches * world_size;
         let (mut loss_sum, mut correct, mut weight, mut tokens) = (0.0, 0.0, 0.0, 0i64);
-        for micro in 0..train.grad_accumulation {
-            // Every rank draws the whole step's sequences and keeps its own share, so the
-            // ranks read disjoint parts of one seeded stream.
-            let batch = self.task.train_batch(train.batch_size * world_size, &mut self.state.sampler);
-            let batch = batch.rows(rank * train.batch_size, train.batch_size).to_device(self.device);
-            let seed = derive_seed(self.state.seed, (self.state.step * train.grad_accumulation + micro) as u64);
-            let stats = train.precision.autocast(self.device, || {
-                self.model.loss(&batch.inputs, &batch.targets, Some(&batch.weights), ForwardMode::train(seed))
-            })?;
-            let loss = &stats.loss / train.grad_accumulation as f64;
+        for (micro, batch) in (0i64..).zip(batches) {
+            let batch = batch.to_device(self.device);
+            let mode = ForwardMode::train(seed).in_batch((micro * world_size + rank) * rows, whole_rows);
+            let stats = train
+                .precision
+                .autocast(self.device, || self.model.loss(&batch.inputs, &batch.targets, Some(&batch.weights), mode))?;
+            let loss = &stats.loss * (stats.weight / rank_weight.max(f64::MIN_POSITIVE));
             match &self.state.loss_scale {
                 Some(scaler) => scaler.scale(&loss).backward(),
                 None => loss.backward(),
