@@ -177,7 +177,9 @@ fn short_text_file_is_refused_with_its_size() {
 
 /// `bench --config FILE --set …` measures the file's model (a run folder's config.json
 /// names the case after the folder) with the changes applied: here a longer variant
-/// whose positions cover the longer length.
+/// whose positions cover the longer length. `--explain` lists the predicted peak term by
+/// term beside the measured one; the report carries the terms, which sum to the
+/// prediction.
 #[test]
 fn bench_measures_a_config_file_with_its_changes() {
     let dir = scratch("bench-config");
@@ -186,11 +188,15 @@ fn bench_measures_a_config_file_with_its_changes() {
     let json = dir.join("bench.json");
     let longer = ["model.max_seq_len=128", r#"model.positional={"kind":"axial","shape":[8,16],"dims":[16,16]}"#];
     let mut args = vec!["bench", "--config", config.to_str().unwrap(), "--lengths", "128", "--device", "cpu"];
-    args.extend(["--steps", "1", "--json", json.to_str().unwrap()]);
+    args.extend(["--steps", "1", "--explain", "--json", json.to_str().unwrap()]);
     for change in longer {
         args.extend(["--set", change]);
     }
-    reformer_ok(&args);
+    let out = reformer_ok(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in ["memory of tiny at T=128", "kept activations", "attention working set", "measured"] {
+        assert!(stdout.contains(line), "--explain lacks '{line}':\n{stdout}");
+    }
     let report = common::read_json(&json);
     let cases = report["cases"].as_array().unwrap();
     let labels: Vec<&str> = cases.iter().map(|c| c["label"].as_str().unwrap()).collect();
@@ -198,6 +204,10 @@ fn bench_measures_a_config_file_with_its_changes() {
     for case in cases {
         assert_eq!(case["status"], "ok", "{case}");
         assert_eq!(case["seq_len"], 128, "{case}");
+        let terms = case["predicted_terms"].as_object().expect("the prediction by term");
+        let sum: f64 = terms.values().map(|v| v.as_f64().unwrap()).sum();
+        let predicted = case["predicted_bytes"].as_f64().unwrap();
+        assert!((sum - predicted).abs() <= 1e-6 * predicted, "{sum} against {predicted}");
     }
     // Without the change, 128 tokens are beyond the file's max_seq_len: one line says how to raise it.
     let too_long = ["bench", "--config", config.to_str().unwrap(), "--lengths", "128", "--device", "cpu"];

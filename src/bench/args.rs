@@ -44,6 +44,11 @@ pub struct BenchArgs {
     /// 1024,4096,65536).
     #[arg(long, value_delimiter = ',', value_parser = at_least_one::<i64>)]
     pub lengths: Option<Vec<i64>>,
+    /// After the table, each case's predicted peak memory term by term (parameters,
+    /// gradients, optimizer state, kept activations, attention working set, residual
+    /// streams, loss, libtorch overhead) beside its measured peak.
+    #[arg(long)]
+    pub explain: bool,
     /// Write every raw number and the machine to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,

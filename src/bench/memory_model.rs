@@ -160,13 +160,62 @@ pub fn bucket_tape_bytes_per_token(cfg: &ModelConfig) -> f64 {
     BUCKET_BYTES * (lsh_layers as i64 * cfg.n_heads * cfg.lsh.n_hashes) as f64
 }
 
+/// A predicted peak, term by term (bytes), in the order `reformer bench --explain`
+/// lists them.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MemoryBreakdown {
+    /// libtorch's thread pools and kernel workspaces (`CASE_OVERHEAD_BYTES`).
+    pub libtorch_overhead: f64,
+    pub parameters: f64,
+    pub gradients: f64,
+    /// AdamW's two moments (training steps only).
+    pub optimizer_state: f64,
+    /// What the layers keep for the backward: every layer's, or one layer's under
+    /// reversible layers; plus the LSH buckets the replays read.
+    pub kept_activations: f64,
+    /// The largest layer's working set while it runs its backward, and the fused LSH
+    /// kernel's per-thread buffers.
+    pub attention_working_set: f64,
+    /// The embedding and the two residual streams with their gradients.
+    pub streams: f64,
+    /// Logits, log-probabilities and their gradient, per loss chunk.
+    pub loss: f64,
+}
+
+impl MemoryBreakdown {
+    /// The predicted peak: the sum of the terms.
+    pub fn total(&self) -> f64 {
+        self.terms().iter().map(|(_, bytes)| bytes).sum()
+    }
+
+    /// (name, bytes) of each term.
+    pub fn terms(&self) -> [(&'static str, f64); 8] {
+        [
+            ("libtorch overhead", self.libtorch_overhead),
+            ("parameters", self.parameters),
+            ("gradients", self.gradients),
+            ("optimizer state", self.optimizer_state),
+            ("kept activations", self.kept_activations),
+            ("attention working set", self.attention_working_set),
+            ("residual streams", self.streams),
+            ("loss", self.loss),
+        ]
+    }
+}
+
 /// Predicted peak bytes of `case`, its LSH layers through the fused kernel when `fused`
-/// (`Case::lsh_path`): a fixed working overhead + parameters (with
-/// gradients, and AdamW's moments for a training step) + per token: what every layer keeps for backward (one layer's worth
-/// under reversible layers, which keep none between blocks) + the largest layer's
-/// backward peak + the residual streams + the loss's logits per loss chunk + the LSH
-/// buckets kept for the replays + the fused LSH kernel's per-thread scratch.
+/// (`Case::lsh_path`): the sum of `breakdown`'s terms.
 pub fn predicted_bytes(case: &Case, fused: bool) -> f64 {
+    breakdown(case, fused).total()
+}
+
+/// The predicted peak of `case` by term: a fixed working overhead + parameters (with
+/// gradients, and AdamW's moments for a training step) + per token: what every layer
+/// keeps for backward (one layer's worth under reversible layers, which keep none between
+/// blocks) + the largest layer's backward peak + the residual streams + the loss's logits
+/// per loss chunk + the LSH buckets kept for the replays + the fused LSH kernel's
+/// per-thread scratch.
+pub fn breakdown(case: &Case, fused: bool) -> MemoryBreakdown {
     let cfg = &case.model;
     let has_lsh = (0..cfg.n_layers).any(|i| cfg.attention_of_layer(i) == AttentionKind::Lsh);
     let kernel_scratch = if has_lsh && cfg.execution.fused_lsh {
@@ -176,14 +225,18 @@ pub fn predicted_bytes(case: &Case, fused: bool) -> f64 {
     };
     let tokens = (case.batch_size * case.seq_len) as f64;
     let (d, d_ff) = (cfg.d_model as f64, cfg.d_ff as f64);
+    let parameters = parameters(cfg, case.kind) * FLOAT_BYTES;
     match case.kind {
         CaseKind::Layer => {
             let (kept, peak) = attention_floats(cfg, case.attention(), case.seq_len, true, fused);
-            let around = BLOCK_KEPT_PER_WIDTH * d;
-            CASE_OVERHEAD_BYTES
-                + kernel_scratch
-                + parameters(cfg, case.kind) * LAYER_BYTES_PER_PARAMETER
-                + tokens * FLOAT_BYTES * (kept + peak + around)
+            MemoryBreakdown {
+                libtorch_overhead: CASE_OVERHEAD_BYTES,
+                parameters,
+                gradients: parameters * (LAYER_BYTES_PER_PARAMETER / FLOAT_BYTES - 1.0),
+                kept_activations: tokens * FLOAT_BYTES * (kept + BLOCK_KEPT_PER_WIDTH * d),
+                attention_working_set: tokens * FLOAT_BYTES * peak + kernel_scratch,
+                ..MemoryBreakdown::default()
+            }
         }
         CaseKind::Step => {
             let layers: Vec<(f64, f64)> = (0..cfg.n_layers)
@@ -197,12 +250,16 @@ pub fn predicted_bytes(case: &Case, fused: bool) -> f64 {
             let peak_max = layers.iter().map(|l| l.1).fold(0.0, f64::max);
             let kept = if cfg.execution.reversible { kept_max } else { kept_total };
             let loss_len = cfg.execution.loss_chunk_len.unwrap_or(case.seq_len).min(case.seq_len) as f64;
-            let loss = LOSS_TENSORS * case.batch_size as f64 * loss_len * cfg.vocab_size as f64;
-            CASE_OVERHEAD_BYTES
-                + kernel_scratch
-                + parameters(cfg, case.kind) * STEP_BYTES_PER_PARAMETER
-                + FLOAT_BYTES * (tokens * (kept + peak_max + STREAM_TENSORS * d) + loss)
-                + tokens * bucket_tape_bytes_per_token(cfg)
+            MemoryBreakdown {
+                libtorch_overhead: CASE_OVERHEAD_BYTES,
+                parameters,
+                gradients: parameters,
+                optimizer_state: parameters * (STEP_BYTES_PER_PARAMETER / FLOAT_BYTES - 2.0),
+                kept_activations: tokens * (FLOAT_BYTES * kept + bucket_tape_bytes_per_token(cfg)),
+                attention_working_set: tokens * FLOAT_BYTES * peak_max + kernel_scratch,
+                streams: tokens * FLOAT_BYTES * STREAM_TENSORS * d,
+                loss: FLOAT_BYTES * LOSS_TENSORS * case.batch_size as f64 * loss_len * cfg.vocab_size as f64,
+            }
         }
     }
 }

@@ -19,7 +19,9 @@ use tch::{Device, Kind, Tensor};
 use crate::precision::Precision;
 pub use args::BenchArgs;
 use case::{run_case, Case, Measurement};
-use report::{check_some_measured, print_table, BenchReport, CaseRow, Machine, PrecisionReport, Status};
+use report::{
+    check_some_measured, print_breakdowns, print_table, BenchReport, CaseRow, Machine, PrecisionReport, Status,
+};
 use suites::{cases, config_cases, skips_f16};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -112,6 +114,9 @@ pub fn run(opts: BenchArgs) -> Result<()> {
     eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(device), peak / 1e9);
     let rows = measure(&cases, &opts, device, peak)?;
     print_table(&rows);
+    if opts.explain {
+        print_breakdowns(&rows);
+    }
     let precision = match opts.suite {
         Suite::Precision | Suite::All if opts.preset.is_none() && opts.config.is_none() => {
             Some(run_precision(&opts, device)?)
@@ -161,7 +166,8 @@ fn measure(cases: &[Case], opts: &BenchArgs, device: Device, peak: f64) -> Resul
         _ => memory_model::available_bytes(),
     };
     for (i, case) in cases.iter().enumerate() {
-        let predicted = memory_model::predicted_bytes(case, case.lsh_path(device).starts_with("fused"));
+        let predicted_terms = memory_model::breakdown(case, case.lsh_path(device).starts_with("fused"));
+        let predicted = predicted_terms.total();
         let (status, measured) = match available {
             Some(available) if predicted > available => {
                 eprintln!(
@@ -175,7 +181,7 @@ fn measure(cases: &[Case], opts: &BenchArgs, device: Device, peak: f64) -> Resul
             }
             _ => run_in_child(case, device, opts.run.threads)?,
         };
-        rows.push(CaseRow::new(case, device, status, measured, predicted, peak));
+        rows.push(CaseRow::new(case, device, status, measured, predicted_terms, peak));
         progress.update(i as u64 + 1, format!("{} T={}", case.label, case.seq_len));
     }
     progress.finish();
@@ -198,6 +204,9 @@ fn report_from(opts: &BenchArgs) -> Result<()> {
         rows.extend(BenchReport::read(path)?.cases);
     }
     print_table(&rows);
+    if opts.explain {
+        print_breakdowns(&rows);
+    }
     write_plot(&rows, opts)?;
     Ok(())
 }

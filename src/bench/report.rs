@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::case::{Case, CaseKind, Measurement};
+use super::memory_model::MemoryBreakdown;
 use super::precision::{DuplicationRun, ReconstructionError};
 use crate::model::AttentionKind;
 use crate::precision::Precision;
@@ -69,6 +70,9 @@ pub struct CaseRow {
     /// The memory model's prediction in bytes (0 in reports before it was recorded).
     #[serde(default)]
     pub predicted_bytes: f64,
+    /// The prediction term by term (absent in reports before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_terms: Option<MemoryBreakdown>,
     pub flops_per_token: f64,
     /// Model FLOP/s over the device's fp32 matmul rate (0 unless the case ran).
     pub utilization: f64,
@@ -86,7 +90,7 @@ impl CaseRow {
         device: Device,
         status: Status,
         measured: Measurement,
-        predicted_bytes: f64,
+        predicted: MemoryBreakdown,
         peak_flops: f64,
     ) -> Self {
         let flops_per_token = case.flops_per_token();
@@ -106,7 +110,8 @@ impl CaseRow {
             lsh_path: case.lsh_path(device),
             status,
             measured,
-            predicted_bytes,
+            predicted_bytes: predicted.total(),
+            predicted_terms: Some(predicted),
             flops_per_token,
             utilization,
         }
@@ -204,6 +209,27 @@ pub fn print_table(rows: &[CaseRow]) {
             100.0 * r.utilization,
             r.lsh_path
         );
+    }
+}
+
+/// Each measured row's predicted peak term by term (MiB), beside the measured peak
+/// (`reformer bench --explain`): where the memory goes, and how far the model is off.
+pub fn print_breakdowns(rows: &[CaseRow]) {
+    for r in rows {
+        let Some(terms) = &r.predicted_terms else { continue };
+        println!("memory of {} at T={} (predicted, MiB):", r.label, r.seq_len);
+        for (name, bytes) in terms.terms() {
+            println!("  {name:<24} {:>10.1}", bytes / MIB);
+        }
+        let total = terms.total();
+        print!("  {:<24} {:>10.1}", "predicted peak", total / MIB);
+        match r.status {
+            Status::Ok if r.measured.peak_bytes > 0 => {
+                let measured = r.measured.peak_bytes as f64;
+                println!("; measured {:.1} ({:+.1}%)", measured / MIB, 100.0 * (total - measured) / measured);
+            }
+            _ => println!("; {}", r.status.name()),
+        }
     }
 }
 
