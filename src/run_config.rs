@@ -175,6 +175,17 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Tokens per training sequence: the duplication task's (2·copy_len + 1, whatever
+    /// `train.seq_len` says) or the text windows' (`train.seq_len`), at most the model's
+    /// `max_seq_len`.
+    pub fn training_len(&self) -> i64 {
+        let len = match self.task {
+            TaskKind::Duplication => 2 * self.train.duplication.copy_len + 1,
+            TaskKind::Enwik8 | TaskKind::Text => self.train.seq_len,
+        };
+        len.min(self.model.max_seq_len)
+    }
+
     /// A preset by name, with its JSON file's defaults filled in.
     pub fn preset(name: &str) -> Result<Self> {
         let (_, json) = PRESETS.iter().find(|(n, _)| *n == name).with_context(|| {

@@ -137,10 +137,10 @@ fn ff_cases(lengths: &[i64], steps: usize) -> Vec<Case> {
 }
 
 /// Training steps of a configuration's model (a preset's, or a file's, named `name`) at
-/// its training length (or each of `lengths`) and batch, and of the same model with full
+/// its training length (`RunConfig::training_len`, or each of `lengths`) and batch, and of the same model with full
 /// attention in every layer; the first step is timed (no warm-up).
 pub fn config_cases(name: &str, cfg: &RunConfig, lengths: Option<&[i64]>, steps: usize) -> Result<Vec<Case>> {
-    let trained_len = [cfg.train.seq_len.min(cfg.model.max_seq_len)];
+    let trained_len = [cfg.training_len()];
     let full = ModelConfig { attention: vec![AttentionKind::Full], ..cfg.model.clone() };
     let mut cases = Vec::new();
     for &seq_len in lengths.unwrap_or(&trained_len) {
