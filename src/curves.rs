@@ -1,7 +1,8 @@
 //! `reformer plot` and the curve `train` draws into its run folder: the validation
 //! figure of one or several runs (bits per byte for the language-model tasks, second-copy
 //! accuracy for duplication) against wall-clock minutes and against steps, read from each
-//! run's `metrics.jsonl`, as an SVG with one line per run.
+//! run's `metrics.jsonl`, as an SVG with one line per run; and, for runs that logged it
+//! (`train.partner_reach`), each LSH layer's partner reach against steps.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,9 @@ struct Curve {
     label: String,
     figure: Figure,
     points: Vec<Point>,
+    /// (step, partner reach of each LSH layer) at each validation that logged it
+    /// (`train.partner_reach`).
+    reach: Vec<(f64, Vec<f64>)>,
 }
 
 /// The validation records of the run at `run`.
@@ -46,15 +50,22 @@ fn read_curve(run: &Path, label: String) -> Result<Curve> {
     let metrics = run.join("metrics.jsonl");
     let text = std::fs::read_to_string(&metrics).with_context(|| format!("cannot read {}", metrics.display()))?;
     let key = format!("valid_{}", figure.stored_key());
-    let points = text
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+    let records: Vec<serde_json::Value> = text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    let points = records
+        .iter()
         .filter_map(|record| {
             let value = figure.in_unit(record[&key].as_f64()?);
             Some((record["step"].as_f64()?, record["elapsed"].as_f64()? / 60.0, value))
         })
         .collect();
-    Ok(Curve { label, figure, points })
+    let reach = records
+        .iter()
+        .filter_map(|record| {
+            let layers = record["partner_reach"].as_array()?.iter().map(|v| v.as_f64()).collect::<Option<_>>()?;
+            Some((record["step"].as_f64()?, layers))
+        })
+        .collect();
+    Ok(Curve { label, figure, points, reach })
 }
 
 /// `reformer plot`: the runs' validation curves into `--out`.
@@ -93,14 +104,19 @@ fn folder_name(run: &Path) -> String {
     run.file_name().map_or_else(|| run.display().to_string(), |name| name.to_string_lossy().into_owned())
 }
 
-/// Two panels: the figure against minutes, and against steps.
+/// Two panels: the figure against minutes, and against steps; a third, the partner
+/// reach against steps, when a run logged it.
 fn write_svg(curves: &[Curve], path: &Path) -> Result<()> {
     let err = drawing_error(path);
     let figure = curves[0].figure;
     let figure_name = format!("validation {}", figure.name());
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let panels = root.split_evenly((1, 2));
+    let with_reach = curves.iter().any(|c| !c.reach.is_empty());
+    let panels = root.split_evenly((1, if with_reach { 3 } else { 2 }));
+    if with_reach {
+        draw_reach(&panels[2], curves).map_err(|e| err(&e))?;
+    }
     let axes: [Axis; 2] = [("minutes of training", |p| p.1), ("steps", |p| p.0)];
     for (panel, (x_desc, x)) in panels.iter().zip(axes) {
         let series: Series =
@@ -133,4 +149,30 @@ fn write_svg(curves: &[Curve], path: &Path) -> Result<()> {
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// The partner reach of each run's LSH layers against steps, in percent: one line per
+/// run and LSH layer.
+fn draw_reach<DB: DrawingBackend>(
+    panel: &DrawingArea<DB, plotters::coord::Shift>,
+    curves: &[Curve],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let mut series = Series::new();
+    for curve in curves {
+        for (step, layers) in &curve.reach {
+            for (layer, fraction) in layers.iter().enumerate() {
+                let line = format!("{}: LSH layer {layer}", curve.label);
+                series.entry(line).or_default().push((*step, 100.0 * fraction));
+            }
+        }
+    }
+    let x_max = series.values().flatten().map(|p| p.0).fold(1e-3, f64::max);
+    let mut chart = ChartBuilder::on(panel)
+        .caption("partner in a window, % of scored queries", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max * 1.05, 0.0..100.0)?;
+    chart.configure_mesh().x_desc("steps").y_desc("partner reach (%)").draw()?;
+    draw_lines(&mut chart, &series)
 }

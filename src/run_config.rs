@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 use crate::model::config::legacy;
-use crate::model::ModelConfig;
+use crate::model::{AttentionKind, ModelConfig};
 use crate::precision::Precision;
 use crate::tasks::duplication::{Duplication, DuplicationConfig};
 use crate::tasks::{text::TextData, Task, TaskKind, DEFAULT_ENWIK8_PATH};
@@ -98,6 +98,12 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// The duplication task.
     pub duplication: DuplicationConfig,
+    /// Log at each validation, per LSH layer, the fraction of scored queries whose
+    /// partner (the first-copy token they must copy) is in their window in at least one
+    /// hash round (`partner_reach` in metrics.jsonl, drawn in curve.svg; see
+    /// `model::attention::partner_reach`). One more forward pass of the first validation
+    /// batch per validation; the duplication task only (default false).
+    pub partner_reach: bool,
 }
 
 impl Default for TrainConfig {
@@ -124,6 +130,7 @@ impl Default for TrainConfig {
             on_non_finite: NonFinitePolicy::Stop,
             precision: Precision::F32,
             duplication: DuplicationConfig::default(),
+            partner_reach: false,
         }
     }
 }
@@ -223,7 +230,18 @@ impl RunConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
-        self.train.validate()
+        self.train.validate()?;
+        if !self.train.partner_reach {
+            return Ok(());
+        }
+        if self.task != TaskKind::Duplication {
+            let task = format!("{:?}", self.task).to_lowercase();
+            bail!("train.partner_reach is measured on the duplication task only, and this run's task is {task}: leave it false");
+        }
+        if !(0..self.model.n_layers).any(|i| self.model.attention_of_layer(i) == AttentionKind::Lsh) {
+            bail!("train.partner_reach measures LSH layers, and model.attention has none: leave it false");
+        }
+        Ok(())
     }
 
     /// The task this configuration names (`task`, `data`), its data loaded and checked

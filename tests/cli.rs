@@ -217,6 +217,16 @@ fn bench_measures_a_config_file_with_its_changes() {
 }
 
 #[test]
+fn partner_reach_is_refused_outside_the_duplication_task() {
+    let dir = scratch("partner-reach-text");
+    let file = dir.join("text.txt");
+    std::fs::write(&file, "the quick brown fox jumps over the lazy dog. ".repeat(100)).unwrap();
+    let text = ["train", "--task", "text", "--data", file.to_str().unwrap()];
+    assert_one_line_error(&[&text[..], &["--set", "train.partner_reach=true"]].concat(), "duplication task only");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bench_reports_cases_predicted_not_to_fit_and_goes_on() {
     let dir = scratch("bench");
     let json = dir.join("bench.json");

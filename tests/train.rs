@@ -424,3 +424,42 @@ fn persistent_float16_overflow_stops_the_run_with_one_line() {
     assert!(error.contains("step 18: float16 gradients kept overflowing") && error.contains("below 1"), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With `train.partner_reach`, each validation logs one fraction per LSH layer (local
+/// layers add none), each in [0, 1], and prints them on its line; a window as long as
+/// the sequence (one chunk) reaches every partner.
+#[test]
+fn partner_reach_logs_one_fraction_per_lsh_layer_at_each_validation() {
+    let dir = scratch("partner-reach");
+    let run_with_chunk = |chunk_len: i64| {
+        let overrides = serde_json::json!({
+            // Layers LSH, local, LSH: two LSH layers.
+            "model": {"n_layers": 3, "lsh": {"n_hashes": 2, "chunk_len": chunk_len}},
+            "train": {"batch_size": 4, "steps": 4, "warmup_steps": 1, "log_every": 1, "eval_every": 2,
+                      "eval_batches": 1, "partner_reach": true, "duplication": {"n_symbols": 16, "copy_len": 15}}
+        });
+        let config = common::write_tiny_config(dir.join(format!("config-{chunk_len}.json")), overrides);
+        let run = dir.join(format!("run-{chunk_len}"));
+        let out = train(&config, &run, &[]);
+        assert_success(&out);
+        let reach: Vec<Vec<f64>> = metrics(&run)
+            .iter()
+            .filter(|record| record.get("valid_loss").is_some())
+            .map(|record| record["partner_reach"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+            .collect();
+        (out, run, reach)
+    };
+    let (out, run, reach) = run_with_chunk(8);
+    assert_eq!(reach.len(), 2, "validations at steps 2 and 4: {reach:?}");
+    for layers in &reach {
+        assert_eq!(layers.len(), 2, "{layers:?}");
+        assert!(layers.iter().all(|f| (0.0..=1.0).contains(f)), "{layers:?}");
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("partner reach per LSH layer ["));
+    let svg = std::fs::read_to_string(run.join("curve.svg")).unwrap();
+    assert!(svg.contains("LSH layer 1"), "curve.svg draws each layer's reach");
+    // Sequences of 31 tokens in one chunk of 32: every key is in every query's window.
+    let (_, _, whole) = run_with_chunk(32);
+    assert!(whole.iter().all(|layers| layers == &[1.0, 1.0]), "{whole:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,6 +4,7 @@
 
 use tch::{nn, Tensor};
 
+use super::attention::lsh::LshParams;
 use super::attention::Attention;
 use super::config::{AttentionKind, ModelConfig};
 use super::feed_forward::FeedForward;
@@ -57,6 +58,21 @@ impl Block {
     /// `x2`: (B, T, D); returns (B, T, D).
     pub fn attention_input(&self, x2: &Tensor) -> Tensor {
         x2.apply(&self.attention_norm)
+    }
+
+    /// The buckets that F's LSH attention sorts by in a forward in `mode` (this block's
+    /// own), padding included (see `LshAttention::buckets`), with the layer's settings;
+    /// None when F is not LSH attention.
+    ///
+    /// # Shapes
+    /// `x2`: (B, T, D); returns (B, H, R, Tp) int64.
+    pub fn lsh_buckets(&self, x2: &Tensor, mode: ForwardMode) -> Option<(Tensor, &LshParams)> {
+        match &self.attention {
+            Attention::Lsh(lsh) => {
+                Some((lsh.buckets(&self.attention_input(x2), mode.child(ATTENTION_TAG)), &lsh.params))
+            }
+            _ => None,
+        }
     }
 
     /// F, the attention branch. `mode` is this block's own (see `Block::forward`).

@@ -25,6 +25,17 @@ impl Default for DuplicationConfig {
     }
 }
 
+impl DuplicationConfig {
+    /// How far back a scored query's partner is: the position whose token it must
+    /// predict. The query at input position n + 1 + k (the separator for k = 0, else the
+    /// second copy's k-th symbol) has the target w_{k+1}, which the input holds at
+    /// position k + 1: n = copy_len back. (The position holding the query's own token,
+    /// n + 1 back, is its neighbour before that.)
+    pub fn partner_offset(&self) -> i64 {
+        self.copy_len
+    }
+}
+
 /// Seed of the fixed validation sequences (any constant; it names the validation set).
 const VALID_SEED: u64 = 0xD0_0B1E;
 

@@ -2,8 +2,8 @@
 //! (`lsh`, paper §2: shared query/key, hashing by random rotations, sort, chunk, attend
 //! within a chunk and one back) with its layer (`lsh_layer`), its settings
 //! (`lsh_params`), its window rule (`window_rule`), the choice of how a call computes
-//! (`lsh_path`), its fused CPU kernel (`lsh_fused`) and its incremental decoding
-//! (`lsh_decoding`); local
+//! (`lsh_path`), its fused CPU kernel (`lsh_fused`), its incremental decoding
+//! (`lsh_decoding`) and the partner-reach diagnostic (`partner_reach`); local
 //! attention over fixed chunks (`local`); full attention (`full`). Shared pieces: the
 //! angular hash (`hashing`), the sort of each round by bucket (`bucket_sort`), the
 //! softmax over a window with its masks and dropout (`softmax`), separate Q/K/V
@@ -25,6 +25,7 @@ mod lsh_fused_tests;
 pub mod lsh_layer;
 pub mod lsh_params;
 pub mod lsh_path;
+pub mod partner_reach;
 pub mod qkv;
 pub mod softmax;
 pub mod window_rule;
