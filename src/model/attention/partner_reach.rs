@@ -256,7 +256,7 @@ mod tests {
         let scored = Tensor::arange(31, (Kind::Int64, tch::Device::Cpu)).ge(16).expand([2, 31], false); // (B, T)
         let mode = ForwardMode::eval(3);
         let tape = BucketTape::default();
-        tape.run(|| tch::no_grad(|| model.forward(&tokens, mode)));
+        let _ = tape.run(|| tch::no_grad(|| model.forward(&tokens, mode)));
         let recorded = tape.bytes();
         let own = partner_reach_per_layer(&model, &tokens, &scored, 15, mode);
         let forwards = tape.run(|| partner_reach_per_layer(&model, &tokens, &scored, 15, mode));
