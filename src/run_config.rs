@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 use crate::model::config::legacy;
-use crate::model::{AttentionKind, ModelConfig};
+use crate::model::ModelConfig;
 use crate::precision::Precision;
 use crate::tasks::duplication::{Duplication, DuplicationConfig};
 use crate::tasks::{text::TextData, Task, TaskKind, DEFAULT_ENWIK8_PATH};
@@ -238,7 +238,7 @@ impl RunConfig {
             let task = format!("{:?}", self.task).to_lowercase();
             bail!("train.partner_reach is measured on the duplication task only, and this run's task is {task}: leave it false");
         }
-        if !(0..self.model.n_layers).any(|i| self.model.attention_of_layer(i) == AttentionKind::Lsh) {
+        if self.model.n_lsh_layers() == 0 {
             bail!("train.partner_reach measures LSH layers, and model.attention has none: leave it false");
         }
         Ok(())

@@ -156,8 +156,7 @@ pub fn bucket_tape_bytes_per_token(cfg: &ModelConfig) -> f64 {
     if !(cfg.execution.reversible || cfg.execution.sliced_attention) {
         return 0.0;
     }
-    let lsh_layers = (0..cfg.n_layers).filter(|&i| cfg.attention_of_layer(i) == AttentionKind::Lsh).count();
-    BUCKET_BYTES * (lsh_layers as i64 * cfg.n_heads * cfg.lsh.n_hashes) as f64
+    BUCKET_BYTES * (cfg.n_lsh_layers() * cfg.n_heads * cfg.lsh.n_hashes) as f64
 }
 
 /// A predicted peak, term by term (bytes), in the order `reformer bench --explain`
@@ -217,7 +216,7 @@ pub fn predicted_bytes(case: &Case, fused: bool) -> f64 {
 /// per-thread scratch.
 pub fn breakdown(case: &Case, fused: bool) -> MemoryBreakdown {
     let cfg = &case.model;
-    let has_lsh = (0..cfg.n_layers).any(|i| cfg.attention_of_layer(i) == AttentionKind::Lsh);
+    let has_lsh = cfg.n_lsh_layers() > 0;
     let kernel_scratch = if has_lsh && cfg.execution.fused_lsh {
         fused_lsh_scratch_bytes(cfg, tch::get_num_threads().max(1) as usize)
     } else {

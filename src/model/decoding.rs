@@ -14,7 +14,7 @@ use tch::Tensor;
 use super::attention::kv_cache::KvCache;
 use super::attention::lsh_decoding::LshCache;
 use super::attention::Attention;
-use super::config::{AttentionKind, ModelConfig};
+use super::config::ModelConfig;
 use super::lm::ReformerLm;
 use super::seeded_random::ForwardMode;
 
@@ -39,7 +39,7 @@ pub fn check_decodable(cfg: &ModelConfig) -> Result<()> {
     if !cfg.causal {
         bail!("incremental decoding needs a causal model (this one has causal = false)");
     }
-    let has_lsh = (0..cfg.n_layers).any(|i| cfg.attention_of_layer(i) == AttentionKind::Lsh);
+    let has_lsh = cfg.n_lsh_layers() > 0;
     if has_lsh && cfg.lsh.n_chunks_before < 1 {
         bail!("incremental decoding of LSH layers needs lsh.n_chunks_before >= 1: use --no-cache");
     }

@@ -95,11 +95,7 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64, train: bool) -> Tensor {
 /// # Shapes
 /// `rows`: (B, L, ...) with L ≤ total_len − start; returns the same shape.
 pub fn dropout_rows(rows: &Tensor, p: f64, seed: u64, train: bool, start: i64, total_len: i64) -> Tensor {
-    let mut whole = rows.size();
-    whole[1] = total_len;
-    let mut offset = vec![0; whole.len()];
-    offset[1] = start;
-    dropout_block(rows, p, seed, train, &whole, &offset)
+    ForwardMode { seed, train, rows: BatchRows::default() }.dropout_rows(rows, p, start, total_len)
 }
 
 /// `dropout` over the block of a tensor of shape `whole` that starts at `offset` (one
@@ -146,12 +142,6 @@ pub struct MaskShare {
     pub view: Vec<i64>,
     pub whole: Vec<i64>,
     pub offset: Vec<i64>,
-}
-
-/// `dropout` of `x` as its `share` of a larger tensor's (see `dropout_block`).
-pub fn dropout_share(x: &Tensor, p: f64, seed: u64, train: bool, share: &MaskShare) -> Tensor {
-    let block = x.view(share.view.as_slice());
-    dropout_block(&block, p, seed, train, &share.whole, &share.offset).view(x.size().as_slice())
 }
 
 /// Which rows of a step's whole batch a forward pass computes. Micro-batching runs a
@@ -206,9 +196,6 @@ impl ForwardMode {
 
     /// `dropout_rows` with this mode's seed, as this pass's rows' share of the whole batch's.
     pub fn dropout_rows(&self, rows: &Tensor, p: f64, start: i64, total_len: i64) -> Tensor {
-        if self.rows.total == 0 {
-            return dropout_rows(rows, p, self.seed, self.train, start, total_len);
-        }
         let mut whole = rows.size();
         whole[1] = total_len;
         let mut offset = vec![0; whole.len()];
@@ -227,7 +214,8 @@ impl ForwardMode {
         dropout_block(block, p, self.seed, self.train, &whole, &offset)
     }
 
-    /// `dropout_share` with this mode's seed (see `dropout_block`).
+    /// `dropout` of `x` as its `share` of a larger tensor's, with this mode's seed (see
+    /// `dropout_block`).
     pub fn dropout_share(&self, x: &Tensor, p: f64, share: &MaskShare) -> Tensor {
         let block = x.view(share.view.as_slice());
         self.dropout_block(&block, p, &share.whole, &share.offset).view(x.size().as_slice())

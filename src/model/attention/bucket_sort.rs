@@ -29,6 +29,16 @@ pub fn sort_slots(buckets: &Tensor, n_buckets: i64) -> Tensor {
     unsafe { Tensor::from_ptr(out) }.view([b, h, r * t_pad])
 }
 
+/// The sort undone: for each round·Tp + position, its slot in the sorted rounds (the
+/// inverse permutation of `sort_slots`' result, by one scatter).
+///
+/// # Shapes
+/// `sticker`: (B, h, N) int64, a permutation of 0..N per row; returns (B, h, N) int64.
+pub fn undo_sort(sticker: &Tensor) -> Tensor {
+    let slots = Tensor::arange(sticker.size()[2], (Kind::Int64, sticker.device())).expand_as(sticker); // (B, h, N)
+    sticker.zeros_like().scatter(2, sticker, &slots)
+}
+
 /// `sort_slots` by libtorch's stable argsort of round·(n_buckets + 1)·Tp + bucket·Tp +
 /// position.
 ///

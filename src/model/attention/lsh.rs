@@ -5,6 +5,7 @@
 use tch::{Kind, Tensor};
 
 pub use super::bucket_sort::sort_slots;
+use super::bucket_sort::undo_sort;
 use super::bucket_tape::recorded_or_hash;
 use super::hashing::hash_buckets;
 use super::lsh_fused::{self, WindowRules};
@@ -184,7 +185,7 @@ fn attend_batched(
     let (b, h, t_pad, dh) = qk.size4().unwrap();
     let (r, c) = (buckets.size()[2], p.chunk_len);
     let n_chunks = t_pad / c; // chunks per round
-    let undo_sort = sticker.argsort_stable(true, -1, false); // (B, h, r*Tp): round*Tp + position -> slot
+    let undo_sort = undo_sort(sticker); // (B, h, r*Tp): round*Tp + position -> slot
     let s_pos = sticker.remainder(t_pad); // (B, h, r*Tp) original position of each slot
 
     // Chunks of the sorted sequence, each with its window of neighbours (the rule's).

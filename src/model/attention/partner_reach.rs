@@ -14,7 +14,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::bucket_sort::sort_slots;
+use super::bucket_sort::{sort_slots, undo_sort};
 use super::lsh_params::LshParams;
 use crate::model::lm::ReformerLm;
 use crate::model::seeded_random::ForwardMode;
@@ -99,11 +99,8 @@ fn partner_in_window(buckets: &Tensor, p: &LshParams, offset: i64) -> Tensor {
 /// `buckets`: (B, H, R, Tp); returns (B, H, R, Tp) int64.
 pub fn slots_in_round(buckets: &Tensor, n_buckets: i64) -> Tensor {
     let (b, h, r, t_pad) = buckets.size4().unwrap();
-    let device = buckets.device();
-    let sticker = sort_slots(buckets, n_buckets); // (B, H, R·Tp): slot -> round·Tp + position
-    let slots = Tensor::arange(r * t_pad, (Kind::Int64, device)).expand([b, h, r * t_pad], false); // (B, H, R·Tp)
-    let undo = sticker.zeros_like().scatter(2, &sticker, &slots); // (B, H, R·Tp): round·Tp + position -> slot
-    let round_start = Tensor::arange(r, (Kind::Int64, device)).view([r, 1]) * t_pad; // (R, 1)
+    let undo = undo_sort(&sort_slots(buckets, n_buckets)); // (B, H, R·Tp): round·Tp + position -> slot
+    let round_start = Tensor::arange(r, (Kind::Int64, buckets.device())).view([r, 1]) * t_pad; // (R, 1)
     undo.view([b, h, r, t_pad]) - round_start // (B, H, R, Tp)
 }
 

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
 /// Old key (its path under `model`) → where it lives now.
-const MOVED: [(&str, &str); 10] = [
+const MOVED: [(&str, &str); 11] = [
     ("token_offset", "compat.token_offset"),
     ("activation", "compat.activation"),
     ("layer_norm_eps", "compat.layer_norm_eps"),
@@ -18,9 +18,8 @@ const MOVED: [(&str, &str); 10] = [
     ("sliced_attention", "execution.sliced_attention"),
     ("ff_chunk_len", "execution.ff_chunk_len"),
     ("loss_chunk_len", "execution.loss_chunk_len"),
+    ("lsh.fused", "execution.fused_lsh"),
 ];
-/// Moved like `MOVED`, listed apart for its different section.
-const FUSED: (&str, &str) = ("lsh.fused", "execution.fused_lsh");
 /// The two booleans that `lsh.window` replaces.
 const STRICT_CAUSAL: &str = "strict_causal";
 const WRAP_AROUND: &str = "wrap_around";
@@ -28,7 +27,7 @@ const WRAP_AROUND: &str = "wrap_around";
 /// The current name of a setting under `model` given by its old name (a `--set` key
 /// without the `model.` prefix), or None when the name is current.
 pub fn current_key(old: &str) -> Option<&'static str> {
-    MOVED.iter().chain([&FUSED]).find(|(from, _)| *from == old).map(|(_, to)| *to)
+    MOVED.iter().find(|(from, _)| *from == old).map(|(_, to)| *to)
 }
 
 /// A `--set` of a model setting (its key without the `model.` prefix) by its current
@@ -48,7 +47,7 @@ pub fn current_setting(key: &str, value: Value) -> (String, Value) {
 pub fn migrate(model: &mut Value) -> Result<()> {
     let Some(root) = model.as_object_mut() else { return Ok(()) };
     migrate_window(root)?;
-    for (from, to) in MOVED.iter().chain([&FUSED]) {
+    for (from, to) in MOVED {
         if let Some(value) = take(root, from) {
             if get(root, to).is_some() {
                 bail!("model config names both {from} (its old name) and {to}: keep {to}");

@@ -128,6 +128,11 @@ impl ModelConfig {
         Some((lengths.iter().fold(1, |lcm, &c| lcm / gcd(lcm, c) * c), shortest))
     }
 
+    /// How many layers are LSH attention.
+    pub fn n_lsh_layers(&self) -> i64 {
+        (0..self.n_layers).filter(|&i| self.attention_of_layer(i) == AttentionKind::Lsh).count() as i64
+    }
+
     /// The attention kind of layer `i` (the pattern is cycled).
     pub fn attention_of_layer(&self, i: i64) -> AttentionKind {
         self.attention[i as usize % self.attention.len()]
