@@ -14,6 +14,7 @@ pub mod ffi;
 pub mod generate;
 pub mod hash_rounds_sweep;
 pub mod import;
+pub mod memory_plan;
 pub mod model;
 pub mod optimizer;
 pub mod plot;

@@ -1,8 +1,6 @@
 //! The `reformer` command line: train, generate, eval, bench, plot, import. Each
 //! subcommand's flags are its `Args` struct, in the module that does the work.
 
-use std::process::ExitCode;
-
 use clap::{CommandFactory, Parser, Subcommand};
 
 use reformer::allocator::{self, ConfString};
@@ -94,7 +92,7 @@ fn report(message: &str) -> String {
     }
 }
 
-fn main() -> ExitCode {
+fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help
@@ -103,16 +101,16 @@ fn main() -> ExitCode {
             let rendered = err.to_string();
             let first = rendered.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
             eprintln!("error: {first} (see --help)");
-            return ExitCode::from(2);
+            exit_without_teardown(2);
         }
     };
     // A libtorch error surfaces in tch as a panic: reported below, not by the hook.
     std::panic::set_hook(Box::new(|_| {}));
-    match std::panic::catch_unwind(|| run(cli)) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
+    let code = match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(())) => 0,
         Ok(Err(err)) => {
             eprintln!("error: {}", report(&format!("{err:#}")));
-            ExitCode::FAILURE
+            1
         }
         Err(panic) => {
             let message = panic
@@ -121,7 +119,24 @@ fn main() -> ExitCode {
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown failure");
             eprintln!("error: internal failure: {}", report(message));
-            ExitCode::FAILURE
+            1
         }
+    };
+    exit_without_teardown(code)
+}
+
+/// Ends the process at once, its output flushed, without the libraries' exit handlers:
+/// libtorch's teardown (its CUDA libraries', even on a CPU-only machine) touches about
+/// 120 MiB of pages at exit, which would be the peak resident memory of a small run and
+/// count against `--memory-budget`. Everything a command writes is closed by then; the
+/// kernel releases the rest.
+fn exit_without_teardown(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    extern "C" {
+        fn _exit(status: i32) -> !;
     }
+    // SAFETY: `_exit` takes any status and does not return; no Rust state is used after.
+    unsafe { _exit(code) }
 }

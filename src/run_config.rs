@@ -179,6 +179,9 @@ pub struct RunConfig {
     pub data: Option<PathBuf>,
     pub model: ModelConfig,
     pub train: TrainConfig,
+    /// The `--memory-budget` plan that chose `model.execution`, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_plan: Option<crate::memory_plan::PlanRecord>,
 }
 
 impl RunConfig {

@@ -71,11 +71,14 @@ pub struct ScoreTotals {
 }
 
 impl ScoreTotals {
-    /// The totals of `batches`, without gradients or dropout.
+    /// The totals of `batches`, without gradients or dropout, `model.execution.scoring_rows`
+    /// sequences per forward pass (every sequence's rotations are the same whatever the
+    /// rows beside it).
     pub fn of<'a>(model: &ReformerLm, batches: impl Iterator<Item = &'a Batch>, device: Device) -> Self {
         let mut totals = Self::default();
         tch::no_grad(|| {
-            for batch in batches {
+            let rows = model.cfg.execution.scoring_rows;
+            for (_, batch) in batches.flat_map(|batch| batch.pieces(rows)) {
                 let batch = batch.to_device(device);
                 let mode = ForwardMode::eval(EVAL_SEED);
                 let stats = model.loss(&batch.inputs, &batch.targets, Some(&batch.weights), mode);

@@ -119,7 +119,8 @@ fn loss_and_grads(cfg: &ModelConfig, source: &nn::VarStore, tokens: &Tensor, wei
 
 #[test]
 fn chunked_feed_forward_and_loss_equal_unchunked_with_gradients() {
-    let plain = small_config(vec![AttentionKind::Lsh, AttentionKind::Local]);
+    // With dropout in the feed-forward: a chunk's mask is its share of the whole one's.
+    let plain = ModelConfig { dropout_ff: 0.3, ..small_config(vec![AttentionKind::Lsh, AttentionKind::Local]) };
     let mut chunked = plain.clone();
     chunked.execution.ff_chunk_len = Some(8);
     chunked.execution.loss_chunk_len = Some(12);

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::memory_plan::step_time::{attention_core_flops, projection_flops, ForwardFlops};
 use crate::model::attention::lsh::LshParams;
 use crate::model::attention::lsh_path::LshPath;
 use crate::model::attention::Attention;
@@ -91,6 +92,15 @@ impl Case {
         Self { precision, ..self }
     }
 
+    /// Rows per forward and backward pass: the batch, or its micro-batches
+    /// (`execution.micro_batch_rows`) in training steps.
+    pub fn pass_rows(&self) -> i64 {
+        match self.kind {
+            CaseKind::Step => self.model.execution.micro_batch_rows.unwrap_or(self.batch_size).min(self.batch_size),
+            CaseKind::Layer => self.batch_size,
+        }
+    }
+
     pub fn attention(&self) -> AttentionKind {
         self.model.attention[0]
     }
@@ -109,42 +119,15 @@ impl Case {
         LshPath::choose(&LshParams::new(&self.model), kind, device, ForwardMode::train(0), 0).name()
     }
 
-    /// Model FLOPs per token of one training step (forward + backward = 3 × forward):
-    /// 2 per weight per token in every matmul with a weight, plus attention's two
-    /// matmuls (logits, weighted values), each 2·keys·Dh per head: keys = W·R for LSH
-    /// (W = (before + 1 + after)·chunk_len), W for local, T/2 for causal full attention.
+    /// Model FLOPs per token of one training step (forward + backward = 3 × forward,
+    /// `step_time::ForwardFlops`), of one attention layer for `CaseKind::Layer`.
     pub fn flops_per_token(&self) -> f64 {
-        let cfg = &self.model;
-        let (d, inner) = (cfg.d_model as f64, (cfg.n_heads * cfg.d_head()) as f64);
-        let dh = cfg.d_head() as f64;
-        let attention_core = |kind: AttentionKind| -> f64 {
-            let keys = match kind {
-                AttentionKind::Lsh => {
-                    ((1 + cfg.lsh.n_chunks_before + cfg.lsh.n_chunks_after) * cfg.lsh.chunk_len * cfg.lsh.n_hashes)
-                        as f64
-                }
-                AttentionKind::Local => {
-                    ((1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) * cfg.local.chunk_len) as f64
-                }
-                AttentionKind::Full => self.seq_len as f64 / if cfg.causal { 2.0 } else { 1.0 },
-            };
-            2.0 * 2.0 * keys * dh * cfg.n_heads as f64
-        };
-        let projections = |kind: AttentionKind| -> f64 {
-            let n_matrices = if kind == AttentionKind::Lsh { 3.0 } else { 4.0 };
-            2.0 * n_matrices * d * inner
-        };
         let forward = match self.kind {
-            CaseKind::Layer => projections(self.attention()) + attention_core(self.attention()),
-            CaseKind::Step => {
-                let layers: f64 = (0..cfg.n_layers)
-                    .map(|i| {
-                        let kind = cfg.attention_of_layer(i);
-                        projections(kind) + attention_core(kind) + 2.0 * 2.0 * d * cfg.d_ff as f64
-                    })
-                    .sum();
-                layers + 2.0 * 2.0 * d * cfg.vocab_size as f64
+            CaseKind::Layer => {
+                projection_flops(&self.model, self.attention())
+                    + attention_core_flops(&self.model, self.attention(), self.seq_len)
             }
+            CaseKind::Step => ForwardFlops::of(&self.model, self.seq_len).total(),
         };
         3.0 * forward
     }
@@ -198,11 +181,17 @@ pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
                 (Kind::Int64, device),
             );
             let (inputs, targets) = (tokens.narrow(1, 0, case.seq_len), tokens.narrow(1, 1, case.seq_len));
+            let (batch_size, pass_rows) = (case.batch_size, case.pass_rows());
             Box::new(move |i| {
                 optimizer.zero_grad();
-                let stats =
-                    precision.autocast(device, || model.loss(&inputs, &targets, None, ForwardMode::train(i as u64)));
-                stats.expect("autocast state").loss.backward();
+                for start in (0..batch_size).step_by(pass_rows as usize) {
+                    let rows = pass_rows.min(batch_size - start);
+                    let mode = ForwardMode::train(i as u64).in_batch(start, batch_size);
+                    let (inputs, targets) = (inputs.narrow(0, start, rows), targets.narrow(0, start, rows));
+                    let stats = precision.autocast(device, || model.loss(&inputs, &targets, None, mode));
+                    let share = rows as f64 / batch_size as f64;
+                    (stats.expect("autocast state").loss * share).backward();
+                }
                 optimizer.clip_grad_norm(Some(1.0));
                 optimizer.step(1e-4);
             })

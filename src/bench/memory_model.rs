@@ -222,7 +222,7 @@ pub fn breakdown(case: &Case, fused: bool) -> MemoryBreakdown {
     } else {
         0.0
     };
-    let tokens = (case.batch_size * case.seq_len) as f64;
+    let tokens = (case.pass_rows() * case.seq_len) as f64;
     let (d, d_ff) = (cfg.d_model as f64, cfg.d_ff as f64);
     let parameters = parameters(cfg, case.kind) * FLOAT_BYTES;
     match case.kind {
@@ -238,10 +238,16 @@ pub fn breakdown(case: &Case, fused: bool) -> MemoryBreakdown {
             }
         }
         CaseKind::Step => {
+            // Under reversible layers the one layer whose activations exist is recomputed
+            // feed-forward chunk by chunk; otherwise every chunk's are kept.
+            let ff_share = match cfg.execution.ff_chunk_len {
+                Some(chunk) if cfg.execution.reversible => (chunk as f64 / case.seq_len as f64).min(1.0),
+                _ => 1.0,
+            };
             let layers: Vec<(f64, f64)> = (0..cfg.n_layers)
                 .map(|i| {
                     let (kept, peak) = attention_floats(cfg, cfg.attention_of_layer(i), case.seq_len, true, fused);
-                    (kept + BLOCK_KEPT_PER_WIDTH * d + BLOCK_KEPT_PER_FF_WIDTH * d_ff, peak)
+                    (kept + BLOCK_KEPT_PER_WIDTH * d + BLOCK_KEPT_PER_FF_WIDTH * d_ff * ff_share, peak)
                 })
                 .collect();
             let kept_total: f64 = layers.iter().map(|l| l.0).sum();
@@ -257,11 +263,51 @@ pub fn breakdown(case: &Case, fused: bool) -> MemoryBreakdown {
                 kept_activations: tokens * (FLOAT_BYTES * kept + bucket_tape_bytes_per_token(cfg)),
                 attention_working_set: tokens * FLOAT_BYTES * peak_max + kernel_scratch,
                 streams: tokens * FLOAT_BYTES * STREAM_TENSORS * d,
-                loss: FLOAT_BYTES * LOSS_TENSORS * case.batch_size as f64 * loss_len * cfg.vocab_size as f64,
+                loss: FLOAT_BYTES * LOSS_TENSORS * case.pass_rows() as f64 * loss_len * cfg.vocab_size as f64,
             }
         }
     }
 }
+
+/// The predicted peak of scoring `rows` sequences of `seq_len` tokens without gradients
+/// (validation, test, `reformer eval`), `execution.scoring_rows` at a time, beside the
+/// weights, and with `with_training_state` their gradients and AdamW's moments as a
+/// training run holds them: one layer's forward working set at a time, the streams, and
+/// the loss's logits per chunk.
+pub fn scoring_breakdown(
+    cfg: &ModelConfig,
+    rows: i64,
+    seq_len: i64,
+    fused: bool,
+    with_training_state: bool,
+) -> MemoryBreakdown {
+    let rows = cfg.execution.scoring_rows.unwrap_or(rows).min(rows) as f64;
+    let tokens = rows * seq_len as f64;
+    let (d, d_ff) = (cfg.d_model as f64, cfg.d_ff as f64);
+    let ff_len = cfg.execution.ff_chunk_len.unwrap_or(seq_len).min(seq_len) as f64;
+    let layer_floats = (0..cfg.n_layers)
+        .map(|i| attention_floats(cfg, cfg.attention_of_layer(i), seq_len, false, fused).0)
+        .fold(0.0, f64::max);
+    let parameters = parameters(cfg, CaseKind::Step) * FLOAT_BYTES;
+    let loss_len = cfg.execution.loss_chunk_len.unwrap_or(seq_len).min(seq_len) as f64;
+    let training_state = if with_training_state { 1.0 } else { 0.0 };
+    MemoryBreakdown {
+        libtorch_overhead: CASE_OVERHEAD_BYTES,
+        parameters,
+        gradients: training_state * parameters,
+        optimizer_state: training_state * parameters * (STEP_BYTES_PER_PARAMETER / FLOAT_BYTES - 2.0),
+        kept_activations: 0.0,
+        attention_working_set: FLOAT_BYTES
+            * (tokens * (layer_floats + BLOCK_KEPT_PER_WIDTH * d) + rows * ff_len * d_ff),
+        streams: tokens * FLOAT_BYTES * SCORING_STREAM_TENSORS * d,
+        loss: FLOAT_BYTES * SCORING_LOSS_TENSORS * rows * loss_len * cfg.vocab_size as f64,
+    }
+}
+
+/// (B, T, D) tensors alive while scoring: the embedding and the two streams.
+const SCORING_STREAM_TENSORS: f64 = 3.0;
+/// (B, T_chunk, V) tensors of the scoring loss: logits and log-probabilities.
+const SCORING_LOSS_TENSORS: f64 = 2.0;
 
 /// Memory this machine can still give a process on the CPU, in bytes (`MemAvailable`);
 /// on CUDA the bench asks the driver for the device's free memory instead.

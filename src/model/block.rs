@@ -112,7 +112,7 @@ impl Block {
     /// # Shapes
     /// `y1_rows`: (B, L, D); returns (B, L, D).
     pub fn g_rows(&self, y1_rows: &Tensor, mode: ForwardMode, start: i64, total_len: i64) -> Tensor {
-        let out = self.ff.forward_rows(&y1_rows.apply(&self.ff_norm), mode.child(FEED_FORWARD_TAG), start);
+        let out = self.ff.forward_rows(&y1_rows.apply(&self.ff_norm), mode.child(FEED_FORWARD_TAG), start, total_len);
         mode.child(FEED_FORWARD_DROPOUT_TAG).dropout_rows(&out, self.dropout_hidden, start, total_len)
     }
 

@@ -43,47 +43,32 @@ impl FeedForward {
                     .split(chunk_len, 1)
                     .iter()
                     .enumerate()
-                    .map(|(i, chunk)| self.forward_chunk(chunk, mode.child(i as u64)))
+                    .map(|(i, chunk)| self.forward_rows(chunk, mode, i as i64 * chunk_len, t))
                     .collect();
                 Tensor::cat(&chunks, 1)
             }
-            _ => self.forward_chunk(x, mode.child(0)),
+            _ => self.forward_rows(x, mode, 0, t),
         }
     }
 
-    /// The rows `start..start + L` of `forward` over a longer sequence, given only those
-    /// rows, where `start` begins a chunk and L ≤ `chunk_len` (the whole sequence when
-    /// the feed-forward is not chunked).
+    /// The rows `start..start + L` of `forward` over a `total_len`-position sequence,
+    /// given only those rows: exact, as the feed-forward is position-wise and its dropout
+    /// mask is those rows' share of the whole sequence's (so chunking changes nothing).
     ///
     /// # Shapes
     /// `rows`: (B, L, D); returns (B, L, D).
-    pub fn forward_rows(&self, rows: &Tensor, mode: ForwardMode, start: i64) -> Tensor {
-        let chunk = match self.chunk_len {
-            Some(chunk_len) => {
-                assert!(start % chunk_len == 0 && rows.size()[1] <= chunk_len, "rows must form one chunk");
-                start / chunk_len
-            }
-            None => {
-                assert_eq!(start, 0, "an unchunked feed-forward runs over the whole sequence");
-                0
-            }
+    pub fn forward_rows(&self, rows: &Tensor, mode: ForwardMode, start: i64, total_len: i64) -> Tensor {
+        let hidden = linear(rows, &self.up); // (B, L, d_ff)
+        let hidden = match self.activation {
+            Activation::Gelu => hidden.gelu("none"),
+            Activation::Relu => hidden.relu(),
         };
-        self.forward_chunk(rows, mode.child(chunk as u64))
+        let hidden = mode.child(0).dropout_rows(&hidden, self.dropout, start, total_len);
+        linear(&hidden, &self.down)
     }
 
     /// Positions per chunk when the feed-forward over `len` positions is chunked.
     pub fn chunk_len_for(&self, len: i64) -> Option<i64> {
         self.chunk_len.filter(|&chunk_len| chunk_len < len)
-    }
-
-    /// # Shapes
-    /// `x`: (B, C, D); returns (B, C, D).
-    fn forward_chunk(&self, x: &Tensor, mode: ForwardMode) -> Tensor {
-        let hidden = linear(x, &self.up); // (B, C, d_ff)
-        let hidden = match self.activation {
-            Activation::Gelu => hidden.gelu("none"),
-            Activation::Relu => hidden.relu(),
-        };
-        linear(&mode.dropout(&hidden, self.dropout), &self.down)
     }
 }

@@ -67,6 +67,14 @@ impl Batch {
         Self { inputs: rows(&self.inputs), targets: rows(&self.targets), weights: rows(&self.weights) }
     }
 
+    /// The batch in pieces of at most `max_rows` sequences (all of it when None), each
+    /// with the index of its first row.
+    pub fn pieces(&self, max_rows: Option<i64>) -> Vec<(i64, Self)> {
+        let rows = self.inputs.size()[0];
+        let step = max_rows.unwrap_or(rows).clamp(1, rows.max(1));
+        (0..rows).step_by(step as usize).map(|start| (start, self.rows(start, step.min(rows - start)))).collect()
+    }
+
     pub fn n_tokens(&self) -> i64 {
         self.inputs.numel() as i64
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::arg_values::{at_least_one, seconds};
 use crate::device::RunArgs;
 use crate::distributed::Backend;
+use crate::memory_plan::{parse_budget, MemoryBudget};
 use crate::precision::Precision;
 use crate::tasks::TaskKind;
 
@@ -62,6 +63,16 @@ pub struct TrainArgs {
     /// with --resume, the run's).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Fit the run in this much memory: 8GiB, 512MiB, 8G (powers of 1024; GB for 10^9),
+    /// or auto (what the device has free, less 10%). The planner picks the execution
+    /// settings that do not change the result (reversible layers, sliced attention,
+    /// feed-forward and loss chunks, rows per training and scoring pass), the fastest
+    /// predicted to fit, prints the plan and records it in config.json; model and
+    /// optimizer settings are never changed. On the CPU the budget is the process's peak
+    /// resident memory, on CUDA what nvidia-smi shows for it; under --nproc it is per
+    /// worker. A resumed run keeps its plan.
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget, conflicts_with = "resume")]
+    pub memory_budget: Option<MemoryBudget>,
     /// Print a final summary object as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -86,7 +86,10 @@ impl Trainer {
             (Some(launch), Device::Cuda(_)) => Device::Cuda(launch.local_rank as usize),
             (_, device) => device,
         };
-        let (resumed, cfg) = configure::choose_run(&opts)?;
+        let (resumed, mut cfg) = configure::choose_run(&opts)?;
+        if let Some(budget) = opts.memory_budget {
+            configure::plan_memory(&mut cfg, budget, device, launch.as_ref().is_none_or(|l| l.rank == 0))?;
+        }
         // On resume `--steps` moves only where training stops; config.json stays as it is.
         let last_step = opts.steps.unwrap_or(cfg.train.steps);
         let task = configure::trainable_task(&cfg, &opts)?;

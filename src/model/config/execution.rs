@@ -27,5 +27,13 @@ settings! {
         /// attention dropout while training take the batched path (`reformer bench` says
         /// which path each case ran). false: always the batched path.
         pub fused_lsh: bool = true,
+        /// Rows of a training step's batch per forward and backward pass; the step's batch
+        /// is computed this many rows at a time and the gradients summed, with the whole
+        /// batch's rotations, dropout masks and loss weights (the same step, less memory).
+        /// null: the whole batch at once.
+        pub micro_batch_rows: Option<i64> = None,
+        /// Rows per forward pass when scoring (validation, test, `reformer eval`); null: a
+        /// whole scoring batch at once. The scores do not depend on it.
+        pub scoring_rows: Option<i64> = None,
     }
 }

@@ -50,6 +50,14 @@ impl ModelConfig {
                 bail!("{name} = {c} must be positive (or null to disable chunking)");
             }
         }
+        for (name, rows) in [
+            ("execution.micro_batch_rows", execution.micro_batch_rows),
+            ("execution.scoring_rows", execution.scoring_rows),
+        ] {
+            if let Some(r) = rows.filter(|&r| r <= 0) {
+                bail!("{name} = {r} must be positive (or null for whole batches)");
+            }
+        }
         if self.attention.is_empty() {
             bail!("attention is empty: give at least one of \"lsh\", \"local\", \"full\"");
         }

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::stopping::check_target;
+use tch::Device;
+
+use crate::memory_plan::{self, MemoryBudget};
 use crate::run_config::RunConfig;
 use crate::run_dir::RunDir;
 use crate::tasks::download::download_enwik8;
@@ -70,6 +73,19 @@ fn open_run(dir: &Path, opts: &TrainArgs) -> Result<(RunDir, RunConfig)> {
         );
     }
     Ok((run_dir, cfg))
+}
+
+/// Chooses the run's execution settings for `budget` on `device` (`memory_plan`), each
+/// training and scoring pass at most `train.batch_size` sequences per worker, and records
+/// the plan in the configuration; `announce` prints it.
+pub fn plan_memory(cfg: &mut RunConfig, budget: MemoryBudget, device: Device, announce: bool) -> Result<()> {
+    let rows = cfg.train.batch_size;
+    let record = memory_plan::apply(cfg, budget, device, rows, rows)?;
+    if announce {
+        eprintln!("{}", record.line());
+    }
+    cfg.memory_plan = Some(record);
+    Ok(())
 }
 
 /// The run's task, its data fetched (`--download`) and checked, and the model checked to

@@ -78,7 +78,8 @@ impl Trainer {
     /// The micro-batches compute what this rank's share of the step's whole batch would:
     /// they share the step's seed (so the same LSH rotations), each one's dropout masks
     /// are its rows' share of the whole batch's, and each one's mean loss counts by its
-    /// share of the scored targets.
+    /// share of the scored targets. Each micro-batch is computed
+    /// `model.execution.micro_batch_rows` rows at a time, the same way.
     fn accumulate_gradients(&mut self) -> Result<(f64, f64, f64, i64)> {
         let train = &self.cfg.train;
         let (rank, world_size) = (self.rank(), self.world_size());
@@ -93,9 +94,16 @@ impl Trainer {
         let seed = derive_seed(self.state.seed, self.state.step as u64);
         let whole_rows = rows * micro_batches * world_size;
         let (mut loss_sum, mut correct, mut weight, mut tokens) = (0.0, 0.0, 0.0, 0i64);
-        for (micro, batch) in (0i64..).zip(batches) {
+        let pieces = batches.iter().enumerate().flat_map(|(micro, batch)| {
+            let first_row = (micro as i64 * world_size + rank) * rows;
+            batch
+                .pieces(self.cfg.model.execution.micro_batch_rows)
+                .into_iter()
+                .map(move |(start, b)| (first_row + start, b))
+        });
+        for (first_row, batch) in pieces {
             let batch = batch.to_device(self.device);
-            let mode = ForwardMode::train(seed).in_batch((micro * world_size + rank) * rows, whole_rows);
+            let mode = ForwardMode::train(seed).in_batch(first_row, whole_rows);
             let stats = train
                 .precision
                 .autocast(self.device, || self.model.loss(&batch.inputs, &batch.targets, Some(&batch.weights), mode))?;

@@ -1,0 +1,208 @@
+//! The memory planner: among the ways of computing the same training step (and the same
+//! scores), the fastest whose predicted peak fits a budget. It chooses only execution
+//! settings (`model.execution`, none of which changes the result beyond float32
+//! rounding) and never a model or optimizer setting.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use super::budget::format_bytes;
+use super::step_time::StepTimeModel;
+use crate::bench::case::Case;
+use crate::bench::memory_model::{breakdown, scoring_breakdown, MemoryBreakdown};
+use crate::model::config::ExecutionConfig;
+use crate::model::{AttentionKind, ModelConfig};
+use crate::precision::Precision;
+
+/// What a run computes, in the shapes that decide its memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Workload {
+    /// Sequences per training micro-batch (`train.batch_size`); 0: no training (scoring only).
+    pub train_rows: i64,
+    /// Sequences per scoring batch.
+    pub scoring_rows: i64,
+    /// Tokens per sequence.
+    pub seq_len: i64,
+    pub precision: Precision,
+}
+
+impl Workload {
+    fn trains(&self) -> bool {
+        self.train_rows > 0
+    }
+}
+
+/// A chosen way of computing a workload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub execution: ExecutionConfig,
+    /// The predicted peak of the model's tensors (the larger of the training step's and
+    /// the scoring's), term by term.
+    pub peak: MemoryBreakdown,
+    /// Predicted seconds per training step (per scoring batch without training).
+    pub step_secs: f64,
+}
+
+/// A plan as `config.json` records it (`memory_plan`), beside the settings it chose.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRecord {
+    /// The budget as given (`8GiB`, `auto`).
+    pub budget: String,
+    /// The budget in bytes when the plan was made.
+    pub budget_bytes: f64,
+    /// The predicted peak of the whole process.
+    pub predicted_peak_bytes: f64,
+    /// The predicted seconds per step (`memory_plan::step_time`).
+    pub predicted_step_secs: f64,
+    /// The plan in words.
+    pub plan: String,
+}
+
+/// Feed-forward and loss chunk lengths tried (each only below the sequence length).
+const CHUNK_LENS: [i64; 3] = [4096, 1024, 256];
+
+/// The fastest plan for `workload` whose predicted peak is at most `model_bytes` (the
+/// budget less what the process holds before the model: `MemoryBudget::model_bytes`);
+/// when none fits, one line with the smallest peak reachable and its largest term.
+pub fn plan(cfg: &ModelConfig, workload: Workload, device: Device, model_bytes: f64) -> Result<Plan> {
+    let plans: Vec<Plan> = candidates(cfg, workload).into_iter().map(|e| evaluate(cfg, e, workload, device)).collect();
+    let fastest = plans.iter().filter(|p| p.peak.total() <= model_bytes).min_by(|a, b| {
+        a.step_secs.total_cmp(&b.step_secs).then(mechanisms(&a.execution).cmp(&mechanisms(&b.execution)))
+    });
+    if let Some(plan) = fastest {
+        return Ok(plan.clone());
+    }
+    let smallest =
+        plans.iter().min_by(|a, b| a.peak.total().total_cmp(&b.peak.total())).expect("one candidate at least");
+    let (term, bytes) = smallest.peak.terms().into_iter().max_by(|a, b| a.1.total_cmp(&b.1)).expect("terms");
+    let shrinks = match term {
+        "parameters" | "gradients" | "optimizer state" => "a smaller model",
+        "libtorch overhead" => "a larger budget",
+        _ => "shorter sequences",
+    };
+    bail!(
+        "nothing fits: the smallest predicted peak is {} for the model ({}) against {} left of the budget; its largest term is {term} ({}): it needs {shrinks}",
+        format_bytes(smallest.peak.total()),
+        describe(&smallest.execution, workload),
+        format_bytes(model_bytes.max(0.0)),
+        format_bytes(bytes)
+    )
+}
+
+/// `execution` predicted for `workload`: the larger peak of a training step and of the
+/// scoring, and the step time.
+pub fn evaluate(cfg: &ModelConfig, execution: ExecutionConfig, workload: Workload, device: Device) -> Plan {
+    let model = ModelConfig { execution, ..cfg.clone() };
+    let timing = StepTimeModel::for_device(device);
+    let case = Case::step("plan", "plan", model.clone(), workload.train_rows.max(1), workload.seq_len, 1)
+        .in_precision(workload.precision);
+    let fused = case.lsh_path(device).starts_with("fused");
+    let scoring = scoring_breakdown(&model, workload.scoring_rows, workload.seq_len, fused, workload.trains());
+    let (peak, step_secs) = if workload.trains() {
+        let step = breakdown(&case, fused);
+        let secs = timing.step_secs(&model, workload.train_rows, workload.seq_len);
+        (if step.total() >= scoring.total() { step } else { scoring }, secs)
+    } else {
+        let scoring_model = ModelConfig {
+            execution: ExecutionConfig { micro_batch_rows: model.execution.scoring_rows, ..model.execution.clone() },
+            ..model.clone()
+        };
+        (scoring, timing.step_secs(&scoring_model, workload.scoring_rows, workload.seq_len) / 3.0)
+    };
+    Plan { execution: model.execution, peak, step_secs }
+}
+
+/// Every combination of the execution settings worth trying for `workload`: reversible
+/// or not, sliced attention or not (with LSH or local layers), feed-forward and loss
+/// chunks, rows per training pass (divisors of the batch) and rows per scoring pass.
+/// `fused_lsh` stays the configuration's.
+pub fn candidates(cfg: &ModelConfig, workload: Workload) -> Vec<ExecutionConfig> {
+    let chunks: Vec<Option<i64>> =
+        std::iter::once(None).chain(CHUNK_LENS.iter().filter(|&&c| c < workload.seq_len).map(|&c| Some(c))).collect();
+    let slices = cfg.attention.iter().any(|&kind| kind != AttentionKind::Full);
+    let (training, sliced): (&[bool], &[bool]) = match (workload.trains(), slices) {
+        (true, true) => (&[false, true], &[false, true]),
+        (true, false) => (&[false, true], &[false]),
+        (false, _) => (&[false], &[false]),
+    };
+    let train_rows = if workload.trains() { row_choices(workload.train_rows) } else { vec![None] };
+    let mut out = Vec::new();
+    for &reversible in training {
+        for &sliced_attention in sliced {
+            for &ff_chunk_len in &chunks {
+                for &loss_chunk_len in &chunks {
+                    for &micro_batch_rows in &train_rows {
+                        for &scoring_rows in &row_choices(workload.scoring_rows) {
+                            out.push(ExecutionConfig {
+                                reversible: if workload.trains() { reversible } else { cfg.execution.reversible },
+                                sliced_attention,
+                                ff_chunk_len,
+                                loss_chunk_len,
+                                micro_batch_rows,
+                                scoring_rows,
+                                fused_lsh: cfg.execution.fused_lsh,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Rows per pass tried for a batch of `rows`: the whole batch (None), then each proper
+/// divisor, largest first.
+fn row_choices(rows: i64) -> Vec<Option<i64>> {
+    std::iter::once(None).chain((1..rows).rev().filter(|d| rows % d == 0).map(Some)).collect()
+}
+
+/// How many memory-saving mechanisms `execution` uses: among plans of equal predicted
+/// time the planner takes the one with fewest.
+fn mechanisms(execution: &ExecutionConfig) -> usize {
+    [
+        execution.reversible,
+        execution.sliced_attention,
+        execution.ff_chunk_len.is_some(),
+        execution.loss_chunk_len.is_some(),
+        execution.micro_batch_rows.is_some(),
+        execution.scoring_rows.is_some(),
+    ]
+    .iter()
+    .filter(|&&on| on)
+    .count()
+}
+
+/// A plan's settings in words: "reversible, sliced attention, feed-forward 1024
+/// positions at a time, …".
+pub fn describe(execution: &ExecutionConfig, workload: Workload) -> String {
+    let mut parts = Vec::new();
+    if workload.trains() {
+        parts.push(if execution.reversible { "reversible layers".into() } else { "ordinary residuals".to_string() });
+    }
+    if execution.sliced_attention {
+        parts.push("sliced attention".into());
+    }
+    if let Some(len) = execution.ff_chunk_len {
+        parts.push(format!("feed-forward {len} positions at a time"));
+    }
+    if let Some(len) = execution.loss_chunk_len {
+        parts.push(format!("loss {len} positions at a time"));
+    }
+    let rows = |rows: Option<i64>, whole: i64| rows.unwrap_or(whole).min(whole);
+    if workload.trains() {
+        parts.push(format!(
+            "{} of {} rows per pass",
+            rows(execution.micro_batch_rows, workload.train_rows),
+            workload.train_rows
+        ));
+    }
+    parts.push(format!(
+        "scoring {} of {} rows per pass",
+        rows(execution.scoring_rows, workload.scoring_rows),
+        workload.scoring_rows
+    ));
+    parts.join(", ")
+}
