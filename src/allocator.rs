@@ -38,3 +38,30 @@ pub fn describe() -> String {
         Err(_) => format!("jemalloc ({conf})"),
     }
 }
+
+/// jemalloc's `mallctl`, as the executable that links jemalloc hands it over
+/// (`use_mallctl`); the library's own tests run without it.
+pub type Mallctl = unsafe extern "C" fn(*const c_char, *mut u8, *mut usize, *mut u8, usize) -> i32;
+
+static MALLCTL: std::sync::OnceLock<Mallctl> = std::sync::OnceLock::new();
+
+/// Lets `release_free_memory` reach jemalloc through its `mallctl`.
+pub fn use_mallctl(mallctl: Mallctl) {
+    let _ = MALLCTL.set(mallctl);
+}
+
+/// "arena.<MALLCTL_ARENAS_ALL>.purge": every arena's unused pages back to the system.
+const PURGE_ALL_ARENAS: &[u8] = b"arena.4096.purge\0";
+
+/// Returns the freed memory that jemalloc holds to the system, in every arena: called
+/// between phases of a run whose allocations differ in shape (training steps, then
+/// scoring), so that the second phase's peak does not stack on the first one's freed
+/// pieces that it cannot reuse. The next step faults its pages in again, once. Nothing
+/// happens without jemalloc (`use_mallctl`).
+pub fn release_free_memory() {
+    if let Some(mallctl) = MALLCTL.get() {
+        let null = std::ptr::null_mut();
+        // SAFETY: jemalloc's documented control call; a purge reads and writes nothing.
+        unsafe { mallctl(PURGE_ALL_ARENAS.as_ptr().cast(), null, std::ptr::null_mut(), null, 0) };
+    }
+}

@@ -23,6 +23,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[allow(non_upper_case_globals)]
 static malloc_conf: ConfString = allocator::MALLOC_CONF;
 
+extern "C" {
+    /// jemalloc's control call (unprefixed, as linked above).
+    fn mallctl(name: *const std::os::raw::c_char, old: *mut u8, old_len: *mut usize, new: *mut u8, new_len: usize) -> i32;
+}
+
 /// Train, sample from and benchmark the Reformer (Kitaev, Kaiser, Levskaya, ICLR 2020):
 /// LSH attention, reversible layers, chunked feed-forward, on libtorch (CPU or CUDA).
 #[derive(Parser)]
@@ -104,6 +109,7 @@ fn main() {
             exit_without_teardown(2);
         }
     };
+    allocator::use_mallctl(mallctl);
     // A libtorch error surfaces in tch as a panic: reported below, not by the hook.
     std::panic::set_hook(Box::new(|_| {}));
     let code = match std::panic::catch_unwind(|| run(cli)) {

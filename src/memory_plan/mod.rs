@@ -15,14 +15,16 @@ use crate::run_config::RunConfig;
 
 /// Plans `cfg`'s execution settings for `budget` on `device` (per process: each worker
 /// of a data-parallel run holds its own copy of the model and its share of the batch),
-/// sets them, and returns the record that `config.json` keeps; `scoring_rows` is the
-/// sequences per scoring batch that the run scores, 0 for a run that only trains.
+/// sets them, and returns the record that `config.json` keeps. `train_rows` is the
+/// sequences per training micro-batch (0: no training), `scoring_rows` per scoring batch,
+/// `scoring_hashes` the most hash rounds a scoring pass uses.
 pub fn apply(
     cfg: &mut RunConfig,
     budget: MemoryBudget,
     device: Device,
     train_rows: i64,
     scoring_rows: i64,
+    scoring_hashes: i64,
 ) -> Result<PlanRecord> {
     let model_bytes = budget.model_bytes(device)?;
     let total = budget.total_bytes(device)?;
@@ -30,6 +32,7 @@ pub fn apply(
         train_rows,
         scoring_rows: scoring_rows.max(1),
         seq_len: cfg.training_len(),
+        scoring_hashes,
         precision: cfg.train.precision,
     };
     let plan = planner::plan(&cfg.model, workload, device, model_bytes)

@@ -24,6 +24,9 @@ pub struct Workload {
     pub scoring_rows: i64,
     /// Tokens per sequence.
     pub seq_len: i64,
+    /// The most LSH hash rounds a scoring pass uses (a sweep over rounds, as the
+    /// duplication task's Table-2 row, scores with more than the model trains with).
+    pub scoring_hashes: i64,
     pub precision: Precision,
 }
 
@@ -99,7 +102,9 @@ pub fn evaluate(cfg: &ModelConfig, execution: ExecutionConfig, workload: Workloa
     let case = Case::step("plan", "plan", model.clone(), workload.train_rows.max(1), workload.seq_len, 1)
         .in_precision(workload.precision);
     let fused = case.lsh_path(device).starts_with("fused");
-    let scoring = scoring_breakdown(&model, workload.scoring_rows, workload.seq_len, fused, workload.trains());
+    let mut scored = model.clone();
+    scored.lsh.n_hashes = scored.lsh.n_hashes.max(workload.scoring_hashes);
+    let scoring = scoring_breakdown(&scored, workload.scoring_rows, workload.seq_len, fused, workload.trains());
     let (peak, step_secs) = if workload.trains() {
         let step = breakdown(&case, fused);
         let secs = timing.step_secs(&model, workload.train_rows, workload.seq_len);

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use super::stopping::check_target;
 use tch::Device;
 
+use crate::hash_rounds_sweep::TABLE2_ROUNDS;
 use crate::memory_plan::{self, MemoryBudget};
 use crate::run_config::RunConfig;
 use crate::run_dir::RunDir;
@@ -76,11 +77,16 @@ fn open_run(dir: &Path, opts: &TrainArgs) -> Result<(RunDir, RunConfig)> {
 }
 
 /// Chooses the run's execution settings for `budget` on `device` (`memory_plan`), each
-/// training and scoring pass at most `train.batch_size` sequences per worker, and records
+/// training and scoring pass at most `train.batch_size` sequences per worker (and the
+/// duplication task's closing Table-2 row scored with up to 8 hash rounds), and records
 /// the plan in the configuration; `announce` prints it.
 pub fn plan_memory(cfg: &mut RunConfig, budget: MemoryBudget, device: Device, announce: bool) -> Result<()> {
     let rows = cfg.train.batch_size;
-    let record = memory_plan::apply(cfg, budget, device, rows, rows)?;
+    let scoring_hashes = match cfg.task {
+        TaskKind::Duplication => TABLE2_ROUNDS.into_iter().max().unwrap_or(1),
+        TaskKind::Enwik8 | TaskKind::Text => cfg.model.lsh.n_hashes,
+    };
+    let record = memory_plan::apply(cfg, budget, device, rows, rows, scoring_hashes)?;
     if announce {
         eprintln!("{}", record.line());
     }

@@ -7,6 +7,7 @@ use tch::Device;
 
 use super::stopping::Stop;
 use super::Trainer;
+use crate::allocator::release_free_memory;
 use crate::hash_rounds_sweep::{self, TABLE2_ROUNDS};
 use crate::model::ReformerLm;
 use crate::precision::Precision;
@@ -100,6 +101,7 @@ fn table2_row(
 ) -> Result<serde_json::Value> {
     let settings = TABLE2_ROUNDS.map(Some);
     let scores = hash_rounds_sweep::sweep(model, &settings, seq_len, |model, _| {
+        release_free_memory(); // each setting's tensors differ in size from the last's
         precision.autocast(device, || evaluate(model, batches, device))
     })?;
     let mut row = serde_json::Map::new();

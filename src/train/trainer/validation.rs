@@ -7,6 +7,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::Trainer;
+use crate::allocator::release_free_memory;
 use crate::model::attention::partner_reach::partner_reach_per_layer;
 use crate::model::ForwardMode;
 use crate::score::{evaluate_shared, Figure, Score, EVAL_SEED};
@@ -62,9 +63,14 @@ impl Trainer {
         Ok(Some(reach))
     }
 
-    /// `batches` scored under the run's precision, each rank its share.
+    /// `batches` scored under the run's precision, each rank its share; the freed memory
+    /// of the training steps goes back to the system first, and the scoring's after.
     pub(super) fn score(&self, batches: &[Batch]) -> Result<Score> {
         let precision = self.cfg.train.precision;
-        precision.autocast(self.device, || evaluate_shared(&self.model, batches, self.device, self.group.as_ref()))?
+        release_free_memory();
+        let score =
+            precision.autocast(self.device, || evaluate_shared(&self.model, batches, self.device, self.group.as_ref()))?;
+        release_free_memory();
+        score
     }
 }
