@@ -25,7 +25,13 @@ static malloc_conf: ConfString = allocator::MALLOC_CONF;
 
 extern "C" {
     /// jemalloc's control call (unprefixed, as linked above).
-    fn mallctl(name: *const std::os::raw::c_char, old: *mut u8, old_len: *mut usize, new: *mut u8, new_len: usize) -> i32;
+    fn mallctl(
+        name: *const std::os::raw::c_char,
+        old: *mut u8,
+        old_len: *mut usize,
+        new: *mut u8,
+        new_len: usize,
+    ) -> i32;
 }
 
 /// Train, sample from and benchmark the Reformer (Kitaev, Kaiser, Levskaya, ICLR 2020):

@@ -66,12 +66,18 @@ pub struct PlanRecord {
 /// Feed-forward and loss chunk lengths tried (each only below the sequence length).
 const CHUNK_LENS: [i64; 3] = [4096, 1024, 256];
 
+/// The share of the budget left for the model that a plan leaves unused: the memory
+/// model's error where it predicts low (measured in `docs/memory-plan-cpu.md`).
+pub const RESERVE: f64 = 0.05;
+
 /// The fastest plan for `workload` whose predicted peak is at most `model_bytes` (the
-/// budget less what the process holds before the model: `MemoryBudget::model_bytes`);
-/// when none fits, one line with the smallest peak reachable and its largest term.
+/// budget less what the process holds before the model: `MemoryBudget::model_bytes`)
+/// less `RESERVE`; when none fits, one line with the smallest peak reachable and its
+/// largest term.
 pub fn plan(cfg: &ModelConfig, workload: Workload, device: Device, model_bytes: f64) -> Result<Plan> {
+    let usable = model_bytes * (1.0 - RESERVE);
     let plans: Vec<Plan> = candidates(cfg, workload).into_iter().map(|e| evaluate(cfg, e, workload, device)).collect();
-    let fastest = plans.iter().filter(|p| p.peak.total() <= model_bytes).min_by(|a, b| {
+    let fastest = plans.iter().filter(|p| p.peak.total() <= usable).min_by(|a, b| {
         a.step_secs.total_cmp(&b.step_secs).then(mechanisms(&a.execution).cmp(&mechanisms(&b.execution)))
     });
     if let Some(plan) = fastest {
@@ -89,7 +95,7 @@ pub fn plan(cfg: &ModelConfig, workload: Workload, device: Device, model_bytes: 
         "nothing fits: the smallest predicted peak is {} for the model ({}) against {} left of the budget; its largest term is {term} ({}): it needs {shrinks}",
         format_bytes(smallest.peak.total()),
         describe(&smallest.execution, workload),
-        format_bytes(model_bytes.max(0.0)),
+        format_bytes(usable.max(0.0)),
         format_bytes(bytes)
     )
 }

@@ -68,8 +68,8 @@ impl Trainer {
     pub(super) fn score(&self, batches: &[Batch]) -> Result<Score> {
         let precision = self.cfg.train.precision;
         release_free_memory();
-        let score =
-            precision.autocast(self.device, || evaluate_shared(&self.model, batches, self.device, self.group.as_ref()))?;
+        let score = precision
+            .autocast(self.device, || evaluate_shared(&self.model, batches, self.device, self.group.as_ref()))?;
         release_free_memory();
         score
     }
