@@ -217,3 +217,100 @@ pub fn describe(execution: &ExecutionConfig, workload: Workload) -> String {
     ));
     parts.join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LSH and local layers, 1,024 tokens, batches of 4: every mechanism saves memory.
+    fn model() -> ModelConfig {
+        let mut cfg = ModelConfig {
+            vocab_size: 256,
+            d_model: 64,
+            n_layers: 4,
+            n_heads: 2,
+            d_ff: 512,
+            max_seq_len: 1024,
+            attention: vec![AttentionKind::Lsh, AttentionKind::Local],
+            ..Default::default()
+        };
+        cfg.lsh.n_hashes = 4;
+        cfg
+    }
+
+    fn workload() -> Workload {
+        Workload { train_rows: 4, scoring_rows: 4, seq_len: 1024, scoring_hashes: 4, precision: Precision::F32 }
+    }
+
+    fn all_plans() -> Vec<Plan> {
+        candidates(&model(), workload()).into_iter().map(|e| evaluate(&model(), e, workload(), Device::Cpu)).collect()
+    }
+
+    /// The budget (before the reserve) under which a plan of `peak` bytes just fits.
+    fn budget_for(peak: f64) -> f64 {
+        peak / (1.0 - RESERVE)
+    }
+
+    #[test]
+    fn an_ample_budget_takes_the_plain_computation() {
+        let plan = plan(&model(), workload(), Device::Cpu, 1e15).unwrap();
+        let plain = ExecutionConfig { reversible: false, ..Default::default() };
+        assert_eq!(plan.execution, plain);
+    }
+
+    #[test]
+    fn the_plan_is_the_fastest_that_fits() {
+        let plans = all_plans();
+        let mut peaks: Vec<f64> = plans.iter().map(|p| p.peak.total()).collect();
+        peaks.sort_by(f64::total_cmp);
+        for peak in [peaks[0], peaks[peaks.len() / 4], peaks[peaks.len() / 2], peaks[peaks.len() - 1]] {
+            let chosen = plan(&model(), workload(), Device::Cpu, budget_for(peak)).unwrap();
+            assert!(chosen.peak.total() <= peak * (1.0 + 1e-12));
+            let fastest_fitting =
+                plans.iter().filter(|p| p.peak.total() <= peak).map(|p| p.step_secs).fold(f64::INFINITY, f64::min);
+            assert_eq!(chosen.step_secs, fastest_fitting);
+        }
+    }
+
+    #[test]
+    fn a_budget_that_only_a_mechanism_meets_picks_it() {
+        let plans = all_plans();
+        let mechanisms: [(&str, fn(&ExecutionConfig) -> bool); 6] = [
+            ("reversible", |e| e.reversible),
+            ("sliced attention", |e| e.sliced_attention),
+            ("feed-forward chunks", |e| e.ff_chunk_len.is_some()),
+            ("loss chunks", |e| e.loss_chunk_len.is_some()),
+            ("micro-batches", |e| e.micro_batch_rows.is_some()),
+            ("scoring rows", |e| e.scoring_rows.is_some()),
+        ];
+        for (name, uses) in mechanisms {
+            let smallest_without =
+                plans.iter().filter(|p| !uses(&p.execution)).map(|p| p.peak.total()).fold(f64::INFINITY, f64::min);
+            let smallest = plans.iter().map(|p| p.peak.total()).fold(f64::INFINITY, f64::min);
+            assert!(smallest < smallest_without, "{name} saves nothing in this model");
+            let budget = budget_for((smallest + smallest_without) / 2.0);
+            let chosen = plan(&model(), workload(), Device::Cpu, budget).unwrap();
+            assert!(uses(&chosen.execution), "{name} not chosen: {:?}", chosen.execution);
+        }
+    }
+
+    #[test]
+    fn nothing_fits_is_one_line_with_the_smallest_peak_and_its_largest_term() {
+        let err = plan(&model(), workload(), Device::Cpu, 1e6).unwrap_err().to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(err.contains("the smallest predicted peak is") && err.contains("its largest term is"), "{err}");
+        assert!(err.contains("reversible layers"), "{err}");
+    }
+
+    #[test]
+    fn scoring_only_workloads_vary_only_scoring_settings() {
+        let scoring = Workload { train_rows: 0, ..workload() };
+        for execution in candidates(&model(), scoring) {
+            assert_eq!(execution.micro_batch_rows, None);
+            assert!(!execution.sliced_attention);
+            assert_eq!(execution.reversible, model().execution.reversible);
+        }
+        let text = describe(&ExecutionConfig { scoring_rows: Some(2), ..Default::default() }, scoring);
+        assert_eq!(text, "scoring 2 of 4 rows per pass");
+    }
+}
