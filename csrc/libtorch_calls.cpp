@@ -38,13 +38,13 @@ int reformer_guard_probe(int kind, char* err, size_t err_len) {
 // Whether libtorch records operations for autograd on this thread.
 int reformer_grad_enabled() { return c10::GradMode::is_enabled() ? 1 : 0; }
 
-// The CUDA caching allocator's peak of allocated bytes on device `index` since the
-// process started or the last reset.
-int reformer_cuda_peak_allocated(int index, int64_t* peak, char* err, size_t err_len) {
+// The CUDA caching allocator's peak on device `index` since the process started or the
+// last reset: of allocated bytes, or with `reserved` of the bytes it held from the driver.
+int reformer_cuda_peak(int index, int reserved, int64_t* peak, char* err, size_t err_len) {
   return bridge::guarded(err, err_len, [&] {
     auto stats = cuda_allocator()->getDeviceStats(static_cast<c10::DeviceIndex>(index));
     auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
-    *peak = stats.allocated_bytes[aggregate].peak;
+    *peak = reserved ? stats.reserved_bytes[aggregate].peak : stats.allocated_bytes[aggregate].peak;
   });
 }
 

@@ -80,7 +80,8 @@ pub fn describe(device: Device) -> String {
 
 extern "C" {
     // From `csrc/libtorch_calls.cpp`.
-    fn reformer_cuda_peak_allocated(index: i32, peak: *mut i64, err: *mut std::ffi::c_char, err_len: usize) -> i32;
+    fn reformer_cuda_peak(index: i32, reserved: i32, peak: *mut i64, err: *mut std::ffi::c_char, err_len: usize)
+        -> i32;
     fn reformer_cuda_reset_peak(index: i32, err: *mut std::ffi::c_char, err_len: usize) -> i32;
     fn reformer_cuda_memory_info(
         index: i32,
@@ -94,9 +95,20 @@ extern "C" {
 /// Bytes the CUDA caching allocator has had allocated at most on device `index` since
 /// the process started or `reset_cuda_peak`.
 pub fn cuda_peak_allocated(index: usize) -> Result<i64> {
+    cuda_peak(index, false)
+}
+
+/// Bytes the CUDA caching allocator has held from the driver at most on device `index`
+/// since the process started or `reset_cuda_peak`: what nvidia-smi shows, less the
+/// context.
+pub fn cuda_peak_reserved(index: usize) -> Result<i64> {
+    cuda_peak(index, true)
+}
+
+fn cuda_peak(index: usize, reserved: bool) -> Result<i64> {
     let mut peak = 0i64;
     // SAFETY: `peak` and the message buffer outlive the call.
-    checked(|err, len| unsafe { reformer_cuda_peak_allocated(index as i32, &mut peak, err, len) })?;
+    checked(|err, len| unsafe { reformer_cuda_peak(index as i32, reserved as i32, &mut peak, err, len) })?;
     Ok(peak)
 }
 

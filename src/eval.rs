@@ -12,6 +12,7 @@ use tch::Device;
 use crate::arg_values::at_least_one;
 use crate::device::RunArgs;
 use crate::hash_rounds_sweep;
+use crate::memory_plan::{self, parse_budget, MemoryBudget};
 use crate::model::attention::window_rule::WindowRule;
 use crate::model::attention::Attention;
 use crate::model::ReformerLm;
@@ -75,6 +76,11 @@ pub struct EvalArgs {
     /// Score exactly the validation windows the training run logged (instead of a --split).
     #[arg(long, conflicts_with = "split")]
     pub training_windows: bool,
+    /// Fit the scoring in this much memory (8GiB, 512MiB, 8G, or auto): the planner
+    /// picks the windows per forward pass and the loss chunks (the scores do not change)
+    /// and prints the plan, as `train --memory-budget` does.
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    pub memory_budget: Option<MemoryBudget>,
     /// Print one JSON object with every figure and the settings used.
     #[arg(long)]
     pub json: bool,
@@ -228,6 +234,13 @@ pub fn run(opts: EvalArgs) -> Result<()> {
     );
     let figure = Figure::of(cfg.task);
     let settings = round_settings(&opts, trained_rounds);
+    if let Some(budget) = opts.memory_budget {
+        let most_rounds = settings.iter().map(|rounds| rounds.unwrap_or(1)).max().unwrap_or(trained_rounds);
+        let rows = cfg.train.batch_size;
+        let record = memory_plan::apply(&mut cfg, budget, device, 0, rows, most_rounds)?;
+        eprintln!("{}", record.line());
+        model.cfg.execution = cfg.model.execution.clone();
+    }
     let results = hash_rounds_sweep::sweep(&mut model, &settings, task.seq_len(), |model, rounds| {
         let label = match rounds {
             Some(j) => format!("eval ({j} rounds)"),

@@ -8,6 +8,7 @@ use tch::Device;
 use super::Suite;
 use crate::arg_values::at_least_one;
 use crate::device::RunArgs;
+use crate::memory_plan::{parse_budget, MemoryBudget};
 use crate::precision::Precision;
 use crate::run_config::RunConfig;
 
@@ -44,6 +45,15 @@ pub struct BenchArgs {
     /// 1024,4096,65536).
     #[arg(long, value_delimiter = ',', value_parser = at_least_one::<i64>)]
     pub lengths: Option<Vec<i64>>,
+    /// With --preset or --config: measure the step the memory planner chooses for this
+    /// budget (8GiB, 512MiB, 8G, or auto; as `train --memory-budget`) at each length, and
+    /// say whether the whole process stayed under it.
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    pub memory_budget: Option<MemoryBudget>,
+    /// With --memory-budget: measure every other combination of the execution settings
+    /// too, and compare the planned step with the fastest that stayed under the budget.
+    #[arg(long, requires = "memory_budget")]
+    pub all_plans: bool,
     /// After the table, each case's predicted peak memory term by term (parameters,
     /// gradients, optimizer state, kept activations, attention working set, residual
     /// streams, loss, libtorch overhead) beside its measured peak.
@@ -82,6 +92,9 @@ impl BenchArgs {
             (Some(name), _) => (name.clone(), RunConfig::preset(name)?),
             (None, Some(path)) => (config_label(path), RunConfig::from_file(path)?),
             (None, None) if !self.set.is_empty() => bail!("--set changes the --preset or --config model: give one"),
+            (None, None) if self.memory_budget.is_some() => {
+                bail!("--memory-budget plans the --preset or --config model's step: give one")
+            }
             (None, None) => return Ok(None),
         };
         let cfg = base.with_overrides(&self.set)?;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::memory_plan::budget::CUDA_CONTEXT_BYTES;
 use crate::memory_plan::step_time::{attention_core_flops, projection_flops, ForwardFlops};
 use crate::model::attention::lsh::LshParams;
 use crate::model::attention::lsh_path::LshPath;
@@ -55,6 +56,11 @@ pub struct Measurement {
     pub peak_bytes: i64,
     /// Every timed step, in milliseconds.
     pub step_ms: Vec<f64>,
+    /// The whole process's peak: on CPU its peak resident memory, libtorch included; on
+    /// CUDA the caching allocator's peak reservation and the CUDA context (what
+    /// `--memory-budget` counts). 0 in reports before it was recorded.
+    #[serde(default)]
+    pub process_peak_bytes: i64,
 }
 
 impl Case {
@@ -217,6 +223,10 @@ pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
         peak_bytes: match device {
             Device::Cuda(index) => crate::device::cuda_peak_allocated(index)?,
             _ => process_memory("VmHWM:") - baseline,
+        },
+        process_peak_bytes: match device {
+            Device::Cuda(index) => crate::device::cuda_peak_reserved(index)? + CUDA_CONTEXT_BYTES as i64,
+            _ => process_memory("VmHWM:"),
         },
         step_ms,
     })

@@ -5,6 +5,7 @@ mod args;
 pub mod case;
 pub mod figure;
 pub mod memory_model;
+mod plans;
 pub mod precision;
 pub mod report;
 pub mod steady;
@@ -114,6 +115,9 @@ pub fn run(opts: BenchArgs) -> Result<()> {
     eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(device), peak / 1e9);
     let rows = measure(&cases, &opts, device, peak)?;
     print_table(&rows);
+    if let (Some(budget), Some((name, _))) = (opts.memory_budget, opts.measured_config()?) {
+        plans::print_summary(&rows, &name, budget.total_bytes(device)?);
+    }
     if opts.explain {
         print_breakdowns(&rows);
     }
@@ -136,15 +140,19 @@ pub fn run(opts: BenchArgs) -> Result<()> {
 /// The cases of `--preset` or of the suites, in `--precision` (but the precision suite's
 /// own, which sets each) and on the batched LSH path with `--batched-lsh`.
 fn chosen_cases(opts: &BenchArgs, device: Device) -> Result<Vec<Case>> {
-    let cases = match opts.measured_config()? {
-        Some((name, cfg)) => config_cases(&name, &cfg, opts.lengths.as_deref(), opts.steps)?,
-        None if opts.lengths.is_some() && !matches!(opts.suite, Suite::Attention | Suite::All) => {
+    let cases = match (opts.measured_config()?, opts.memory_budget) {
+        (Some((name, cfg)), Some(budget)) => {
+            let lengths = opts.lengths.clone().unwrap_or_else(|| vec![cfg.training_len()]);
+            plans::plan_cases(&name, &cfg, &lengths, opts.steps, budget, device, opts.all_plans)?
+        }
+        (Some((name, cfg)), None) => config_cases(&name, &cfg, opts.lengths.as_deref(), opts.steps)?,
+        (None, _) if opts.lengths.is_some() && !matches!(opts.suite, Suite::Attention | Suite::All) => {
             bail!(
                 "--lengths applies to the attention suite and to --preset / --config, not to --suite {:?}",
                 opts.suite
             )
         }
-        None => cases(opts, device),
+        (None, _) => cases(opts, device),
     };
     Ok(cases
         .into_iter()

@@ -127,11 +127,14 @@ pub fn evaluate(cfg: &ModelConfig, execution: ExecutionConfig, workload: Workloa
 
 /// Every combination of the execution settings worth trying for `workload`: reversible
 /// or not, sliced attention or not (with LSH or local layers), feed-forward and loss
-/// chunks, rows per training pass (divisors of the batch) and rows per scoring pass.
-/// `fused_lsh` stays the configuration's.
+/// chunks, rows per training pass (divisors of the batch) and rows per scoring pass;
+/// without training only the loss chunks and the scoring rows. `fused_lsh` stays the
+/// configuration's.
 pub fn candidates(cfg: &ModelConfig, workload: Workload) -> Vec<ExecutionConfig> {
     let chunks: Vec<Option<i64>> =
         std::iter::once(None).chain(CHUNK_LENS.iter().filter(|&&c| c < workload.seq_len).map(|&c| Some(c))).collect();
+    // Scoring keeps the built model's feed-forward chunks (only a training plan builds it).
+    let ff_chunks = if workload.trains() { chunks.clone() } else { vec![cfg.execution.ff_chunk_len] };
     let slices = cfg.attention.iter().any(|&kind| kind != AttentionKind::Full);
     let (training, sliced): (&[bool], &[bool]) = match (workload.trains(), slices) {
         (true, true) => (&[false, true], &[false, true]),
@@ -142,7 +145,7 @@ pub fn candidates(cfg: &ModelConfig, workload: Workload) -> Vec<ExecutionConfig>
     let mut out = Vec::new();
     for &reversible in training {
         for &sliced_attention in sliced {
-            for &ff_chunk_len in &chunks {
+            for &ff_chunk_len in &ff_chunks {
                 for &loss_chunk_len in &chunks {
                     for &micro_batch_rows in &train_rows {
                         for &scoring_rows in &row_choices(workload.scoring_rows) {
@@ -184,6 +187,24 @@ fn mechanisms(execution: &ExecutionConfig) -> usize {
     .iter()
     .filter(|&&on| on)
     .count()
+}
+
+/// A plan's settings in a few characters, for a bench label: `rev+sliced+ff256+loss1024+rows2`.
+pub fn short(execution: &ExecutionConfig) -> String {
+    let mut parts = vec![if execution.reversible { "rev".to_string() } else { "plain".into() }];
+    if execution.sliced_attention {
+        parts.push("sliced".into());
+    }
+    if let Some(len) = execution.ff_chunk_len {
+        parts.push(format!("ff{len}"));
+    }
+    if let Some(len) = execution.loss_chunk_len {
+        parts.push(format!("loss{len}"));
+    }
+    if let Some(rows) = execution.micro_batch_rows {
+        parts.push(format!("rows{rows}"));
+    }
+    parts.join("+")
 }
 
 /// A plan's settings in words: "reversible, sliced attention, feed-forward 1024
@@ -307,6 +328,7 @@ mod tests {
         let scoring = Workload { train_rows: 0, ..workload() };
         for execution in candidates(&model(), scoring) {
             assert_eq!(execution.micro_batch_rows, None);
+            assert_eq!(execution.ff_chunk_len, model().execution.ff_chunk_len);
             assert!(!execution.sliced_attention);
             assert_eq!(execution.reversible, model().execution.reversible);
         }
