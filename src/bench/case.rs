@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::memory_plan::budget::CUDA_CONTEXT_BYTES;
+use crate::memory_plan::budget::process_peak_bytes;
 use crate::memory_plan::step_time::{attention_core_flops, projection_flops, ForwardFlops};
 use crate::model::attention::lsh::LshParams;
 use crate::model::attention::lsh_path::LshPath;
@@ -224,10 +224,7 @@ pub fn run_case(case: &Case, device: Device) -> Result<Measurement> {
             Device::Cuda(index) => crate::device::cuda_peak_allocated(index)?,
             _ => process_memory("VmHWM:") - baseline,
         },
-        process_peak_bytes: match device {
-            Device::Cuda(index) => crate::device::cuda_peak_reserved(index)? + CUDA_CONTEXT_BYTES as i64,
-            _ => process_memory("VmHWM:"),
-        },
+        process_peak_bytes: process_peak_bytes(device) as i64,
         step_ms,
     })
 }

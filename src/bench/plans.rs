@@ -43,7 +43,11 @@ pub fn plan_cases(
         let step = |label: String, execution| {
             let model = crate::model::ModelConfig { execution, ..cfg.model.clone() };
             let case = Case::step("plan", label, model, batch, seq_len, steps);
-            if all_plans { case } else { case.without_warmup() }
+            if all_plans {
+                case
+            } else {
+                case.without_warmup()
+            }
         };
         let planned = crate::model::config::ExecutionConfig { scoring_rows: None, ..chosen.execution };
         cases.push(step(format!("{name}-plan"), planned.clone()));

@@ -122,6 +122,17 @@ impl MemoryBudget {
     }
 }
 
+/// The process's peak so far, as a budget counts it: on the CPU its peak resident
+/// memory, on CUDA the caching allocator's peak reservation and the context.
+pub fn process_peak_bytes(device: Device) -> f64 {
+    match device {
+        Device::Cuda(index) => {
+            crate::device::cuda_peak_reserved(index).map_or(f64::NAN, |peak| peak as f64 + CUDA_CONTEXT_BYTES)
+        }
+        _ => process_memory("VmHWM:") as f64,
+    }
+}
+
 /// clap's parser of `--memory-budget`.
 pub fn parse_budget(text: &str) -> Result<MemoryBudget, String> {
     text.parse().map_err(|e: anyhow::Error| e.to_string())

@@ -41,6 +41,7 @@ pub fn apply(
     Ok(PlanRecord {
         budget: budget.to_string(),
         budget_bytes: total,
+        process_bytes: total - model_bytes,
         predicted_peak_bytes: total - model_bytes + plan.peak.total(),
         predicted_step_secs: plan.step_secs,
         plan: planner::describe(&plan.execution, workload),

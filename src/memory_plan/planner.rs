@@ -55,7 +55,10 @@ pub struct PlanRecord {
     pub budget: String,
     /// The budget in bytes when the plan was made.
     pub budget_bytes: f64,
-    /// The predicted peak of the whole process.
+    /// What the process held before the model (libtorch, the binary; on CUDA the
+    /// context), measured when the plan was made.
+    pub process_bytes: f64,
+    /// The predicted peak of the whole process: `process_bytes` and the model's peak.
     pub predicted_peak_bytes: f64,
     /// The predicted seconds per step (`memory_plan::step_time`).
     pub predicted_step_secs: f64,

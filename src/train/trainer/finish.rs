@@ -35,6 +35,7 @@ impl Trainer {
             "valid_loss": valid.loss, "tokens_per_sec": tokens_per_sec, "elapsed_secs": self.state.elapsed_secs,
             "checkpoint": self.run_dir.latest().map(|p| p.display().to_string()),
             "precision": self.cfg.train.precision,
+            "peak_memory_bytes": crate::memory_plan::budget::process_peak_bytes(self.device),
         });
         if let Some(scaler) = &self.state.loss_scale {
             summary["overflow_steps"] = json!(scaler.overflow_steps);
