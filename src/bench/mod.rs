@@ -115,8 +115,8 @@ pub fn run(opts: BenchArgs) -> Result<()> {
     eprintln!("device {}: fp32 matmul {:.1} GFLOP/s", crate::device::describe(device), peak / 1e9);
     let rows = measure(&cases, &opts, device, peak)?;
     print_table(&rows);
-    if let (Some(budget), Some((name, _))) = (opts.memory_budget, opts.measured_config()?) {
-        plans::print_summary(&rows, &name, budget.total_bytes(device)?);
+    if let (Some(budget), Some((name, cfg))) = (opts.memory_budget, opts.measured_config()?) {
+        plans::print_summary(&rows, &name, &cfg, budget, device)?;
     }
     if opts.explain {
         print_breakdowns(&rows);

@@ -2,6 +2,7 @@
 //! the machine, and the precision suite's extra measurements; written once as JSON by
 //! `--json`, read back by `--from`, and tabulated from the same rows.
 
+use crate::memory_plan::step_time::{StepTimeModel, StepWork};
 use std::path::Path;
 use std::process::Command;
 
@@ -76,6 +77,12 @@ pub struct CaseRow {
     pub flops_per_token: f64,
     /// Model FLOP/s over the device's fp32 matmul rate (0 unless the case ran).
     pub utilization: f64,
+    /// A training step's work as the step-time model counts it, and the time it predicts
+    /// (absent for layer cases and in reports before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_work: Option<StepWork>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_ms: Option<f64>,
 }
 
 fn no_lsh_path() -> String {
@@ -94,6 +101,7 @@ impl CaseRow {
         peak_flops: f64,
     ) -> Self {
         let flops_per_token = case.flops_per_token();
+        let step_work = (case.kind == CaseKind::Step).then(|| StepWork::of(&case.model, case.batch_size, case.seq_len));
         let utilization =
             if status == Status::Ok { flops_per_token * measured.tokens_per_sec / peak_flops } else { 0.0 };
         Self {
@@ -114,6 +122,8 @@ impl CaseRow {
             predicted_terms: Some(predicted),
             flops_per_token,
             utilization,
+            step_work,
+            predicted_ms: step_work.map(|work| StepTimeModel::for_device(device).secs(work) * 1e3),
         }
     }
 }

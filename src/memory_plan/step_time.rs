@@ -106,6 +106,30 @@ impl StepTimeModel {
     /// Predicted seconds of one training step of `batch_rows` sequences of `seq_len`
     /// tokens (forward, backward and the update) with `cfg.execution`'s settings.
     pub fn step_secs(&self, cfg: &ModelConfig, batch_rows: i64, seq_len: i64) -> f64 {
+        self.secs(StepWork::of(cfg, batch_rows, seq_len))
+    }
+
+    /// Predicted seconds of `work`.
+    pub fn secs(&self, work: StepWork) -> f64 {
+        work.flops / self.flops_per_sec + work.calls * self.secs_per_call
+    }
+}
+
+/// What one training step computes, as the step-time model counts it: arithmetic, and
+/// libtorch calls (each with a fixed cost whatever its size).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepWork {
+    pub flops: f64,
+    pub calls: f64,
+}
+
+impl StepWork {
+    /// One training step of `batch_rows` sequences of `seq_len` tokens with
+    /// `cfg.execution`'s settings: forward and backward (3 forwards' arithmetic), a
+    /// reversible backward's recomputed blocks, sliced attention's recomputed attention
+    /// core; the calls of every pass (micro-batch), per layer, per attention slice, per
+    /// feed-forward and loss chunk.
+    pub fn of(cfg: &ModelConfig, batch_rows: i64, seq_len: i64) -> Self {
         let execution = &cfg.execution;
         let flops = ForwardFlops::of(cfg, seq_len);
         let tokens = (batch_rows * seq_len) as f64;
@@ -132,7 +156,7 @@ impl StepTimeModel {
             + slices * CALLS_PER_SLICE
             + layers * pieces(execution.ff_chunk_len) * CALLS_PER_FF_CHUNK
             + pieces(execution.loss_chunk_len) * CALLS_PER_LOSS_CHUNK;
-        tokens * per_token / self.flops_per_sec + passes * calls_per_pass * self.secs_per_call
+        Self { flops: tokens * per_token, calls: passes * calls_per_pass }
     }
 }
 
