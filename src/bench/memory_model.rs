@@ -34,6 +34,10 @@ const EXPLICIT_PEAK_PER_KEY: f64 = 6.0;
 /// its input).
 const BLOCK_KEPT_PER_WIDTH: f64 = 12.0;
 const BLOCK_KEPT_PER_FF_WIDTH: f64 = 3.0;
+/// What ordinary residual layers keep for the backward, as a share of the per-layer
+/// figures above (which are a reversible layer's recomputation, with its gradients
+/// beside it): fitted to 52 measured steps of two presets (`docs/memory-plan-cpu.md`).
+const ORDINARY_KEPT_SHARE: f64 = 0.75;
 /// (B, T, D) tensors alive around the stack: embedding, the two streams, their gradients.
 const STREAM_TENSORS: f64 = 6.0;
 /// (B, T_chunk, V) tensors of the loss: logits, log-probabilities, their gradient.
@@ -103,7 +107,7 @@ fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train:
             // their gradients and the kernel's contiguous copy of them.
             let round_outputs = cfg.lsh.n_hashes as f64 * (cfg.d_head() + 1) as f64;
             if cfg.execution.sliced_attention {
-                let kept = SLICED_ROUND_OUTPUT_COPIES * heads * round_outputs;
+                let kept = heads * round_outputs;
                 (kept, kept + FUSED_LSH_PER_ROUND_OUTPUT * round_outputs)
             } else {
                 (FUSED_LSH_PER_ROUND_OUTPUT * heads * round_outputs, FUSED_LSH_PER_ROUND_OUTPUT * heads * round_outputs)
@@ -118,6 +122,17 @@ fn attention_floats(cfg: &ModelConfig, kind: AttentionKind, seq_len: i64, train:
             } else {
                 let keys = heads * rounds * window;
                 (LSH_KEPT_PER_KEY * keys, LSH_PEAK_PER_KEY * keys)
+            }
+        }
+        AttentionKind::Local if !(train && cfg.dropout_attention > 0.0) => {
+            // Fused (scaled_dot_product_attention): nothing per window key, only the
+            // queries, the outputs and the windows' keys and values.
+            let window_chunks = (1 + cfg.local.n_chunks_before + cfg.local.n_chunks_after) as f64;
+            let kept = heads * cfg.d_head() as f64 * (2.0 * window_chunks + 2.0);
+            if cfg.execution.sliced_attention {
+                (0.0, kept / heads * 2.0)
+            } else {
+                (kept, kept)
             }
         }
         AttentionKind::Local => {
@@ -238,22 +253,18 @@ pub fn breakdown(case: &Case, fused: bool) -> MemoryBreakdown {
             }
         }
         CaseKind::Step => {
-            // Under reversible layers the one layer whose activations exist is recomputed
-            // feed-forward chunk by chunk; otherwise every chunk's are kept.
-            let ff_share = match cfg.execution.ff_chunk_len {
-                Some(chunk) if cfg.execution.reversible => (chunk as f64 / case.seq_len as f64).min(1.0),
-                _ => 1.0,
-            };
+            // Feed-forward chunks are not credited: measured, they leave the peak of these
+            // steps where it was (the attention half of a block sets it).
             let layers: Vec<(f64, f64)> = (0..cfg.n_layers)
                 .map(|i| {
                     let (kept, peak) = attention_floats(cfg, cfg.attention_of_layer(i), case.seq_len, true, fused);
-                    (kept + BLOCK_KEPT_PER_WIDTH * d + BLOCK_KEPT_PER_FF_WIDTH * d_ff * ff_share, peak)
+                    (kept + BLOCK_KEPT_PER_WIDTH * d + BLOCK_KEPT_PER_FF_WIDTH * d_ff, peak)
                 })
                 .collect();
             let kept_total: f64 = layers.iter().map(|l| l.0).sum();
             let kept_max = layers.iter().map(|l| l.0).fold(0.0, f64::max);
             let peak_max = layers.iter().map(|l| l.1).fold(0.0, f64::max);
-            let kept = if cfg.execution.reversible { kept_max } else { kept_total };
+            let kept = if cfg.execution.reversible { kept_max } else { ORDINARY_KEPT_SHARE * kept_total };
             let loss_len = cfg.execution.loss_chunk_len.unwrap_or(case.seq_len).min(case.seq_len) as f64;
             MemoryBreakdown {
                 libtorch_overhead: CASE_OVERHEAD_BYTES,

@@ -160,10 +160,13 @@ impl StepWork {
     }
 }
 
-/// Float32 training arithmetic per CPU thread, FLOP/s (fitted, see `for_device`).
-const CPU_FLOPS_PER_THREAD: f64 = 30e9;
-/// Seconds per libtorch call on the CPU (fitted, see `for_device`).
-const CPU_SECS_PER_CALL: f64 = 20e-6;
+/// Float32 training arithmetic per CPU thread, FLOP/s, and seconds per libtorch call:
+/// least squares (of relative errors) over 120 measured training steps of every
+/// execution plan of `duplication-4k` and `enwik8-cpu` on 2 threads
+/// (`docs/memory-plan-cpu.md`; median error −8%, −26% and +15% per preset: the rate of
+/// a model depends on its widths, the ranking of one model's plans is what counts).
+const CPU_FLOPS_PER_THREAD: f64 = 54e9;
+const CPU_SECS_PER_CALL: f64 = 72e-6;
 
 #[cfg(test)]
 mod tests {
