@@ -13,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::arg_values::{at_least_one, non_negative, probability};
 use crate::device::RunArgs;
+use crate::memory_plan::{self, parse_budget, MemoryBudget};
 use crate::model::{Decoder, ForwardMode, ReformerLm};
 use crate::precision::Precision;
 use crate::run_dir::load_model;
@@ -60,6 +61,11 @@ pub struct GenerateArgs {
     /// Independent samples to draw.
     #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>)]
     pub num_samples: usize,
+    /// Check first that sampling fits in this much memory (8GiB, 512MiB, 8G, or auto):
+    /// one sequence is drawn at a time, so there is nothing to plan; a budget the
+    /// prompt's forward pass is predicted to exceed is refused in one line.
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    pub memory_budget: Option<MemoryBudget>,
     /// Print one JSON object with the samples and statistics instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -284,6 +290,10 @@ pub fn run(opts: GenerateArgs) -> Result<()> {
     let prompt = prompt_tokens(&opts, &model)?;
     if !opts.no_cache {
         crate::model::decoding::check_decodable(&model.cfg)?;
+    }
+    if let Some(budget) = opts.memory_budget {
+        let len = (prompt.len() + opts.max_new_tokens).min(model.cfg.max_seq_len as usize) as i64;
+        eprintln!("{}", memory_plan::check_one_sequence(&model.cfg, budget, device, len, precision)?);
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -170,3 +170,18 @@ fn unsafe_overrides_are_refused_with_one_line() {
     common::assert_fails_saying(&out, "does not exist");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn eval_under_a_memory_budget_prints_its_plan_and_the_same_figure() {
+    let dir = scratch("budget");
+    let run = trained_run(&dir, &[], 16);
+    let plain = json_of(&eval(&run, &["--training-windows"]));
+    let out = eval(&run, &["--training-windows", "--memory-budget", "64GiB"]);
+    let planned = json_of(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("memory plan for 64.00 GiB: scoring"), "{stderr}");
+    assert_eq!(plain["results"][0]["loss"], planned["results"][0]["loss"]);
+    let tiny = eval(&run, &["--training-windows", "--memory-budget", "1MiB"]);
+    common::assert_fails_saying(&tiny, "the process alone holds");
+    let _ = std::fs::remove_dir_all(&dir);
+}

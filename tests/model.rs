@@ -243,3 +243,23 @@ fn dropout_over_rows_is_that_rows_share_of_the_whole_mask() {
     }
     assert!(dropout_rows(&x, 0.3, 99, false, 0, 10).equal(&x));
 }
+
+#[test]
+fn scores_do_not_depend_on_the_rows_per_scoring_pass() {
+    // Every sequence is scored with the same rotations whatever the rows beside it.
+    let cfg = small_config(vec![AttentionKind::Lsh, AttentionKind::Local]);
+    let (source, mut model) = build(&cfg);
+    let tokens = random_tokens(5, 41);
+    let batch = reformer::tasks::Batch {
+        inputs: tokens.narrow(1, 0, 40),
+        targets: tokens.narrow(1, 1, 40),
+        weights: Tensor::rand([5, 40], (Kind::Float, Device::Cpu)),
+    };
+    let whole = reformer::score::ScoreTotals::of(&model, std::iter::once(&batch), Device::Cpu);
+    model.cfg.execution.scoring_rows = Some(2);
+    let in_pieces = reformer::score::ScoreTotals::of(&model, std::iter::once(&batch), Device::Cpu);
+    assert!((whole.nll - in_pieces.nll).abs() <= TOLERANCE * whole.nll, "{} vs {}", whole.nll, in_pieces.nll);
+    assert_eq!(whole.correct, in_pieces.correct);
+    assert!((whole.n_targets - in_pieces.n_targets).abs() <= 1e-4);
+    drop(source);
+}

@@ -11,6 +11,8 @@ use tch::Device;
 
 pub use self::budget::{parse_budget, MemoryBudget};
 pub use self::planner::{Plan, PlanRecord, Workload};
+use crate::model::ModelConfig;
+use crate::precision::Precision;
 use crate::run_config::RunConfig;
 
 /// Plans `cfg`'s execution settings for `budget` on `device` (per process: each worker
@@ -59,4 +61,33 @@ impl PlanRecord {
             self.predicted_step_secs
         )
     }
+}
+
+/// `generate --memory-budget`: one sequence of `seq_len` tokens at a time leaves nothing
+/// to choose, so the budget is checked against the predicted peak of scoring it (the
+/// prompt's forward pass) and the line to print is returned; a budget it exceeds is one
+/// line.
+pub fn check_one_sequence(
+    cfg: &ModelConfig,
+    budget: MemoryBudget,
+    device: Device,
+    seq_len: i64,
+    precision: Precision,
+) -> Result<String> {
+    let model_bytes = budget.model_bytes(device)?;
+    let total = budget.total_bytes(device)?;
+    let workload = Workload { train_rows: 0, scoring_rows: 1, seq_len, scoring_hashes: cfg.lsh.n_hashes, precision };
+    let peak = planner::evaluate(cfg, cfg.execution.clone(), workload, device).peak.total();
+    let predicted = total - model_bytes + peak;
+    if peak > model_bytes * (1.0 - planner::RESERVE) {
+        anyhow::bail!(
+            "--memory-budget {budget}: one sequence of {seq_len} tokens is predicted to peak at {} with this model: give a larger budget or a shorter prompt",
+            budget::format_bytes(predicted)
+        );
+    }
+    Ok(format!(
+        "memory check for {}: one sequence of {seq_len} tokens at a time, predicted peak {}",
+        budget::format_bytes(total),
+        budget::format_bytes(predicted)
+    ))
 }
