@@ -253,19 +253,14 @@ pub fn breakdown(case: &Case, fused: bool) -> MemoryBreakdown {
             }
         }
         CaseKind::Step => {
-            // A reversible block's backward recomputes the feed-forward chunk by chunk, but
-            // the chunks lower the peak only where the attention half no longer sets it:
-            // under sliced attention (measured: `docs/memory-plan-cpu.md`).
-            let ff_share = match cfg.execution.ff_chunk_len {
-                Some(chunk) if cfg.execution.reversible && cfg.execution.sliced_attention => {
-                    (chunk as f64 / case.seq_len as f64).min(1.0)
-                }
-                _ => 1.0,
-            };
+            // Feed-forward chunks are not credited: measured, a reversible step peaks where
+            // it does without them on `duplication-4k` and `enwik8-cpu`, and the planned
+            // `enwik8-paper` step at 16K with chunks of 256 peaked 0.75 GiB above a
+            // prediction that credited them (`docs/memory-plan-cpu.md`).
             let layers: Vec<(f64, f64)> = (0..cfg.n_layers)
                 .map(|i| {
                     let (kept, peak) = attention_floats(cfg, cfg.attention_of_layer(i), case.seq_len, true, fused);
-                    (kept + BLOCK_KEPT_PER_WIDTH * d + BLOCK_KEPT_PER_FF_WIDTH * d_ff * ff_share, peak)
+                    (kept + BLOCK_KEPT_PER_WIDTH * d + BLOCK_KEPT_PER_FF_WIDTH * d_ff, peak)
                 })
                 .collect();
             let kept_total: f64 = layers.iter().map(|l| l.0).sum();

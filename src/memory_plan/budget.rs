@@ -172,6 +172,16 @@ mod tests {
     }
 
     #[test]
+    fn auto_is_what_is_free_less_the_margin() {
+        let Some(available) = available_bytes() else { return }; // not Linux: nothing to compare
+        let resident = process_memory("VmRSS:") as f64;
+        let auto = MemoryBudget::Auto.total_bytes(Device::Cpu).unwrap();
+        let expected = (available + resident) * (1.0 - AUTO_MARGIN);
+        assert!((auto - expected).abs() < 0.05 * expected, "{auto} vs {expected}");
+        assert_eq!(MemoryBudget::Auto.to_string(), "auto");
+    }
+
+    #[test]
     fn the_model_gets_the_budget_less_the_process() {
         let resident = process_memory("VmRSS:") as f64;
         let budget = MemoryBudget::Bytes(resident + 1e9);
