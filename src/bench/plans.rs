@@ -30,7 +30,7 @@ pub fn plan_cases(
     device: Device,
     all_plans: bool,
 ) -> Result<Vec<Case>> {
-    let model_bytes = budget.model_bytes(device)?;
+    let model_bytes = budget.resolve(device)?.model_bytes();
     let batch = cfg.train.batch_size;
     let step = |label: String, execution, seq_len| {
         let model = ModelConfig { execution, ..cfg.model.clone() };

@@ -103,9 +103,10 @@ impl MemoryBudget {
         }
     }
 
-    /// What the budget leaves for the model's tensors on `device`: on the CPU less the
-    /// process's resident memory now (libtorch and the binary), on CUDA less the context.
-    pub fn model_bytes(&self, device: Device) -> Result<f64> {
+    /// The budget on `device` now: its bytes, and what the process already holds of
+    /// them (on the CPU its resident memory: libtorch and the binary; on CUDA the
+    /// context), read once so that both describe the same moment.
+    pub fn resolve(&self, device: Device) -> Result<Resolved> {
         let total = self.total_bytes(device)?;
         let process = match device {
             Device::Cuda(_) => CUDA_CONTEXT_BYTES,
@@ -118,7 +119,21 @@ impl MemoryBudget {
                 format_bytes(process)
             );
         }
-        Ok(total - process)
+        Ok(Resolved { total, process })
+    }
+}
+
+/// A budget in bytes, and the share of it the process held before the model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Resolved {
+    pub total: f64,
+    pub process: f64,
+}
+
+impl Resolved {
+    /// What the budget leaves for the model's tensors.
+    pub fn model_bytes(&self) -> f64 {
+        self.total - self.process
     }
 }
 
@@ -185,9 +200,9 @@ mod tests {
     fn the_model_gets_the_budget_less_the_process() {
         let resident = process_memory("VmRSS:") as f64;
         let budget = MemoryBudget::Bytes(resident + 1e9);
-        let left = budget.model_bytes(Device::Cpu).unwrap();
+        let left = budget.resolve(Device::Cpu).unwrap().model_bytes();
         assert!((left - 1e9).abs() < 64e6, "{left}"); // the process grows a little between reads
-        let err = MemoryBudget::Bytes(1e6).model_bytes(Device::Cpu).unwrap_err().to_string();
+        let err = MemoryBudget::Bytes(1e6).resolve(Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("the process alone holds"), "{err}");
     }
 }

@@ -28,8 +28,7 @@ pub fn apply(
     scoring_rows: i64,
     scoring_hashes: i64,
 ) -> Result<PlanRecord> {
-    let model_bytes = budget.model_bytes(device)?;
-    let total = budget.total_bytes(device)?;
+    let resolved = budget.resolve(device)?;
     let workload = Workload {
         train_rows,
         scoring_rows: scoring_rows.max(1),
@@ -37,15 +36,15 @@ pub fn apply(
         scoring_hashes,
         precision: cfg.train.precision,
     };
-    let plan = planner::plan(&cfg.model, workload, device, model_bytes)
+    let plan = planner::plan(&cfg.model, workload, device, resolved.model_bytes())
         .with_context(|| format!("--memory-budget {budget}"))?;
     cfg.model.execution = plan.execution.clone();
     Ok(PlanRecord {
         budget: budget.to_string(),
-        budget_bytes: total,
-        process_bytes: total - model_bytes,
-        predicted_peak_bytes: total - model_bytes + plan.peak.total(),
-        predicted_step_secs: plan.step_secs,
+        budget_bytes: resolved.total,
+        process_bytes: resolved.process,
+        predicted_peak_bytes: resolved.process + plan.peak.total(),
+        predicted_step_secs: (train_rows > 0).then_some(plan.step_secs),
         plan: planner::describe(&plan.execution, workload),
     })
 }
@@ -53,12 +52,12 @@ pub fn apply(
 impl PlanRecord {
     /// The plan in one line, as `train`, `eval` and `bench` print it.
     pub fn line(&self) -> String {
+        let step = self.predicted_step_secs.map(|secs| format!(", a step ≈ {secs:.2} s")).unwrap_or_default();
         format!(
-            "memory plan for {}: {}; predicted peak {} (step ≈ {:.2} s)",
+            "memory plan for {}: {}; predicted peak {}{step}",
             budget::format_bytes(self.budget_bytes),
             self.plan,
             budget::format_bytes(self.predicted_peak_bytes),
-            self.predicted_step_secs
         )
     }
 }
@@ -74,12 +73,11 @@ pub fn check_one_sequence(
     seq_len: i64,
     precision: Precision,
 ) -> Result<String> {
-    let model_bytes = budget.model_bytes(device)?;
-    let total = budget.total_bytes(device)?;
+    let resolved = budget.resolve(device)?;
     let workload = Workload { train_rows: 0, scoring_rows: 1, seq_len, scoring_hashes: cfg.lsh.n_hashes, precision };
     let peak = planner::evaluate(cfg, cfg.execution.clone(), workload, device).peak.total();
-    let predicted = total - model_bytes + peak;
-    if peak > model_bytes * (1.0 - planner::RESERVE) {
+    let predicted = resolved.process + peak;
+    if peak > resolved.model_bytes() * (1.0 - planner::RESERVE) {
         anyhow::bail!(
             "--memory-budget {budget}: one sequence of {seq_len} tokens is predicted to peak at {} with this model: give a larger budget or a shorter prompt",
             budget::format_bytes(predicted)
@@ -87,7 +85,7 @@ pub fn check_one_sequence(
     }
     Ok(format!(
         "memory check for {}: one sequence of {seq_len} tokens at a time, predicted peak {}",
-        budget::format_bytes(total),
+        budget::format_bytes(resolved.total),
         budget::format_bytes(predicted)
     ))
 }

@@ -60,8 +60,9 @@ pub struct PlanRecord {
     pub process_bytes: f64,
     /// The predicted peak of the whole process: `process_bytes` and the model's peak.
     pub predicted_peak_bytes: f64,
-    /// The predicted seconds per step (`memory_plan::step_time`).
-    pub predicted_step_secs: f64,
+    /// The predicted seconds per training step (`memory_plan::step_time`); none for a
+    /// plan that only scores.
+    pub predicted_step_secs: Option<f64>,
     /// The plan in words.
     pub plan: String,
 }
@@ -75,7 +76,7 @@ const CHUNK_LENS: [i64; 3] = [4096, 1024, 256];
 pub const RESERVE: f64 = 0.10;
 
 /// The fastest plan for `workload` whose predicted peak is at most `model_bytes` (the
-/// budget less what the process holds before the model: `MemoryBudget::model_bytes`)
+/// budget less what the process holds before the model: `Resolved::model_bytes`)
 /// less `RESERVE`; when none fits, one line with the smallest peak reachable and its
 /// largest term.
 pub fn plan(cfg: &ModelConfig, workload: Workload, device: Device, model_bytes: f64) -> Result<Plan> {
