@@ -50,8 +50,9 @@ pub struct BenchArgs {
     /// say whether the whole process stayed under it.
     #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
     pub memory_budget: Option<MemoryBudget>,
-    /// With --memory-budget: measure every other combination of the execution settings
-    /// too, and compare the planned step with the fastest that stayed under the budget.
+    /// With --memory-budget: measure every combination of the execution settings
+    /// instead, and set the planner's choice (at this budget, and at 1.1, 1.5 and 3 times
+    /// the smallest peak it predicts) beside the fastest step that stayed under each.
     #[arg(long, requires = "memory_budget")]
     pub all_plans: bool,
     /// After the table, each case's predicted peak memory term by term (parameters,
