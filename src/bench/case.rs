@@ -102,7 +102,7 @@ impl Case {
     /// (`execution.micro_batch_rows`) in training steps.
     pub fn pass_rows(&self) -> i64 {
         match self.kind {
-            CaseKind::Step => self.model.execution.micro_batch_rows.unwrap_or(self.batch_size).min(self.batch_size),
+            CaseKind::Step => self.model.execution.pass_rows(self.batch_size),
             CaseKind::Layer => self.batch_size,
         }
     }

@@ -36,7 +36,8 @@ const BLOCK_KEPT_PER_WIDTH: f64 = 12.0;
 const BLOCK_KEPT_PER_FF_WIDTH: f64 = 3.0;
 /// What ordinary residual layers keep for the backward, as a share of the per-layer
 /// figures above (which are a reversible layer's recomputation, with its gradients
-/// beside it): fitted to 52 measured steps of two presets (`docs/memory-plan-cpu.md`).
+/// beside it): fitted to the ordinary-residual steps among the 120 measured plans of
+/// two presets (`docs/memory-plan-cpu.md`).
 const ORDINARY_KEPT_SHARE: f64 = 0.75;
 /// (B, T, D) tensors alive around the stack: embedding, the two streams, their gradients.
 const STREAM_TENSORS: f64 = 6.0;
@@ -267,7 +268,7 @@ pub fn breakdown(case: &Case, fused: bool) -> MemoryBreakdown {
             let kept_max = layers.iter().map(|l| l.0).fold(0.0, f64::max);
             let peak_max = layers.iter().map(|l| l.1).fold(0.0, f64::max);
             let kept = if cfg.execution.reversible { kept_max } else { ORDINARY_KEPT_SHARE * kept_total };
-            let loss_len = cfg.execution.loss_chunk_len.unwrap_or(case.seq_len).min(case.seq_len) as f64;
+            let loss_len = cfg.execution.loss_chunk(case.seq_len) as f64;
             MemoryBreakdown {
                 libtorch_overhead: CASE_OVERHEAD_BYTES,
                 parameters,
@@ -294,15 +295,15 @@ pub fn scoring_breakdown(
     fused: bool,
     with_training_state: bool,
 ) -> MemoryBreakdown {
-    let rows = cfg.execution.scoring_rows.unwrap_or(rows).min(rows) as f64;
+    let rows = cfg.execution.scoring_pass_rows(rows) as f64;
     let tokens = rows * seq_len as f64;
     let (d, d_ff) = (cfg.d_model as f64, cfg.d_ff as f64);
-    let ff_len = cfg.execution.ff_chunk_len.unwrap_or(seq_len).min(seq_len) as f64;
+    let ff_len = cfg.execution.ff_chunk(seq_len) as f64;
     let layer_floats = (0..cfg.n_layers)
         .map(|i| attention_floats(cfg, cfg.attention_of_layer(i), seq_len, false, fused).0)
         .fold(0.0, f64::max);
     let parameters = parameters(cfg, CaseKind::Step) * FLOAT_BYTES;
-    let loss_len = cfg.execution.loss_chunk_len.unwrap_or(seq_len).min(seq_len) as f64;
+    let loss_len = cfg.execution.loss_chunk(seq_len) as f64;
     let training_state = if with_training_state { 1.0 } else { 0.0 };
     MemoryBreakdown {
         libtorch_overhead: CASE_OVERHEAD_BYTES,

@@ -228,19 +228,12 @@ pub fn describe(execution: &ExecutionConfig, workload: Workload) -> String {
     if let Some(len) = execution.loss_chunk_len {
         parts.push(format!("loss {len} positions at a time"));
     }
-    let rows = |rows: Option<i64>, whole: i64| rows.unwrap_or(whole).min(whole);
     if workload.trains() {
-        parts.push(format!(
-            "{} of {} rows per pass",
-            rows(execution.micro_batch_rows, workload.train_rows),
-            workload.train_rows
-        ));
+        let train_rows = workload.train_rows;
+        parts.push(format!("{} of {train_rows} rows per pass", execution.pass_rows(train_rows)));
     }
-    parts.push(format!(
-        "scoring {} of {} rows per pass",
-        rows(execution.scoring_rows, workload.scoring_rows),
-        workload.scoring_rows
-    ));
+    let scoring_rows = workload.scoring_rows;
+    parts.push(format!("scoring {} of {scoring_rows} rows per pass", execution.scoring_pass_rows(scoring_rows)));
     parts.join(", ")
 }
 

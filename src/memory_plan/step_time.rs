@@ -140,9 +140,9 @@ impl StepWork {
         if execution.sliced_attention {
             per_token += flops.attention_core;
         }
-        let pass_rows = execution.micro_batch_rows.unwrap_or(batch_rows).min(batch_rows);
+        let pass_rows = execution.pass_rows(batch_rows);
         let passes = (batch_rows as f64 / pass_rows as f64).ceil();
-        let pieces = |chunk: Option<i64>| (seq_len as f64 / chunk.unwrap_or(seq_len).min(seq_len) as f64).ceil();
+        let pieces = |chunk: i64| (seq_len as f64 / chunk as f64).ceil();
         let slices: f64 = (0..cfg.n_layers)
             .map(|i| match cfg.attention_of_layer(i) {
                 AttentionKind::Lsh if execution.sliced_attention => (cfg.n_heads * cfg.lsh.n_hashes) as f64,
@@ -154,8 +154,8 @@ impl StepWork {
         let calls_per_pass = CALLS_PER_PASS
             + layers * CALLS_PER_LAYER
             + slices * CALLS_PER_SLICE
-            + layers * pieces(execution.ff_chunk_len) * CALLS_PER_FF_CHUNK
-            + pieces(execution.loss_chunk_len) * CALLS_PER_LOSS_CHUNK;
+            + layers * pieces(execution.ff_chunk(seq_len)) * CALLS_PER_FF_CHUNK
+            + pieces(execution.loss_chunk(seq_len)) * CALLS_PER_LOSS_CHUNK;
         Self { flops: tokens * per_token, calls: passes * calls_per_pass }
     }
 }

@@ -191,7 +191,7 @@ impl ReformerLm {
             }
         };
         let t = targets.size()[1];
-        let chunk_len = self.cfg.execution.loss_chunk_len.unwrap_or(t).min(t);
+        let chunk_len = self.cfg.execution.loss_chunk(t);
         let mut nll_sum = Tensor::zeros([], (Kind::Float, targets.device()));
         let mut correct = Tensor::zeros([], (Kind::Float, targets.device()));
         for start in (0..t).step_by(chunk_len as usize) {

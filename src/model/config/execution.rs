@@ -37,3 +37,30 @@ settings! {
         pub scoring_rows: Option<i64> = None,
     }
 }
+
+impl ExecutionConfig {
+    /// Positions per loss chunk over `len` positions (all of them when not chunked).
+    pub fn loss_chunk(&self, len: i64) -> i64 {
+        at_most(self.loss_chunk_len, len)
+    }
+
+    /// Positions per feed-forward chunk over `len` positions (all of them when not chunked).
+    pub fn ff_chunk(&self, len: i64) -> i64 {
+        at_most(self.ff_chunk_len, len)
+    }
+
+    /// Rows per training pass of a batch of `rows` (all of them without micro-batches).
+    pub fn pass_rows(&self, rows: i64) -> i64 {
+        at_most(self.micro_batch_rows, rows)
+    }
+
+    /// Rows per scoring pass of a batch of `rows` (all of them when not split).
+    pub fn scoring_pass_rows(&self, rows: i64) -> i64 {
+        at_most(self.scoring_rows, rows)
+    }
+}
+
+/// A piece of `setting` size out of `whole`: the whole when unset, never more.
+fn at_most(setting: Option<i64>, whole: i64) -> i64 {
+    setting.unwrap_or(whole).min(whole)
+}
