@@ -189,11 +189,16 @@ impl RunConfig {
     /// `train.seq_len` says) or the text windows' (`train.seq_len`), at most the model's
     /// `max_seq_len`.
     pub fn training_len(&self) -> i64 {
-        let len = match self.task {
+        self.task_len().min(self.model.max_seq_len)
+    }
+
+    /// Tokens per training sequence that the task asks for, before the model's
+    /// `max_seq_len` caps it.
+    pub fn task_len(&self) -> i64 {
+        match self.task {
             TaskKind::Duplication => 2 * self.train.duplication.copy_len + 1,
             TaskKind::Enwik8 | TaskKind::Text => self.train.seq_len,
-        };
-        len.min(self.model.max_seq_len)
+        }
     }
 
     /// A preset by name, with its JSON file's defaults filled in.

@@ -215,9 +215,14 @@ pub fn load_model(path: &Path, device: Device) -> Result<(nn::VarStore, Reformer
 
 /// Loads model weights from a checkpoint folder into `vs`.
 pub fn load_weights(vs: &mut nn::VarStore, checkpoint: &Path) -> Result<()> {
-    let path = checkpoint.join(MODEL_FILE);
+    let path = weights_file(checkpoint);
     vs.load(&path)
         .with_context(|| format!("cannot load weights from {} (incompatible with config.json?)", path.display()))
+}
+
+/// The model's weights in a checkpoint folder.
+pub fn weights_file(checkpoint: &Path) -> PathBuf {
+    checkpoint.join(MODEL_FILE)
 }
 
 /// Loads the optimizer tensors and the state (state.json, as `save` was given it) of a

@@ -22,6 +22,7 @@ pub mod parameters;
 pub mod positional;
 pub mod reversible;
 pub mod seeded_random;
+pub mod weight_transfer;
 
 pub use config::{AttentionKind, ModelConfig, PositionalConfig};
 pub use decoding::Decoder;

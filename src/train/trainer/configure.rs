@@ -34,19 +34,29 @@ pub fn choose_run(opts: &TrainArgs) -> Result<(Option<RunDir>, RunConfig)> {
 /// line's changes: `--task` and `--data` replace the configured ones when given (data
 /// configured for another task does not carry over), `--steps` the number of steps,
 /// `--precision` the arithmetic.
+///
+/// A run longer than the `--init-from` model's positions (a length curriculum: train
+/// short, continue long) takes `max_seq_len` and the positional layout from the
+/// configuration instead, and the position tables grow (`model::weight_transfer`).
 fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
     let mut base = match (&opts.config, &opts.preset) {
         (Some(path), _) => RunConfig::from_file(path)?,
         (None, Some(name)) => RunConfig::preset(name)?,
         (None, None) => RunConfig::preset(opts.task.unwrap_or_default().default_preset())?,
     };
+    let mut configured_positions = None;
     if let Some(source) = &opts.init_from {
+        configured_positions = Some(base.clone().with_overrides(&opts.set)?.model);
         base.model = RunDir::open(source)?.1.model;
     }
     let mut cfg = base.with_overrides(&opts.set)?;
     if let Some(task) = opts.task.filter(|&task| task != cfg.task) {
         cfg.task = task;
         cfg.data = None;
+    }
+    if let Some(configured) = configured_positions.filter(|_| cfg.task_len() > cfg.model.max_seq_len) {
+        cfg.model.max_seq_len = configured.max_seq_len;
+        cfg.model.positional = configured.positional;
     }
     if let Some(data) = &opts.data {
         cfg.data = Some(data.clone());

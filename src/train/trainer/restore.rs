@@ -10,8 +10,9 @@ use anyhow::{Context, Result};
 
 use super::Trainer;
 use crate::distributed;
+use crate::model::weight_transfer;
 use crate::precision::Precision;
-use crate::run_dir::{load_train_state, load_weights, RunDir};
+use crate::run_dir::{load_train_state, load_weights, weights_file, RunDir};
 use crate::train::args::TrainArgs;
 use crate::train::loss_scale::LossScale;
 use crate::train::state::TrainState;
@@ -45,13 +46,20 @@ impl Trainer {
         Ok(self)
     }
 
-    /// Loads the weights of another run's best checkpoint (fine-tuning starts there).
+    /// Loads the weights of another run's best checkpoint (fine-tuning starts there); a
+    /// longer or differently laid out position table grows as `weight_transfer` says.
     fn init_from(&mut self, source: &Path) -> Result<()> {
-        let (run, _) = RunDir::open(source)?;
+        let (run, source_cfg) = RunDir::open(source)?;
         let checkpoint = run.best().with_context(|| format!("{} holds no checkpoint", source.display()))?;
-        load_weights(&mut self.vs, &checkpoint)?;
+        let model = &self.cfg.model;
+        let positions = weight_transfer::load_into(
+            &mut self.vs,
+            &weights_file(&checkpoint),
+            (&source_cfg.model.positional, source_cfg.model.max_seq_len),
+            (&model.positional, model.max_seq_len),
+        )?;
         if self.is_main {
-            eprintln!("starting from the weights of {}", checkpoint.display());
+            eprintln!("starting from the weights of {} ({})", checkpoint.display(), positions.0);
         }
         Ok(())
     }

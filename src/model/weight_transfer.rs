@@ -1,0 +1,154 @@
+//! Another model's weights into this one (`train --init-from`): every tensor of the same
+//! name and shape is copied; the positional tables, the only ones whose shape follows
+//! the sequence length, grow (or shrink) by the rule below; any other difference is an
+//! error naming the tensor.
+//!
+//! The rule keeps every position the source knew where its meaning survives:
+//! - **learned** positions: rows 0..min(T_source, T) are copied, later rows keep their
+//!   fresh initialisation;
+//! - **axial** positions, p = (p / A2, p % A2): when the column count A2 and both widths
+//!   are unchanged, the column table is copied and the row table's first
+//!   min(A1_source, A1) rows too (positions below A1_source·A2 keep their embedding
+//!   exactly; the new rows start as at initialisation, N(0, 1)); when A2 or a width
+//!   changes, a position lands on another column, so no row or column keeps its
+//!   meaning: both tables start fresh.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tch::{nn, Tensor};
+
+use super::config::PositionalConfig;
+
+/// The variable names of the positional tables (see `positional.rs`).
+const AXIAL_ROWS: &str = "positional.axial_rows";
+const AXIAL_COLS: &str = "positional.axial_cols";
+const LEARNED: &str = "positional.learned";
+
+/// What happened to the positional tables, in words for the log ("kept" when their
+/// shapes did not change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PositionsChange(pub String);
+
+/// Loads the weights saved at `weights` (a safetensors file of a model whose positions
+/// were `source`, up to `source_len`) into `vs` (a freshly initialised model whose
+/// positions are `target`, up to `target_len`).
+pub fn load_into(
+    vs: &mut nn::VarStore,
+    weights: &Path,
+    (source, source_len): (&PositionalConfig, i64),
+    (target, target_len): (&PositionalConfig, i64),
+) -> Result<PositionsChange> {
+    let saved: HashMap<String, Tensor> = Tensor::read_safetensors(weights)
+        .with_context(|| format!("cannot read weights {}", weights.display()))?
+        .into_iter()
+        .collect();
+    let variables = vs.variables();
+    for name in saved.keys() {
+        if !variables.contains_key(name) && !is_positional(name) {
+            bail!("{} holds {name}, which this model does not have (another architecture?)", weights.display());
+        }
+    }
+    let change = positions_change((source, source_len), (target, target_len));
+    tch::no_grad(|| -> Result<()> {
+        for (name, mut variable) in variables {
+            let Some(stored) = saved.get(&name) else {
+                if is_positional(&name) {
+                    continue; // another kind of positions: this table starts fresh
+                }
+                bail!("{} lacks {name} (another architecture?)", weights.display());
+            };
+            if stored.size() == variable.size() {
+                variable.copy_(stored);
+                continue;
+            }
+            match grown_rows(&name, source, target) {
+                Some(true) => {
+                    let rows = stored.size()[0].min(variable.size()[0]);
+                    check_widths(&name, stored, &variable)?;
+                    variable.narrow(0, 0, rows).copy_(&stored.narrow(0, 0, rows));
+                }
+                Some(false) => {} // the fresh initialisation stays
+                None => bail!(
+                    "{name} has shape {:?} in {} but {:?} in this model: only the positional tables may change shape",
+                    stored.size(),
+                    weights.display(),
+                    variable.size()
+                ),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(change)
+}
+
+fn is_positional(name: &str) -> bool {
+    [AXIAL_ROWS, AXIAL_COLS, LEARNED].contains(&name)
+}
+
+/// For a positional table whose shape changed: Some(true) when its leading rows keep
+/// their meaning (copied), Some(false) when it starts fresh, None for any other tensor.
+fn grown_rows(name: &str, source: &PositionalConfig, target: &PositionalConfig) -> Option<bool> {
+    match (name, source, target) {
+        (LEARNED, PositionalConfig::Learned, PositionalConfig::Learned) => Some(true),
+        (AXIAL_ROWS | AXIAL_COLS, PositionalConfig::Axial { .. }, PositionalConfig::Axial { .. }) => {
+            Some(name == AXIAL_ROWS && same_columns(source, target))
+        }
+        _ => None,
+    }
+}
+
+/// Whether two axial layouts put every position on the same column (same A2, same widths).
+fn same_columns(source: &PositionalConfig, target: &PositionalConfig) -> bool {
+    match (source, target) {
+        (
+            PositionalConfig::Axial { shape: [_, cols], dims },
+            PositionalConfig::Axial { shape: [_, target_cols], dims: target_dims },
+        ) => cols == target_cols && dims == target_dims,
+        _ => false,
+    }
+}
+
+fn check_widths(name: &str, stored: &Tensor, variable: &Tensor) -> Result<()> {
+    if stored.size()[1..] != variable.size()[1..] {
+        bail!("{name}: widths {:?} and {:?} differ", &stored.size()[1..], &variable.size()[1..]);
+    }
+    Ok(())
+}
+
+/// The positional change in words.
+fn positions_change(
+    (source, source_len): (&PositionalConfig, i64),
+    (target, target_len): (&PositionalConfig, i64),
+) -> PositionsChange {
+    let text = match (source, target) {
+        (PositionalConfig::Learned, PositionalConfig::Learned) if source_len != target_len => format!(
+            "learned positions {source_len} -> {target_len}: rows 0..{} kept, {} new rows",
+            source_len.min(target_len),
+            (target_len - source_len).max(0)
+        ),
+        _ if source == target => "positions kept".to_string(),
+        (PositionalConfig::Axial { shape: from, .. }, PositionalConfig::Axial { shape: to, .. }) => {
+            if same_columns(source, target) {
+                format!(
+                    "axial positions {from:?} -> {to:?}: columns and rows 0..{} kept, {} new rows",
+                    from[0].min(to[0]),
+                    (to[0] - from[0]).max(0)
+                )
+            } else {
+                format!("axial positions {from:?} -> {to:?}: the column layout changed, both tables start fresh")
+            }
+        }
+        _ => format!("positions {} -> {}: start fresh", positional_name(source), positional_name(target)),
+    };
+    PositionsChange(text)
+}
+
+fn positional_name(cfg: &PositionalConfig) -> &'static str {
+    match cfg {
+        PositionalConfig::Axial { .. } => "axial",
+        PositionalConfig::Learned => "learned",
+        PositionalConfig::None => "none",
+    }
+}
