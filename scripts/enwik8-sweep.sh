@@ -17,6 +17,8 @@ reformer=${REFORMER:-target/release/reformer}
 enwik8=${ENWIK8:-../shared/data/enwik8-head}
 prose=${PROSE:-../shared/data/tiny-shakespeare.txt}
 
+# Windows of 4,096 bytes, one per batch (the preset's 4,096 tokens per step).
+ctx4k="train.seq_len=4096 model.max_seq_len=4096 train.batch_size=1 model.positional.shape=[64,64]"
 declare -A variants=(
     [preset]=""
     [before-retune]="train.lr=1e-3 train.batch_size=8"
@@ -33,6 +35,13 @@ declare -A variants=(
     [lr3e-3-strict]="train.lr=3e-3 train.batch_size=8 model.lsh.window=strict"
     [lr3e-3-full]="train.lr=3e-3 train.batch_size=8 model.attention=[\"full\"]"
     [lr3e-3-local]="train.lr=3e-3 train.batch_size=8 model.attention=[\"local\"]"
+    [full-1k]="model.attention=[\"full\"]"
+    [local-1k]="model.attention=[\"local\"]"
+    [lsh-1k]="model.attention=[\"lsh\"]"
+    [mix-4k]="$ctx4k"
+    [full-4k]="$ctx4k model.attention=[\"full\"]"
+    [local-4k]="$ctx4k model.attention=[\"local\"]"
+    [lsh-4k]="$ctx4k model.attention=[\"lsh\"]"
 )
 
 mkdir -p "$out"

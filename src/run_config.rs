@@ -20,6 +20,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("duplication-1k", include_str!("../presets/duplication-1k.json")),
     ("duplication-4k", include_str!("../presets/duplication-4k.json")),
     ("duplication-16k", include_str!("../presets/duplication-16k.json")),
+    ("duplication-64k", include_str!("../presets/duplication-64k.json")),
     ("enwik8-cpu", include_str!("../presets/enwik8-cpu.json")),
     ("enwik8-paper", include_str!("../presets/enwik8-paper.json")),
 ];

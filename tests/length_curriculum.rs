@@ -138,7 +138,8 @@ fn other_shapes_and_architectures_are_refused_by_name() {
 }
 
 /// The curriculum through the binary: a short duplication run, then a longer one that
-/// starts from it and takes its positions from its own configuration.
+/// starts from it and takes its length settings (positions, hash rounds, buckets) from its
+/// own configuration.
 #[test]
 fn train_init_from_continues_a_short_run_at_a_longer_length() {
     let dir = scratch("binary");
@@ -149,7 +150,8 @@ fn train_init_from_continues_a_short_run_at_a_longer_length() {
     let long_config = write_tiny_config(
         dir.join("long.json"),
         serde_json::json!({
-            "model": {"max_seq_len": 128, "positional": {"kind": "axial", "shape": [16, 8], "dims": [16, 16]}},
+            "model": {"max_seq_len": 128, "positional": {"kind": "axial", "shape": [16, 8], "dims": [16, 16]},
+                      "lsh": {"n_hashes": 4, "chunk_len": 8}},
             "train": {"steps": 2, "duplication": {"n_symbols": 16, "copy_len": 63}}
         }),
     );
@@ -161,6 +163,9 @@ fn train_init_from_continues_a_short_run_at_a_longer_length() {
     let model = &read_json(&long_run.join("config.json"))["model"];
     assert_eq!(model["max_seq_len"], 128);
     assert_eq!(model["positional"]["shape"], serde_json::json!([16, 8]));
+    assert_eq!(model["lsh"]["n_hashes"], 4, "the longer run's hash rounds");
+    assert_eq!(model["lsh"]["n_buckets"], 32, "buckets derived for 128 positions (the source had 16)");
+    assert_eq!(read_json(&short_run.join("config.json"))["model"]["lsh"]["n_buckets"], 16);
 
     // A run the source's positions cover keeps the source's model whole.
     let same_length_run = dir.join("same-length");
@@ -173,6 +178,7 @@ fn train_init_from_continues_a_short_run_at_a_longer_length() {
     let model = &read_json(&same_length_run.join("config.json"))["model"];
     assert_eq!(model["max_seq_len"], 64);
     assert_eq!(model["positional"]["shape"], serde_json::json!([8, 8]));
+    assert_eq!(model["lsh"]["n_hashes"], 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("positions kept"));
 
     // A longer run whose positions cannot hold it is one line.

@@ -51,7 +51,9 @@ fn duplication_loss_mask_covers_exactly_the_second_copy() {
 /// the first copy.
 #[test]
 fn long_range_duplication_presets_put_the_second_copy_half_the_length_away() {
-    for (name, length) in [("duplication-1k", 1024), ("duplication-4k", 4096), ("duplication-16k", 16384)] {
+    for (name, length) in
+        [("duplication-1k", 1024), ("duplication-4k", 4096), ("duplication-16k", 16384), ("duplication-64k", 65536)]
+    {
         let cfg = RunConfig::preset(name).unwrap();
         cfg.validate().unwrap();
         let n = cfg.train.duplication.copy_len;

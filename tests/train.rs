@@ -463,3 +463,36 @@ fn partner_reach_logs_one_fraction_per_lsh_layer_at_each_validation() {
     assert!(whole.iter().all(|layers| layers == &[1.0, 1.0]), "{whole:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The 64K duplication preset trains as shipped: one sequence of 65,535 tokens per step
+/// through reversible LSH layers, its second copy scored at validation.
+#[test]
+fn the_64k_duplication_preset_trains_and_validates() {
+    let dir = scratch("preset-64k");
+    let run = dir.join("run");
+    let out = common::reformer(&[
+        "train",
+        "--preset",
+        "duplication-64k",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "train.eval_batches=1",
+        "--out",
+        run.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_success(&out);
+    let validations: Vec<_> = metrics(&run).into_iter().filter(|record| record.get("valid_loss").is_some()).collect();
+    assert_eq!(validations.len(), 1, "{validations:?}");
+    let accuracy = validations[0]["valid_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy), "{accuracy}");
+    let model = &common::read_json(&run.join("config.json"))["model"];
+    assert_eq!(model["max_seq_len"], 65536);
+    assert_eq!(model["execution"]["reversible"], true);
+    let _ = std::fs::remove_dir_all(&dir);
+}

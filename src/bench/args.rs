@@ -29,7 +29,7 @@ pub struct BenchArgs {
     pub full: bool,
     /// Measure training steps of a shipped preset's model (and of the same model with
     /// full attention) instead of the suites, the first step timed (no warm-up):
-    /// duplication, duplication-1k, duplication-4k, duplication-16k, enwik8-cpu, enwik8-paper.
+    /// duplication, duplication-1k, duplication-4k, duplication-16k, duplication-64k, enwik8-cpu, enwik8-paper.
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
     /// Measure training steps of the model in this configuration file instead of a

@@ -19,7 +19,7 @@ pub struct TrainArgs {
     /// Data file (default: the one of --config; enwik8: data/enwik8; text: required).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// A shipped preset: duplication, duplication-1k, duplication-4k, duplication-16k,
+    /// A shipped preset: duplication, duplication-1k, duplication-4k, duplication-16k, duplication-64k,
     /// enwik8-cpu, enwik8-paper (default: the task's).
     #[arg(long)]
     pub preset: Option<String>,
@@ -38,7 +38,12 @@ pub struct TrainArgs {
     /// Start from the weights (best checkpoint) and model settings of another run, or an
     /// imported one (`reformer import`), with a fresh optimizer: fine-tuning. `--set
     /// model.KEY=VALUE` still applies; change only what keeps the weights' shapes and
-    /// meaning (dropout, sliced_attention, reversible, ff_chunk_len, ...).
+    /// meaning (dropout, sliced_attention, reversible, ff_chunk_len, ...). A run longer
+    /// than that model's positions (a length curriculum: `--preset duplication-16k
+    /// --init-from` a finished duplication-4k run) takes max_seq_len, the positional
+    /// layout and LSH's rounds and buckets from its preset or config: axial rows are
+    /// appended when the column count is unchanged, else both axial tables start fresh;
+    /// learned rows are appended.
     #[arg(long, value_name = "RUN")]
     pub init_from: Option<PathBuf>,
     /// Optimizer steps (overrides train.steps; with --resume, the lr schedule keeps the run's).

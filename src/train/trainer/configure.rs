@@ -12,6 +12,7 @@ use tch::Device;
 
 use crate::hash_rounds_sweep::TABLE2_ROUNDS;
 use crate::memory_plan::{self, MemoryBudget};
+use crate::model::ModelConfig;
 use crate::run_config::RunConfig;
 use crate::run_dir::RunDir;
 use crate::tasks::download::download_enwik8;
@@ -36,17 +37,18 @@ pub fn choose_run(opts: &TrainArgs) -> Result<(Option<RunDir>, RunConfig)> {
 /// `--precision` the arithmetic.
 ///
 /// A run longer than the `--init-from` model's positions (a length curriculum: train
-/// short, continue long) takes `max_seq_len` and the positional layout from the
-/// configuration instead, and the position tables grow (`model::weight_transfer`).
+/// short, continue long) takes the settings that follow the length from the
+/// configuration instead (`take_length_settings`), and the position tables grow
+/// (`model::weight_transfer`).
 fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
     let mut base = match (&opts.config, &opts.preset) {
         (Some(path), _) => RunConfig::from_file(path)?,
         (None, Some(name)) => RunConfig::preset(name)?,
         (None, None) => RunConfig::preset(opts.task.unwrap_or_default().default_preset())?,
     };
-    let mut configured_positions = None;
+    let mut configured_model = None;
     if let Some(source) = &opts.init_from {
-        configured_positions = Some(base.clone().with_overrides(&opts.set)?.model);
+        configured_model = Some(base.clone().with_overrides(&opts.set)?.model);
         base.model = RunDir::open(source)?.1.model;
     }
     let mut cfg = base.with_overrides(&opts.set)?;
@@ -54,9 +56,8 @@ fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
         cfg.task = task;
         cfg.data = None;
     }
-    if let Some(configured) = configured_positions.filter(|_| cfg.task_len() > cfg.model.max_seq_len) {
-        cfg.model.max_seq_len = configured.max_seq_len;
-        cfg.model.positional = configured.positional;
+    if let Some(configured) = configured_model.filter(|_| cfg.task_len() > cfg.model.max_seq_len) {
+        take_length_settings(&mut cfg.model, configured);
     }
     if let Some(data) = &opts.data {
         cfg.data = Some(data.clone());
@@ -69,6 +70,17 @@ fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The settings of `configured` that are chosen per length, into `model` (another run's
+/// architecture): `max_seq_len`, the positional layout, and LSH's hash rounds and bucket
+/// count (a source run's config.json records the count derived for its own length).
+fn take_length_settings(model: &mut ModelConfig, configured: ModelConfig) {
+    model.max_seq_len = configured.max_seq_len;
+    model.positional = configured.positional;
+    model.lsh.n_hashes = configured.lsh.n_hashes;
+    model.lsh.n_buckets = configured.lsh.n_buckets;
+    model.lsh.bucket_factors = configured.lsh.bucket_factors;
 }
 
 /// The run folder to resume and its configuration, checked against the command line: a
