@@ -100,6 +100,13 @@ fn a_new_column_layout_starts_both_position_tables_fresh() {
         assert_same(get(&loaded, table), get(&fresh, table), table);
     }
     assert!(change.contains("the column layout changed, both tables start fresh"), "{change}");
+
+    // Rows of the same shape under other columns mean other positions: fresh too.
+    let (source, fresh, loaded, _, _, _) =
+        transfer("same-row-shape", &with_positions(64, axial([8, 8])), &with_positions(128, axial([8, 16]))).unwrap();
+    assert_non_positional_copied(&source, &loaded);
+    assert_eq!(get(&source, "positional.axial_rows").size(), get(&loaded, "positional.axial_rows").size());
+    assert_same(get(&loaded, "positional.axial_rows"), get(&fresh, "positional.axial_rows"), "rows");
 }
 
 #[test]

@@ -53,24 +53,22 @@ pub fn load_into(
     let change = positions_change((source, source_len), (target, target_len));
     tch::no_grad(|| -> Result<()> {
         for (name, mut variable) in variables {
-            let Some(stored) = saved.get(&name) else {
-                if is_positional(&name) {
-                    continue; // another kind of positions: this table starts fresh
+            let transfer = transfer_of(&name, source, target);
+            let Some(stored) = saved.get(&name).filter(|_| transfer != Transfer::Fresh) else {
+                if transfer == Transfer::Fresh {
+                    continue; // the fresh initialisation stays
                 }
                 bail!("{} lacks {name} (another architecture?)", weights.display());
             };
-            if stored.size() == variable.size() {
-                variable.copy_(stored);
-                continue;
-            }
-            match grown_rows(&name, source, target) {
-                Some(true) => {
+            match transfer {
+                Transfer::Whole if stored.size() == variable.size() => {
+                    variable.copy_(stored);
+                }
+                Transfer::LeadingRows if stored.size()[1..] == variable.size()[1..] => {
                     let rows = stored.size()[0].min(variable.size()[0]);
-                    check_widths(&name, stored, &variable)?;
                     variable.narrow(0, 0, rows).copy_(&stored.narrow(0, 0, rows));
                 }
-                Some(false) => {} // the fresh initialisation stays
-                None => bail!(
+                _ => bail!(
                     "{name} has shape {:?} in {} but {:?} in this model: only the positional tables may change shape",
                     stored.size(),
                     weights.display(),
@@ -83,20 +81,32 @@ pub fn load_into(
     Ok(change)
 }
 
-fn is_positional(name: &str) -> bool {
-    [AXIAL_ROWS, AXIAL_COLS, LEARNED].contains(&name)
+/// How one tensor of the source reaches the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transfer {
+    /// Copied as it is (same shape required).
+    Whole,
+    /// The leading rows that both have are copied, the rest stays fresh.
+    LeadingRows,
+    /// Not copied: the table's rows mean other positions in the model.
+    Fresh,
 }
 
-/// For a positional table whose shape changed: Some(true) when its leading rows keep
-/// their meaning (copied), Some(false) when it starts fresh, None for any other tensor.
-fn grown_rows(name: &str, source: &PositionalConfig, target: &PositionalConfig) -> Option<bool> {
-    match (name, source, target) {
-        (LEARNED, PositionalConfig::Learned, PositionalConfig::Learned) => Some(true),
-        (AXIAL_ROWS | AXIAL_COLS, PositionalConfig::Axial { .. }, PositionalConfig::Axial { .. }) => {
-            Some(name == AXIAL_ROWS && same_columns(source, target))
-        }
-        _ => None,
+fn transfer_of(name: &str, source: &PositionalConfig, target: &PositionalConfig) -> Transfer {
+    if !is_positional(name) {
+        return Transfer::Whole;
     }
+    match (source, target) {
+        (PositionalConfig::Learned, PositionalConfig::Learned) => Transfer::LeadingRows,
+        (PositionalConfig::Axial { .. }, PositionalConfig::Axial { .. }) if same_columns(source, target) => {
+            Transfer::LeadingRows
+        }
+        _ => Transfer::Fresh,
+    }
+}
+
+fn is_positional(name: &str) -> bool {
+    [AXIAL_ROWS, AXIAL_COLS, LEARNED].contains(&name)
 }
 
 /// Whether two axial layouts put every position on the same column (same A2, same widths).
@@ -108,13 +118,6 @@ fn same_columns(source: &PositionalConfig, target: &PositionalConfig) -> bool {
         ) => cols == target_cols && dims == target_dims,
         _ => false,
     }
-}
-
-fn check_widths(name: &str, stored: &Tensor, variable: &Tensor) -> Result<()> {
-    if stored.size()[1..] != variable.size()[1..] {
-        bail!("{name}: widths {:?} and {:?} differ", &stored.size()[1..], &variable.size()[1..]);
-    }
-    Ok(())
 }
 
 /// The positional change in words.
