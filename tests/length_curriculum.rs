@@ -52,7 +52,7 @@ fn transfer(name: &str, source: &ModelConfig, target: &ModelConfig) -> anyhow::R
         (&target.positional, target.max_seq_len),
     )?;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((snapshot(&short_vs), fresh, snapshot(&long_vs), change.0, short, long))
+    Ok((snapshot(&short_vs), fresh, snapshot(&long_vs), change, short, long))
 }
 
 fn assert_same(a: &Tensor, b: &Tensor, what: &str) {

@@ -26,20 +26,16 @@ const AXIAL_ROWS: &str = "positional.axial_rows";
 const AXIAL_COLS: &str = "positional.axial_cols";
 const LEARNED: &str = "positional.learned";
 
-/// What happened to the positional tables, in words for the log ("kept" when their
-/// shapes did not change).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PositionsChange(pub String);
-
 /// Loads the weights saved at `weights` (a safetensors file of a model whose positions
 /// were `source`, up to `source_len`) into `vs` (a freshly initialised model whose
-/// positions are `target`, up to `target_len`).
+/// positions are `target`, up to `target_len`); returns what happened to the position
+/// tables, in words for the log.
 pub fn load_into(
     vs: &mut nn::VarStore,
     weights: &Path,
     (source, source_len): (&PositionalConfig, i64),
     (target, target_len): (&PositionalConfig, i64),
-) -> Result<PositionsChange> {
+) -> Result<String> {
     let saved: HashMap<String, Tensor> = Tensor::read_safetensors(weights)
         .with_context(|| format!("cannot read weights {}", weights.display()))?
         .into_iter()
@@ -54,12 +50,12 @@ pub fn load_into(
     tch::no_grad(|| -> Result<()> {
         for (name, mut variable) in variables {
             let transfer = transfer_of(&name, source, target);
-            let Some(stored) = saved.get(&name).filter(|_| transfer != Transfer::Fresh) else {
-                if transfer == Transfer::Fresh {
-                    continue; // the fresh initialisation stays
-                }
-                bail!("{} lacks {name} (another architecture?)", weights.display());
-            };
+            if transfer == Transfer::Fresh {
+                continue; // the fresh initialisation stays
+            }
+            let stored = saved
+                .get(&name)
+                .with_context(|| format!("{} lacks {name} (another architecture?)", weights.display()))?;
             match transfer {
                 Transfer::Whole if stored.size() == variable.size() => {
                     variable.copy_(stored);
@@ -120,12 +116,12 @@ fn same_columns(source: &PositionalConfig, target: &PositionalConfig) -> bool {
     }
 }
 
-/// The positional change in words.
+/// The positional change in words ("positions kept" when the layouts are the same).
 fn positions_change(
     (source, source_len): (&PositionalConfig, i64),
     (target, target_len): (&PositionalConfig, i64),
-) -> PositionsChange {
-    let text = match (source, target) {
+) -> String {
+    match (source, target) {
         (PositionalConfig::Learned, PositionalConfig::Learned) if source_len != target_len => format!(
             "learned positions {source_len} -> {target_len}: rows 0..{} kept, {} new rows",
             source_len.min(target_len),
@@ -144,8 +140,7 @@ fn positions_change(
             }
         }
         _ => format!("positions {} -> {}: start fresh", positional_name(source), positional_name(target)),
-    };
-    PositionsChange(text)
+    }
 }
 
 fn positional_name(cfg: &PositionalConfig) -> &'static str {

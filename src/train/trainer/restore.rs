@@ -59,7 +59,7 @@ impl Trainer {
             (&model.positional, model.max_seq_len),
         )?;
         if self.is_main {
-            eprintln!("starting from the weights of {} ({})", checkpoint.display(), positions.0);
+            eprintln!("starting from the weights of {} ({})", checkpoint.display(), positions);
         }
         Ok(())
     }
