@@ -8,7 +8,8 @@
 #   scripts/enwik8-sweep.sh OUT_DIR MINUTES VARIANT ...
 #
 # VARIANT is a name from the list below (a label and its --set overrides of enwik8-cpu).
-# Data: ../shared/data (ENWIK8 and PROSE override the two files).
+# Data: ../shared/data (ENWIK8 and PROSE override the two files). SEED=N trains with
+# --seed N (a second seed of a variant goes to its own OUT_DIR).
 set -euo pipefail
 out=$1
 minutes=$2
@@ -42,13 +43,23 @@ declare -A variants=(
     [full-4k]="$ctx4k model.attention=[\"full\"]"
     [local-4k]="$ctx4k model.attention=[\"local\"]"
     [lsh-4k]="$ctx4k model.attention=[\"lsh\"]"
+    [local-lr5e-3]="model.attention=[\"local\"] train.lr=5e-3"
+    [local-6layers]="model.attention=[\"local\"] model.n_layers=6"
+    [local-d384]="model.attention=[\"local\"] model.d_model=384 model.d_ff=1536 model.positional.dims=[192,192]"
+    [local-d192]="model.attention=[\"local\"] model.d_model=192 model.d_ff=768 model.positional.dims=[96,96]"
+    [local-d128]="model.attention=[\"local\"] model.d_model=128 model.d_ff=512 model.positional.dims=[64,64]"
+    [local-bf16]="model.attention=[\"local\"] train.precision=bf16"
+    [mix-reversible]="model.execution.reversible=true"
 )
 
 mkdir -p "$out"
 [[ -f $out/sweep.tsv ]] || printf 'variant\tsettings\tsteps\ttokens_per_sec\tvalid_bpc\tprose_bpc\n' >"$out/sweep.tsv"
 for name in "$@"; do
     [[ -v variants[$name] ]] || { echo "unknown variant '$name': ${!variants[*]}" >&2; exit 2; }
-    sets=(--set "train.minutes=$minutes" --set "train.steps=1000000")
+    # float32 unless the variant says otherwise (the preset's `auto` would make a
+    # variant's arithmetic depend on the CPU).
+    sets=(--set "train.minutes=$minutes" --set "train.steps=1000000" --set "train.precision=f32")
+    [[ -n ${SEED:-} ]] && sets+=(--seed "$SEED")
     for s in ${variants[$name]}; do sets+=(--set "$s"); done
     run=$out/$name
     echo "== $run: ${variants[$name]:-enwik8-cpu as shipped}, $minutes minutes" >&2

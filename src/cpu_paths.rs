@@ -9,6 +9,9 @@
 //!   `csrc/lsh_rows.cpp` (all three give the same bits; see `csrc/lsh_rows.h`).
 //!   `REFORMER_CPU_ISA=baseline|avx2|avx512` caps the choice, as `ONEDNN_MAX_CPU_ISA`
 //!   caps oneDNN's, for measuring one variant against another.
+//! - bfloat16: native where the CPU has AVX-512 BF16 and `ONEDNN_MAX_CPU_ISA` leaves
+//!   oneDNN its instructions; `--precision auto` (the `enwik8-cpu` preset's) trains in
+//!   bf16 there and in float32 elsewhere (`native_bf16`).
 //!
 //! `reformer --version` prints both (`describe`); bench names the kernel's in its path
 //! column.
@@ -93,6 +96,39 @@ pub fn lsh_kernel_isa() -> KernelIsa {
     })
 }
 
+/// Whether this CPU computes bfloat16 natively: it has AVX-512 BF16 (Intel Cooper Lake,
+/// Sapphire Rapids and later, AMX among them; AMD Zen 4 and later) and
+/// `ONEDNN_MAX_CPU_ISA`, when set, does not cap oneDNN below it. Elsewhere libtorch
+/// converts around every bfloat16 product, and bf16 autocast trains slower than float32
+/// (`docs/quality-cpu.md`).
+pub fn native_bf16() -> bool {
+    static NATIVE: OnceLock<bool> = OnceLock::new();
+    *NATIVE.get_or_init(|| {
+        cpu_has_avx512_bf16() && onednn_cap_allows_bf16(std::env::var("ONEDNN_MAX_CPU_ISA").ok().as_deref())
+    })
+}
+
+fn cpu_has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// oneDNN's names of the instruction sets below AVX-512 BF16 (`ONEDNN_MAX_CPU_ISA`).
+const ONEDNN_ISAS_WITHOUT_BF16: [&str; 7] =
+    ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"];
+
+/// Whether a `ONEDNN_MAX_CPU_ISA` value (None: unset) leaves oneDNN its bfloat16
+/// instructions.
+fn onednn_cap_allows_bf16(cap: Option<&str>) -> bool {
+    cap.is_none_or(|cap| !ONEDNN_ISAS_WITHOUT_BF16.contains(&cap.trim().to_ascii_uppercase().as_str()))
+}
+
 /// How float32 linear layers run on the CPU.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinearPath {
@@ -128,8 +164,9 @@ pub fn describe() -> String {
     let detected = KernelIsa::best_up_to(KernelIsa::Avx512);
     let isa = lsh_kernel_isa();
     let capped = if isa == detected { String::new() } else { format!(", capped from {}", detected.name()) };
+    let bf16 = if native_bf16() { "native (--precision auto: bf16)" } else { "not native (--precision auto: f32)" };
     format!(
-        "cpu linear layers (float32): {linear}\ncpu LSH kernel: {}{capped}, {} thread(s)",
+        "cpu linear layers (float32): {linear}\ncpu LSH kernel: {}{capped}, {} thread(s)\ncpu bfloat16: {bf16}",
         isa.name(),
         tch::get_num_threads()
     )
@@ -149,6 +186,18 @@ mod tests {
         assert_eq!(KernelIsa::best_up_to(KernelIsa::Baseline), KernelIsa::Baseline);
         assert!(KernelIsa::best_up_to(KernelIsa::Avx512).runs_here());
         assert!(lsh_kernel_isa() <= KernelIsa::best_up_to(KernelIsa::Avx512));
+    }
+
+    #[test]
+    fn a_onednn_cap_below_avx512_bf16_takes_native_bf16_away() {
+        assert!(onednn_cap_allows_bf16(None));
+        for cap in ["AVX2", "avx512_core", " AVX512_CORE_VNNI "] {
+            assert!(!onednn_cap_allows_bf16(Some(cap)), "{cap}");
+        }
+        for cap in ["AVX512_CORE_BF16", "avx512_core_amx", "ALL"] {
+            assert!(onednn_cap_allows_bf16(Some(cap)), "{cap}");
+        }
+        assert!(!native_bf16() || cpu_has_avx512_bf16());
     }
 
     #[test]

@@ -212,7 +212,7 @@ pub fn run(opts: EvalArgs) -> Result<()> {
     let device = opts.run.setup()?;
     let (_vs, mut model, mut cfg) = load_model(&opts.checkpoint, device)?;
     let trained_rounds = cfg.model.lsh.n_hashes;
-    let precision = opts.precision.unwrap_or(cfg.train.precision);
+    let precision = opts.precision.unwrap_or(cfg.train.precision).resolve(device);
     apply_overrides(&opts, &mut cfg)?;
     if (!opts.n_hashes.is_empty() || opts.attention != EvalAttention::Lsh) && !has_lsh(&model) {
         bail!("this model has no LSH layers: --n-hashes and --attention full|strict change nothing");

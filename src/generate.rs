@@ -286,7 +286,7 @@ pub fn run(opts: GenerateArgs) -> Result<()> {
     let device = opts.run.setup()?;
     tch::manual_seed(opts.run.seed as i64);
     let (_vs, model, cfg) = load_model(&opts.checkpoint, device)?;
-    let precision = opts.precision.unwrap_or(cfg.train.precision);
+    let precision = opts.precision.unwrap_or(cfg.train.precision).resolve(device);
     let prompt = prompt_tokens(&opts, &model)?;
     if !opts.no_cache {
         crate::model::decoding::check_decodable(&model.cfg)?;

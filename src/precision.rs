@@ -12,6 +12,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::cpu_paths::native_bf16;
 use crate::ffi::checked;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -24,6 +25,10 @@ pub enum Precision {
     Bf16,
     /// float16 autocast, with dynamic loss scaling in training.
     F16,
+    /// bf16 on a CPU that computes bfloat16 natively (AVX-512 BF16: Intel Cooper Lake,
+    /// Sapphire Rapids and later, AMD Zen 4 and later), f32 on other CPUs and on CUDA;
+    /// resolved when a run starts, so config.json records the precision used.
+    Auto,
 }
 
 impl Precision {
@@ -33,13 +38,44 @@ impl Precision {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
             Self::F16 => "f16",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// The precision used on `device`: `Auto` decided (see `cpu_paths::native_bf16`), any
+    /// other unchanged.
+    pub fn resolve(self, device: Device) -> Self {
+        match self {
+            Self::Auto if !device.is_cuda() && native_bf16() => Self::Bf16,
+            Self::Auto => Self::F32,
+            fixed => fixed,
+        }
+    }
+
+    /// Why `Auto` means what it does on `device`, for the log.
+    pub fn auto_reason(device: Device) -> &'static str {
+        match (device.is_cuda(), native_bf16()) {
+            (true, _) => "auto: float32 on CUDA",
+            (false, true) => "auto: this CPU computes bfloat16 natively (AVX-512 BF16)",
+            (false, false) => {
+                "auto: this CPU does not compute bfloat16 natively (no AVX-512 BF16, or ONEDNN_MAX_CPU_ISA below it)"
+            }
+        }
+    }
+
+    /// The dtype autocast computes eligible ops in (float32: none).
+    pub fn compute_kind(self, device: Device) -> Kind {
+        match self.resolve(device) {
+            Self::Bf16 => Kind::BFloat16,
+            Self::F16 => Kind::Half,
+            Self::F32 | Self::Auto => Kind::Float,
         }
     }
 
     /// The code `csrc/libtorch_calls.cpp` uses for the autocast dtype (0: off).
-    fn code(self) -> c_int {
-        match self {
-            Self::F32 => 0,
+    fn code(self, device: Device) -> c_int {
+        match self.resolve(device) {
+            Self::F32 | Self::Auto => 0,
             Self::Bf16 => 1,
             Self::F16 => 2,
         }
@@ -54,7 +90,7 @@ impl Precision {
     }
 
     /// Runs `f` with autocast on `device`'s type set to this precision (float32: autocast
-    /// off), restoring the previous state afterwards, even if `f` panics.
+    /// off; `Auto` resolved for `device`), restoring the previous state afterwards, even if `f` panics.
     pub fn autocast<T>(self, device: Device, f: impl FnOnce() -> T) -> Result<T> {
         let _scope = AutocastScope::enter(device, self)?;
         Ok(f())
@@ -94,7 +130,7 @@ impl AutocastScope {
         let mut scope = Self { device: device_code(device), saved: [0; 2] };
         // SAFETY: `saved` has room for the two ints the call writes.
         checked(|err, len| unsafe {
-            reformer_autocast_enter(scope.device, precision.code(), scope.saved.as_mut_ptr(), err, len)
+            reformer_autocast_enter(scope.device, precision.code(device), scope.saved.as_mut_ptr(), err, len)
         })?;
         Ok(scope)
     }
@@ -149,5 +185,20 @@ mod tests {
             .unwrap();
         assert_eq!(nested, (Kind::Float, Precision::Bf16));
         assert_eq!(a.matmul(&a).kind(), Kind::Float);
+    }
+
+    #[test]
+    fn auto_is_bf16_only_on_a_cpu_that_computes_it_natively_and_fixed_choices_stay() {
+        let cpu = if native_bf16() { Precision::Bf16 } else { Precision::F32 };
+        assert_eq!(Precision::Auto.resolve(Device::Cpu), cpu);
+        assert_eq!(Precision::Auto.resolve(Device::Cuda(0)), Precision::F32);
+        for fixed in [Precision::F32, Precision::Bf16, Precision::F16] {
+            assert_eq!(fixed.resolve(Device::Cpu), fixed);
+            assert_eq!(fixed.resolve(Device::Cuda(0)), fixed);
+        }
+        let a = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
+        let kind = Precision::Auto.autocast(Device::Cpu, || a.matmul(&a).kind()).unwrap();
+        assert_eq!(kind, Precision::Auto.compute_kind(Device::Cpu));
+        assert_eq!(kind, cpu.compute_kind(Device::Cpu));
     }
 }

@@ -94,8 +94,10 @@ pub struct TrainConfig {
     /// Non-finite loss or gradient: stop or skip (default stop). Under f16 an overflowed
     /// gradient is the loss scaler's (the step is skipped), not this policy's.
     pub on_non_finite: NonFinitePolicy,
-    /// Arithmetic: f32, or bf16 / f16 autocast, f16 with dynamic loss scaling (default
-    /// f32). `eval` and `generate` use it too unless given `--precision`.
+    /// Arithmetic: f32, or bf16 / f16 autocast, f16 with dynamic loss scaling, or auto
+    /// (bf16 on CPUs that compute bfloat16 natively, else f32; decided when a run starts,
+    /// config.json records the outcome) (default f32). `eval` and `generate` use it too
+    /// unless given `--precision`.
     pub precision: Precision,
     /// The duplication task.
     pub duplication: DuplicationConfig,

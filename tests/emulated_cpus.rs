@@ -99,6 +99,7 @@ fn train_and_generate_on_haswell_and_westmere_match_the_native_run() {
         let expected_isa = if model == "Haswell" { "avx2" } else { "baseline" };
         assert!(version.contains("cpu linear layers (float32): libtorch linear"), "{model}:\n{version}");
         assert!(version.contains(&format!("cpu LSH kernel: {expected_isa},")), "{model}:\n{version}");
+        assert!(version.contains("cpu bfloat16: not native (--precision auto: f32)"), "{model}:\n{version}");
         for (what, (a, b)) in ["training loss", "validation loss"].iter().zip(emulated.iter().zip(&native)) {
             let relative = (a - b).abs() / b.abs();
             assert!(relative <= 1e-4, "{model}: {what} {a} against native {b} ({relative:e} relative)");

@@ -378,6 +378,36 @@ fn the_precision_is_recorded_in_config_json_and_kept_by_resume_and_generate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn auto_precision_is_bf16_only_where_the_cpu_computes_it_and_config_json_records_the_outcome() {
+    let version = String::from_utf8_lossy(&reformer(&["--version"]).stdout).to_string();
+    let native = version.contains("cpu bfloat16: native");
+    assert!(native || version.contains("cpu bfloat16: not native"), "{version}");
+    let (dir, config, run) = tiny_run("auto-precision", 2, 2);
+    // (what the run gets, the environment): a cap of oneDNN below AVX-512 BF16 means f32.
+    let expected = if native { "bf16" } else { "f32" };
+    for (name, env, expected) in [("run", vec![], expected), ("capped", vec![("ONEDNN_MAX_CPU_ISA", "AVX2")], "f32")] {
+        let run = dir.join(name);
+        let out = train_with_env(&config, &run, &["--precision", "auto", "--json"], &env);
+        assert_success(&out);
+        assert_eq!(json_of(&out)["precision"], expected, "{name}");
+        assert_eq!(common::read_json(&run.join("config.json"))["train"]["precision"], expected, "{name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("precision: {expected} (auto: ")), "{name}: {stderr}");
+    }
+    // A resumed run asked for auto gets what auto means here: its own precision.
+    let resume = ["train", "--device", "cpu", "--resume", run.to_str().unwrap(), "--steps", "3", "--precision", "auto"];
+    assert_success(&reformer(&resume));
+    // The enwik8 preset trains in auto, the others in float32.
+    use reformer::precision::Precision;
+    use reformer::run_config::RunConfig;
+    assert_eq!(RunConfig::preset("enwik8-cpu").unwrap().train.precision, Precision::Auto);
+    for preset in ["duplication", "duplication-4k", "enwik8-paper"] {
+        assert_eq!(RunConfig::preset(preset).unwrap().train.precision, Precision::F32, "{preset}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A run folder has one writer: a new run into a folder that holds one is refused (it
 /// would mix into it), and while a run trains, a `--resume` of it from another process is
 /// refused with the holder's pid.

@@ -117,11 +117,7 @@ impl Case {
         if !self.model.attention.contains(&AttentionKind::Lsh) {
             return "-".into();
         }
-        let kind = match self.precision {
-            Precision::F32 => Kind::Float,
-            Precision::Bf16 => Kind::BFloat16,
-            Precision::F16 => Kind::Half,
-        };
+        let kind = self.precision.compute_kind(device);
         LshPath::choose(&LshParams::new(&self.model), kind, device, ForwardMode::train(0), 0).name()
     }
 

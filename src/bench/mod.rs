@@ -156,7 +156,7 @@ fn chosen_cases(opts: &BenchArgs, device: Device) -> Result<Vec<Case>> {
     };
     Ok(cases
         .into_iter()
-        .map(|case| if case.suite == "precision" { case } else { case.in_precision(opts.precision) })
+        .map(|case| if case.suite == "precision" { case } else { case.in_precision(opts.precision.resolve(device)) })
         .map(|mut case| {
             case.model.execution.fused_lsh &= !opts.batched_lsh;
             case

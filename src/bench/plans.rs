@@ -38,7 +38,7 @@ pub fn plan_cases(
     };
     let mut cases = Vec::new();
     for &seq_len in lengths {
-        let workload = workload(cfg, seq_len);
+        let workload = workload(cfg, seq_len, device);
         let chosen = planner::plan(&cfg.model, workload, device, model_bytes)?;
         eprintln!("plan at T={seq_len}: {}", planner::describe(&chosen.execution, workload));
         if all_plans {
@@ -94,7 +94,7 @@ pub fn print_summary(
     lengths.dedup();
     for seq_len in lengths {
         let same_length: Vec<&CaseRow> = rows.iter().filter(|row| row.seq_len == seq_len).collect();
-        let workload = workload(cfg, seq_len);
+        let workload = workload(cfg, seq_len, device);
         let smallest = planner::candidates(&cfg.model, workload)
             .into_iter()
             .map(|e| planner::evaluate(&cfg.model, e, workload, device).peak.total())
@@ -130,14 +130,15 @@ pub fn print_summary(
     Ok(())
 }
 
-/// A bench step of `cfg`'s model at `seq_len`: its training batch, scoring the same.
-fn workload(cfg: &RunConfig, seq_len: i64) -> Workload {
+/// A bench step of `cfg`'s model at `seq_len` on `device`: its training batch, scoring
+/// the same, in the precision the run would use there.
+fn workload(cfg: &RunConfig, seq_len: i64, device: Device) -> Workload {
     let batch = cfg.train.batch_size;
     Workload {
         train_rows: batch,
         scoring_rows: batch,
         seq_len,
         scoring_hashes: cfg.model.lsh.n_hashes,
-        precision: cfg.train.precision,
+        precision: cfg.train.precision.resolve(device),
     }
 }

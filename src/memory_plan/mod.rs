@@ -34,7 +34,7 @@ pub fn apply(
         scoring_rows: scoring_rows.max(1),
         seq_len: cfg.training_len(),
         scoring_hashes,
-        precision: cfg.train.precision,
+        precision: cfg.train.precision.resolve(device),
     };
     let plan = planner::plan(&cfg.model, workload, device, resolved.model_bytes())
         .with_context(|| format!("--memory-budget {budget}"))?;

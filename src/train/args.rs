@@ -64,8 +64,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1_000_000)]
     pub eval_bytes: usize,
     /// Arithmetic: f32, or bf16 / f16 autocast (CPU and CUDA), f16 with dynamic loss
-    /// scaling (default: train.precision of --config or --preset, f32 in the shipped ones;
-    /// with --resume, the run's).
+    /// scaling, or auto: bf16 on CPUs that compute bfloat16 natively (AVX-512 BF16: Intel
+    /// Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later; `reformer --version`
+    /// says whether this one does), f32 on other CPUs and on CUDA. Default:
+    /// train.precision of --config or --preset (auto in enwik8-cpu, f32 in the other
+    /// shipped ones); with --resume, the run's. config.json records the precision used.
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
     /// Fit the run in this much memory: 8GiB, 512MiB, 8G (powers of 1024; GB for 10^9),

@@ -86,7 +86,7 @@ impl Trainer {
             (Some(launch), Device::Cuda(_)) => Device::Cuda(launch.local_rank as usize),
             (_, device) => device,
         };
-        let (resumed, mut cfg) = configure::choose_run(&opts)?;
+        let (resumed, mut cfg) = configure::choose_run(&opts, device)?;
         if let Some(budget) = opts.memory_budget {
             configure::plan_memory(&mut cfg, budget, device, launch.as_ref().is_none_or(|l| l.rank == 0))?;
         }
