@@ -48,6 +48,7 @@ declare -A variants=(
     [local-d384]="model.attention=[\"local\"] model.d_model=384 model.d_ff=1536 model.positional.dims=[192,192]"
     [local-d192]="model.attention=[\"local\"] model.d_model=192 model.d_ff=768 model.positional.dims=[96,96]"
     [local-d128]="model.attention=[\"local\"] model.d_model=128 model.d_ff=512 model.positional.dims=[64,64]"
+    [mix-d128]="model.d_model=128 model.d_ff=512 model.positional.dims=[64,64]"
     [local-bf16]="model.attention=[\"local\"] train.precision=bf16"
     [mix-reversible]="model.execution.reversible=true"
 )

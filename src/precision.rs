@@ -90,7 +90,8 @@ impl Precision {
     }
 
     /// Runs `f` with autocast on `device`'s type set to this precision (float32: autocast
-    /// off; `Auto` resolved for `device`), restoring the previous state afterwards, even if `f` panics.
+    /// off; `Auto` resolved for `device`), restoring the previous state afterwards, even
+    /// if `f` panics.
     pub fn autocast<T>(self, device: Device, f: impl FnOnce() -> T) -> Result<T> {
         let _scope = AutocastScope::enter(device, self)?;
         Ok(f())

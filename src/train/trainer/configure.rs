@@ -20,8 +20,8 @@ use crate::tasks::download::download_enwik8;
 use crate::tasks::{Task, TaskKind, DEFAULT_ENWIK8_PATH};
 use crate::train::args::TrainArgs;
 
-/// The configuration of the run to train, and its run folder when it is resumed.
-/// (on `device`: `--precision auto` is decided for it).
+/// The configuration of the run to train on `device` (`--precision auto` decided for
+/// it), and its run folder when it is resumed.
 pub fn choose_run(opts: &TrainArgs, device: Device) -> Result<(Option<RunDir>, RunConfig)> {
     match &opts.resume {
         Some(dir) => {
