@@ -22,6 +22,7 @@ mod validation;
 use crate::distributed::{self, Backend, LaunchEnv, ProcessGroup};
 use crate::model::ReformerLm;
 use crate::optimizer::AdamW;
+use crate::precision::Precision;
 use crate::progress::Progress;
 use crate::run_config::RunConfig;
 use crate::run_dir::RunDir;
@@ -87,6 +88,9 @@ impl Trainer {
             (_, device) => device,
         };
         let (resumed, mut cfg) = configure::choose_run(&opts, device)?;
+        // `auto` decided here, so that config.json records the precision used.
+        let auto_precision = cfg.train.precision == Precision::Auto;
+        cfg.train.precision = cfg.train.precision.resolve(device);
         if let Some(budget) = opts.memory_budget {
             configure::plan_memory(&mut cfg, budget, device, launch.as_ref().is_none_or(|l| l.rank == 0))?;
         }
@@ -98,6 +102,9 @@ impl Trainer {
         let run_dir = configure::run_folder(resumed, &opts, &cfg, is_main)?;
         let world_size = await_run_folder(group.as_ref(), &cfg)?;
         if is_main {
+            if auto_precision {
+                eprintln!("precision: {} ({})", cfg.train.precision.name(), Precision::auto_reason(device));
+            }
             eprintln!("config: {}", serde_json::to_string(&cfg)?);
         }
 

@@ -13,22 +13,21 @@ use tch::Device;
 use crate::hash_rounds_sweep::TABLE2_ROUNDS;
 use crate::memory_plan::{self, MemoryBudget};
 use crate::model::ModelConfig;
-use crate::precision::Precision;
 use crate::run_config::RunConfig;
 use crate::run_dir::RunDir;
 use crate::tasks::download::download_enwik8;
 use crate::tasks::{Task, TaskKind, DEFAULT_ENWIK8_PATH};
 use crate::train::args::TrainArgs;
 
-/// The configuration of the run to train on `device` (`--precision auto` decided for
-/// it), and its run folder when it is resumed.
+/// The configuration of the run to train on `device`, and its run folder when it is
+/// resumed.
 pub fn choose_run(opts: &TrainArgs, device: Device) -> Result<(Option<RunDir>, RunConfig)> {
     match &opts.resume {
         Some(dir) => {
             let (run_dir, cfg) = open_run(dir, opts, device)?;
             Ok((Some(run_dir), cfg))
         }
-        None => Ok((None, resolve_config(opts, device)?)),
+        None => Ok((None, resolve_config(opts)?)),
     }
 }
 
@@ -36,14 +35,14 @@ pub fn choose_run(opts: &TrainArgs, device: Device) -> Result<(Option<RunDir>, R
 /// model replaced by the `--init-from` run's), then the `--set` overrides and the command
 /// line's changes: `--task` and `--data` replace the configured ones when given (data
 /// configured for another task does not carry over), `--steps` the number of steps,
-/// `--precision` the arithmetic (`auto` decided for `device` here, so that config.json
-/// records the precision used).
+/// `--precision` the arithmetic (`auto` is decided for the device by `Trainer::new`,
+/// so that config.json records the precision used).
 ///
 /// A run longer than the `--init-from` model's positions (a length curriculum: train
 /// short, continue long) takes the settings that follow the length from the
 /// configuration instead (`take_length_settings`), and the position tables grow
 /// (`model::weight_transfer`).
-fn resolve_config(opts: &TrainArgs, device: Device) -> Result<RunConfig> {
+fn resolve_config(opts: &TrainArgs) -> Result<RunConfig> {
     let mut base = match (&opts.config, &opts.preset) {
         (Some(path), _) => RunConfig::from_file(path)?,
         (None, Some(name)) => RunConfig::preset(name)?,
@@ -70,10 +69,6 @@ fn resolve_config(opts: &TrainArgs, device: Device) -> Result<RunConfig> {
     }
     if let Some(precision) = opts.precision {
         cfg.train.precision = precision;
-    }
-    if cfg.train.precision == Precision::Auto {
-        cfg.train.precision = Precision::Auto.resolve(device);
-        eprintln!("precision: {} ({})", cfg.train.precision.name(), Precision::auto_reason(device));
     }
     cfg.validate()?;
     Ok(cfg)
